@@ -1,0 +1,39 @@
+"""``python -m export --run runs/default --out artifacts/default [--no-store]``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from export.onnx_export import ParityError, export_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export", description="Export a training run to ONNX + metadata.")
+    p.add_argument("--run", default="runs/default", help="training run directory (checkpoint.pt)")
+    p.add_argument("--out", default="artifacts/default", help="artifact directory to write")
+    p.add_argument("--held-out", default=None, help="data for the parity gate (default: the run's test file)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="longest sequence the service accepts (default: longest seen in training/test data)")
+    p.add_argument("--no-store", action="store_true", help="do not save into the BentoML model store")
+    args = p.parse_args(argv)
+    try:
+        meta = export_run(args.run, args.out, args.held_out, args.max_length)
+    except ParityError as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"artifact": args.out, "model_version": meta["model_version"], "parity": meta["parity"]},
+                     indent=2), file=sys.stderr)
+    if not args.no_store:
+        from export.store import save_to_store
+
+        print(f"stored as {save_to_store(args.out)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

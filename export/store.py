@@ -1,0 +1,31 @@
+"""Put an artifact directory (model.onnx + metadata.json) into the BentoML model store as ``seqclassifier:<version>``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+ARTIFACT_FILES = ("model.onnx", "metadata.json")
+
+
+def save_to_store(artifact_dir: str | Path) -> str:
+    """Store the artifact under its content-hash version (idempotent); return the tag string."""
+    artifact_dir = Path(artifact_dir)
+    meta = json.loads((artifact_dir / "metadata.json").read_text())
+    tag = f"{meta['model_name']}:{meta['model_version']}"
+    try:
+        bentoml.models.get(tag)
+        return tag  # the same bytes are already stored
+    except NotFound:
+        pass
+    labels = {"rnn": meta["rnn"]["rnn"], "attention": meta["rnn"]["attention"]}
+    summary = {k: meta[k] for k in ("schema_version", "feature_dim", "max_length", "opset", "created_at")}
+    summary["test_accuracy"] = meta["training_metrics"].get("test_accuracy")
+    with bentoml.models.create(tag, labels=labels, metadata=summary, module="seqserve") as model:
+        for name in ARTIFACT_FILES:
+            shutil.copy2(artifact_dir / name, model.path_of(name))
+    return tag

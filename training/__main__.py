@@ -1,0 +1,35 @@
+"""``python -m training {train,tune} ...``"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from training.data import DataError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from training.train import add_train_args, train
+    from training.tune import add_tune_args, tune
+
+    p_train = sub.add_parser("train", help="train one model")
+    add_train_args(p_train)
+    p_train.set_defaults(func=train)
+    p_tune = sub.add_parser("tune", help="random search, selected on validation accuracy")
+    add_tune_args(p_tune)
+    p_tune.set_defaults(func=tune)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Train a sequence classifier: ``python -m training train --train X.ts --test Y.ts --out runs/NAME``.
+
+Linear on purpose: load data, split, build the model, loop over epochs with early stopping and a wall-clock
+budget, evaluate on the test split, write checkpoint.pt / config.json / metrics.json / learning_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from training import data
+from training.model import ModelConfig, SequenceClassifier, auto_stride
+
+DEFAULT_TRAIN = "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
+DEFAULT_TEST = "data/JapaneseVowels/JapaneseVowels_TEST.ts"
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", default=DEFAULT_TRAIN, help=".ts or .jsonl training file")
+    p.add_argument("--test", default=DEFAULT_TEST, help=".ts or .jsonl test file (never used for selection)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="stratified validation split of --train")
+    p.add_argument("--out", default="runs/default", help="output directory")
+    p.add_argument("--rnn", choices=["lstm", "gru", "rnn"], default="gru")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--attention", choices=["additive", "none"], default="additive")
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--stride", default="auto", help="time reduction before the RNN: an int, or 'auto' (<=128 steps)")
+    p.add_argument("--epochs", type=int, default=60, help="maximum epochs")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--noise", type=float, default=0.2, help="Gaussian input noise (in std units) while training")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=20, help="epochs without validation improvement before stopping")
+    p.add_argument("--time-budget", type=float, default=240.0, help="wall-clock seconds for the epoch loop")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, sort by length inside windows of 16 batches, cut into batches, shuffle batch order."""
+    perm = rng.permutation(len(lengths))
+    window = batch_size * 16
+    chunks = [perm[i : i + window] for i in range(0, len(perm), window)]
+    ordered = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def to_tensors(ds: data.Dataset, idx: np.ndarray | list[int], class_index: dict[str, int]):
+    x, lengths = data.pad([ds.sequences[i] for i in idx])
+    y = torch.tensor([class_index[ds.labels[i]] for i in idx], dtype=torch.long)
+    return torch.from_numpy(x), torch.from_numpy(lengths), y
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds: data.Dataset, class_index: dict[str, int], batch_size: int = 256):
+    """Return (predicted class ids, true class ids, mean cross-entropy)."""
+    model.eval()
+    order = np.argsort(ds.lengths, kind="stable")
+    preds, trues, loss = [], [], 0.0
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        x, lengths, y = to_tensors(ds, idx, class_index)
+        logits, _ = model(x, lengths)
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        preds.append(logits.argmax(1).numpy())
+        trues.append(y.numpy())
+    return np.concatenate(preds), np.concatenate(trues), loss / len(ds)
+
+
+def macro_f1(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
+    f1s = []
+    for c in range(num_classes):
+        tp = np.sum((pred == c) & (true == c))
+        fp = np.sum((pred == c) & (true != c))
+        fn = np.sum((pred != c) & (true == c))
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s))
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run one training; return the metrics dict (also written to ``--out/metrics.json``)."""
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    full = data.load(args.train)
+    test = data.load(args.test)
+    classes = full.classes
+    if set(test.labels) - set(classes):
+        raise data.DataError(f"{args.test}: labels not in training set: {sorted(set(test.labels) - set(classes))}")
+    if test.feature_dim != full.feature_dim:
+        raise data.DataError(f"{args.test}: {test.feature_dim} features, training set has {full.feature_dim}")
+    class_index = {c: i for i, c in enumerate(classes)}
+    train_ds, val_ds = data.split(full, args.val_fraction, args.seed)
+    if len(val_ds) == 0:
+        val_ds = train_ds  # --val-fraction 0: select on the training split (noted in metrics)
+    mean, std = data.normalisation(train_ds)
+    max_length = int(max(full.lengths.max(), test.lengths.max()))
+    stride = auto_stride(int(full.lengths.max())) if str(args.stride) == "auto" else int(args.stride)
+
+    cfg = ModelConfig(
+        feature_dim=full.feature_dim, num_classes=len(classes), rnn=args.rnn, hidden=args.hidden,
+        layers=args.layers, bidirectional=args.bidirectional, attention=args.attention,
+        dropout=args.dropout, stride=stride,
+    )
+    model = SequenceClassifier(cfg)
+    model.mean.copy_(torch.from_numpy(mean))
+    model.std.copy_(torch.from_numpy(std))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs, pct_start=0.1)
+    rng = np.random.default_rng(args.seed)
+    std_t = torch.from_numpy(std)
+    show = not args.quiet
+    bar_cls = _progress_bar() if show else None
+
+    history: list[dict] = []
+    best = {"key": (-1.0, -float("inf")), "state": None, "epoch": 0}
+    since_best = 0
+    train_lengths = train_ds.lengths
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        batches = length_batches(train_lengths, args.batch_size, rng)
+        bar = bar_cls(total=len(batches), desc=f"epoch {epoch}", leave=False) if bar_cls else None
+        tot_loss, tot_n = 0.0, 0
+        for idx in batches:
+            x, lengths, y = to_tensors(train_ds, idx, class_index)
+            if args.noise > 0:
+                x = x + torch.randn_like(x) * std_t * args.noise
+            logits, _ = model(x, lengths)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            opt.step()
+            tot_loss += loss.item() * len(idx)
+            tot_n += len(idx)
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        vp, vt, vloss = predict(model, val_ds, class_index)
+        vacc = float(np.mean(vp == vt))
+        sched.step()
+        history.append({"epoch": epoch, "train_loss": tot_loss / tot_n, "val_loss": vloss, "val_accuracy": vacc,
+                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        if show:
+            print(f"epoch {epoch:3d}  train_loss {tot_loss / tot_n:.4f}  val_loss {vloss:.4f}  "
+                  f"val_acc {vacc:.4f}  {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        key = (vacc, -vloss)
+        if vacc >= best["key"][0]:  # best validation accuracy; on a tie the later (more annealed) epoch
+            best = {"key": key, "state": {k: v.clone() for k, v in model.state_dict().items()},
+                    "epoch": epoch}
+            since_best = 0
+        else:
+            since_best += 1
+        if since_best >= args.patience:
+            break
+        if time.perf_counter() - t_start > args.time_budget:
+            if show:
+                print(f"time budget {args.time_budget:.0f}s reached after epoch {epoch}", file=sys.stderr)
+            break
+
+    model.load_state_dict(best["state"])
+    train_seconds = time.perf_counter() - t_start
+    tp, tt, tloss = predict(model, test, class_index)
+    vp, vt, _ = predict(model, val_ds, class_index)
+    metrics = {
+        "test_accuracy": float(np.mean(tp == tt)),
+        "test_macro_f1": macro_f1(tp, tt, len(classes)),
+        "test_loss": tloss,
+        "val_accuracy": float(np.mean(vp == vt)),
+        "best_epoch": best["epoch"],
+        "epochs": len(history),
+        "train_seconds": round(train_seconds, 2),
+        "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test),
+        "history": history,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_config = {
+        "model_config": cfg.to_dict(),
+        "classes": classes,
+        "max_length": max_length,
+        "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+        "train_path": str(args.train), "test_path": str(args.test),
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    torch.save({"state_dict": model.state_dict(), **run_config}, out / "checkpoint.pt")
+    (out / "config.json").write_text(json.dumps(run_config, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_history(history, out / "learning_curves.png")
+    if show:
+        print(f"test_accuracy {metrics['test_accuracy']:.4f}  test_macro_f1 {metrics['test_macro_f1']:.4f}  "
+              f"best_epoch {best['epoch']}  {train_seconds:.1f}s  -> {out}", file=sys.stderr)
+    return metrics
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    def bar(**kw):
+        return tqdm(disable=None, file=sys.stderr, **kw)  # disable=None: only on a terminal
+
+    return bar
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [h["train_loss"] for h in history], label="train")
+    a.plot(ep, [h["val_loss"] for h in history], label="validation")
+    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend(), a.set_title("loss")
+    b.plot(ep, [h["val_accuracy"] for h in history])
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.set_title("validation accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
