@@ -1,4 +1,7 @@
-"""Put an artifact directory (model.onnx + metadata.json) into the BentoML model store as ``seqclassifier:<version>``."""
+"""Put an artifact directory (model.onnx + metadata.json) into the BentoML model store.
+
+The tag is ``seqclassifier:<version>``, the version a content hash of model.onnx.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +32,9 @@ def save_to_store(artifact_dir: str | Path) -> str:
         for name in ARTIFACT_FILES:
             shutil.copy2(artifact_dir / name, model.path_of(name))
     return tag
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(f"stored as {save_to_store(sys.argv[1] if len(sys.argv) > 1 else 'artifacts/default')}", file=sys.stderr)

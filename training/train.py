@@ -67,14 +67,18 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
-def to_tensors(ds: data.Dataset, idx: np.ndarray | list[int], class_index: dict[str, int]):
+def to_tensors(
+    ds: data.Dataset, idx: np.ndarray | list[int], class_index: dict[str, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, lengths = data.pad([ds.sequences[i] for i in idx])
     y = torch.tensor([class_index[ds.labels[i]] for i in idx], dtype=torch.long)
     return torch.from_numpy(x), torch.from_numpy(lengths), y
 
 
 @torch.no_grad()
-def predict(model: nn.Module, ds: data.Dataset, class_index: dict[str, int], batch_size: int = 256):
+def predict(
+    model: nn.Module, ds: data.Dataset, class_index: dict[str, int], batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Return (predicted class ids, true class ids, mean cross-entropy)."""
     model.eval()
     order = np.argsort(ds.lengths, kind="stable")

@@ -1,0 +1,52 @@
+# seqserve: `make serve` and `make test` are the two commands a fresh clone needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 3000
+RUN ?= runs/default
+ARTIFACT ?= artifacts/default
+TRAIN_ARGS ?=
+
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_DO_NOT_TRACK := True
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv train export serve test lint bench loadtest clean
+
+venv: $(VENV)/.installed
+
+# torch first and pinned exactly (a local CPU wheel); then the project, which pins the same torch.
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+train: venv
+	$(PY) -m training train --out $(RUN) $(TRAIN_ARGS)
+
+export: venv
+	$(PY) -m export --run $(RUN) --out $(ARTIFACT)
+
+# Train only if no exported model exists; (re)store the artifact (idempotent); serve on HOST:PORT.
+serve: venv
+	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
+	  $(MAKE) --no-print-directory export; \
+	fi
+	$(PY) -m export.store $(ARTIFACT)
+	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+clean:
+	rm -rf $(VENV) .bentoml runs artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Start and stop the processes tests and benchmarks need: always on 127.0.0.1, always stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
+
+
+def start_bentoml(root: Path, env: dict[str, str], log: Path, port: int | None = None,
+                  timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """``bentoml serve service.service:SeqServe`` on 127.0.0.1; returns (process, base url) once ready."""
+    port = port or free_port()
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    fh = log.open("w")
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", "service.service:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=root, env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/readyz", timeout, proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, url
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the process we started, then its process group if it lingers (children it spawned)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    try:  # workers of our own session that outlived the arbiter
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,1 @@
+"""Serving side of seqserve: BentoML + ONNX Runtime + prometheus-client. Never imports torch."""

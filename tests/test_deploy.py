@@ -1,0 +1,24 @@
+"""Deployment files, validated offline (no Docker daemon here): a real `bentoml build` of deploy/bentofile.yaml."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = str(Path(os.sys.executable).with_name("bentoml"))
+    proc = subprocess.run([bentoml, "build", "-f", "deploy/bentofile.yaml", "."], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    bentos = sorted((bentoml_home / "bentos/seqserve").glob("*/bento.yaml"))
+    assert bentos, "no bento written"
+    bento = bentos[-1].parent
+    assert (bento / "env/docker/Dockerfile").exists()
+    assert (bento / "src/service/service.py").exists() and not (bento / "src/training").exists()
+    text = (bento / "bento.yaml").read_text()
+    assert "seqclassifier" in text and "service.service:SeqServe" in text

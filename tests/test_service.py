@@ -1,0 +1,165 @@
+"""A real `bentoml serve` on 127.0.0.1: predictions through HTTP equal in-process ORT, validation, endpoints."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from export.onnx_export import cpu_session
+from training import data
+
+ROOT = Path(__file__).resolve().parents[1]
+JV_TEST = ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def test_set() -> data.Dataset:
+    return data.load(JV_TEST)
+
+
+@pytest.fixture(scope="module")
+def ort_alone(artifact: Path):
+    sess = cpu_session(artifact / "model.onnx")
+
+    def run(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, a = sess.run(None, {"x": seq[None], "lengths": np.array([len(seq)], dtype=np.int64)})
+        return p[0], a[0]
+
+    return run
+
+
+def predict(url: str, seqs: list, client: httpx.Client | None = None) -> httpx.Response:
+    body = {"sequences": [s.tolist() if isinstance(s, np.ndarray) else s for s in seqs]}
+    return (client or httpx).post(f"{url}/predict", json=body, timeout=60)
+
+
+def check_result(obj: dict, seq: np.ndarray, ort_alone, classes: list[str], version: str) -> None:
+    p, a = ort_alone(seq)
+    assert list(obj["probabilities"]) == classes
+    np.testing.assert_allclose(list(obj["probabilities"].values()), p, atol=1e-6)
+    assert obj["label"] == classes[int(np.argmax(p))]
+    assert len(obj["attention"]) == len(seq)
+    np.testing.assert_allclose(obj["attention"], a, atol=1e-6)
+    assert sum(obj["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert obj["model_version"] == version
+
+
+def test_metadata(server: str, artifact: Path) -> None:
+    meta = json.loads((artifact / "metadata.json").read_text())
+    r = httpx.get(f"{server}/metadata")
+    assert r.status_code == 200
+    m = r.json()
+    assert m["model_name"] == "seqclassifier" and m["model_version"] == meta["model_version"]
+    assert m["classes"] == meta["classes"] and m["feature_dim"] == 12 and m["max_length"] == 29
+    assert m["provider"] == "CPUExecutionProvider"  # this machine has no GPU
+
+
+def test_mixed_lengths_in_one_request_match_ort_alone(server: str, test_set: data.Dataset, ort_alone,
+                                                     artifact: Path) -> None:
+    meta = json.loads((artifact / "metadata.json").read_text())
+    order = np.argsort(test_set.lengths)
+    idx = np.concatenate([order[:20], order[-20:], order[170:180]])  # shortest, longest, middle, mixed
+    seqs = [test_set.sequences[i] for i in idx]
+    r = predict(server, seqs)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out) == len(seqs)
+    for obj, seq in zip(out, seqs):
+        check_result(obj, seq, ort_alone, meta["classes"], meta["model_version"])
+
+
+def test_concurrent_requests_are_batched_and_exact(server: str, test_set: data.Dataset, ort_alone,
+                                                   artifact: Path) -> None:
+    """Many concurrent single- and multi-sequence requests of different lengths: each gets its own answers."""
+    meta = json.loads((artifact / "metadata.json").read_text())
+    rng = np.random.default_rng(0)
+    groups = [[test_set.sequences[i] for i in rng.choice(370, size=rng.integers(1, 5))] for _ in range(80)]
+    with httpx.Client(limits=httpx.Limits(max_connections=32)) as client, ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda g: predict(server, g, client), groups))
+    for g, r in zip(groups, responses):
+        assert r.status_code == 200, r.text
+        assert len(r.json()) == len(g)
+        for obj, seq in zip(r.json(), g):
+            check_result(obj, seq, ort_alone, meta["classes"], meta["model_version"])
+    m = httpx.get(f"{server}/metrics").text
+    sizes = [line for line in m.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_count")]
+    assert sizes, "adaptive batching metrics missing"
+
+
+def test_nobatch_endpoint_gives_the_same_answers(server: str, test_set: data.Dataset) -> None:
+    seqs = test_set.sequences[:5]
+    a = predict(server, seqs).json()
+    b = httpx.post(f"{server}/predict_nobatch", json={"sequences": [s.tolist() for s in seqs]}).json()
+    assert [o["label"] for o in a] == [o["label"] for o in b]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(list(x["probabilities"].values()), list(y["probabilities"].values()), atol=1e-6)
+
+
+GOOD = [[0.1] * 12] * 5
+BAD_BODIES = [
+    ({"sequences": [[[0.1] * 11] * 5]}, "sequences[0][0]: 11 features, the model expects 12"),
+    ({"sequences": [GOOD, [[0.1] * 12, [0.1] * 13]]}, "sequences[1][1]: 13 features, the model expects 12"),
+    ({"sequences": [[]]}, "sequences[0]: empty sequence"),
+    ({"sequences": []}, "sequences: 0 sequences, must be 1..64"),
+    ({"sequences": [GOOD] * 65}, "sequences: 65 sequences, must be 1..64"),
+    ({"sequences": [[[0.1] * 12] * 30]}, "sequences[0]: 30 time steps, the model accepts at most 29"),
+    ({"sequences": [[["a"] + [0.1] * 11]]}, "sequences[0][0]: 'a' is not a number"),
+    ({"sequences": [[[None] + [0.1] * 11]]}, "is not a number"),
+    ({"sequences": [[[True] + [0.1] * 11]]}, "True is not a number"),
+    ({"sequences": [[[1e39] + [0.1] * 11]]}, "sequences[0][0]: non-finite value"),
+    ({"sequences": "abc"}, "sequences: must be a list"),
+    ({"sequences": [5]}, "sequences[0]: must be a list of time steps"),
+    ({"sequences": [[5]]}, "sequences[0][0]: must be a list of 12 numbers"),
+    ({"wrong": 1}, "Field required"),
+]
+
+
+@pytest.mark.parametrize("body, needle", BAD_BODIES, ids=[n[:30] for _, n in BAD_BODIES])
+def test_bad_input_is_a_clear_400(server: str, body: dict, needle: str) -> None:
+    r = httpx.post(f"{server}/predict", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in json.dumps(r.json()), r.text
+
+
+@pytest.mark.parametrize("raw", [b'{"sequences": [[[NaN, 1,1,1,1,1,1,1,1,1,1,1]]]}', b"not json", b'{"sequences": ['])
+def test_raw_bodies(server: str, raw: bytes) -> None:
+    r = httpx.post(f"{server}/predict", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_bad_request_never_fails_its_batch_mates(server: str, test_set: data.Dataset, ort_alone,
+                                                 artifact: Path) -> None:
+    meta = json.loads((artifact / "metadata.json").read_text())
+    good = [[test_set.sequences[i]] for i in range(40)]
+    bad = [{"sequences": [[[0.1] * 11] * 3]}, {"sequences": [[[float("1e39")] * 12]]}] * 20
+    jobs = [("good", g) for g in good] + [("bad", b) for b in bad]
+    np.random.default_rng(1).shuffle(jobs)
+
+    def send(job):
+        kind, payload = job
+        if kind == "good":
+            return kind, payload, predict(server, payload)
+        return kind, payload, httpx.post(f"{server}/predict", json=payload, timeout=60)
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(send, jobs))
+    for kind, payload, r in results:
+        if kind == "good":
+            assert r.status_code == 200, r.text
+            check_result(r.json()[0], payload[0], ort_alone, meta["classes"], meta["model_version"])
+        else:
+            assert r.status_code == 400, r.text
+
+
+def test_bentoml_endpoints(server: str) -> None:
+    for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
+        assert httpx.get(server + path).status_code == 200, path
+    spec = httpx.get(server + "/docs.json").json()
+    assert "/predict" in spec["paths"]

@@ -1,0 +1,60 @@
+"""The training CLI end to end on real data (small settings), reproducibility, tuning."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from training.__main__ import main
+from training.model import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+JV_TRAIN = str(ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts")
+JV_TEST = str(ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts")
+SMALL = ["--train", JV_TRAIN, "--test", JV_TEST, "--hidden", "16", "--layers", "1", "--epochs", "3", "--quiet"]
+
+
+def test_small_run_writes_everything(small_run: Path) -> None:
+    for name in ("checkpoint.pt", "config.json", "metrics.json", "learning_curves.png"):
+        assert (small_run / name).stat().st_size > 0, name
+    m = json.loads((small_run / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "epochs", "train_seconds", "history"):
+        assert key in m
+    assert len(m["history"]) == m["epochs"] and m["n_test"] == 370
+    assert m["test_accuracy"] > 0.6  # 8 epochs of a tiny model: far above chance (1/9)
+    ckpt = torch.load(small_run / "checkpoint.pt", weights_only=True)
+    assert ckpt["classes"] == [str(i) for i in range(1, 10)] and ckpt["max_length"] == 29
+    model, _ = load_checkpoint(str(small_run / "checkpoint.pt"))
+    assert model.cfg.rnn == "gru" and not model.training
+    assert (small_run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_seed_same_model(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert main(["train", *SMALL, "--out", str(tmp_path / name), "--seed", "5", "--threads", "1"]) == 0
+    a = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in "ab")
+    assert ma["test_accuracy"] == mb["test_accuracy"]
+
+
+def test_bad_data_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sequence": [[1]], "label": "a"}\nnot json\n')
+    assert main(["train", "--train", str(bad), "--test", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert f"{bad}:2: invalid JSON" in capsys.readouterr().err
+
+
+def test_tune_writes_leaderboard_and_best(tmp_path: Path) -> None:
+    assert main(["tune", *SMALL, "--epochs", "2", "--trials", "2", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "leaderboard.csv").open()))
+    assert len(rows) == 2 and {"rnn", "hidden", "layers", "lr", "dropout", "val_accuracy"} <= set(rows[0])
+    vals = [float(r["val_accuracy"]) for r in rows]
+    assert vals == sorted(vals, reverse=True)  # ranked on validation
+    assert (tmp_path / "best/checkpoint.pt").exists()
+    best_cfg = json.loads((tmp_path / "best/config.json").read_text())["model_config"]
+    assert best_cfg["hidden"] == int(rows[0]["hidden"]) and best_cfg["rnn"] == rows[0]["rnn"]
