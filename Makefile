@@ -44,6 +44,19 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Against a running service (make serve in another shell): headless Locust, step ramp, stops by itself.
+PROFILE ?= jv
+loadtest: venv
+	mkdir -p loadtest/results
+	LOADTEST_PROFILE=$(PROFILE) $(VENV)/bin/locust -f loadtest/locustfile.py --headless --host http://$(HOST):$(PORT) \
+	  --csv loadtest/results/$(PROFILE) --csv-full-history --html loadtest/results/$(PROFILE).html --only-summary
+	$(PY) -m loadtest.report loadtest/results/$(PROFILE)_stats_history.csv loadtest/results/$(PROFILE).png
+
+# seqserve vs Triton vs Ray Serve, same model and load: bench/results.json + docs/benchmarks.md (~12 min).
+bench: venv
+	@if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
+	$(PY) -m loadtest.bench
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true

@@ -124,8 +124,11 @@ def parity_report(model: torch.nn.Module, sess: ort.InferenceSession, held_out: 
     return report
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def content_version(onnx_path: Path, contract: dict) -> str:
+    """Version = hash of the graph bytes and the serving contract (classes, limits, normalisation)."""
+    h = hashlib.sha256(onnx_path.read_bytes())
+    h.update(json.dumps(contract, sort_keys=True).encode())
+    return h.hexdigest()[:12]
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | None = None,
@@ -143,17 +146,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | No
     report = parity_report(model, cpu_session(onnx_path), held_out)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    digest = file_hash(onnx_path)
+    contract = {"classes": ckpt["classes"], "feature_dim": cfg["feature_dim"],
+                "max_length": int(max_length or ckpt["max_length"]), "normalisation": ckpt["normalisation"]}
     meta = {
         "schema_version": SCHEMA_VERSION,
         "model_name": MODEL_NAME,
-        "model_version": digest[:12],
-        "onnx_sha256": digest,
+        "model_version": content_version(onnx_path, contract),
+        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "classes": ckpt["classes"],
-        "feature_dim": cfg["feature_dim"],
-        "max_length": int(max_length or ckpt["max_length"]),
-        "normalisation": ckpt["normalisation"],
+        **contract,
         "rnn": {k: cfg[k] for k in ("rnn", "hidden", "layers", "bidirectional", "attention", "dropout", "stride")},
         "inputs": {"x": "float32 [batch, time, feature_dim], raw features, zero-padded",
                    "lengths": "int64 [batch], valid steps per sequence"},

@@ -9,7 +9,7 @@ Settings come from the environment (documented in README "Configuration"):
 =================================  =======  =====================================================
 ``SEQSERVE_DEVICE``                auto     auto | cpu | cuda
 ``SEQSERVE_ORT_THREADS``           0        ORT intra-op threads per worker (0: cores / workers)
-``SEQSERVE_STEP_BUDGET``           4096     max ``B x T_max`` of one model call
+``SEQSERVE_STEP_BUDGET``           8192     max ``B x T_max`` of one model call
 ``SEQSERVE_MAX_SUB_BATCH``         128      max sequences in one model call
 ``SEQSERVE_MIN_PADDING_EFFICIENCY`` 0.85    split a sub-batch before its real/padded steps drop below
 =================================  =======  =====================================================
@@ -39,7 +39,7 @@ def env_float(name: str, default: float) -> float:
 class Settings:
     device: str = field(default_factory=lambda: os.environ.get("SEQSERVE_DEVICE", "auto"))
     ort_threads: int = field(default_factory=lambda: env_int("SEQSERVE_ORT_THREADS", 0))
-    step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 4096))
+    step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 8192))
     max_sub_batch: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_SUB_BATCH", 128))
     min_efficiency: float = field(default_factory=lambda: env_float("SEQSERVE_MIN_PADDING_EFFICIENCY", 0.85))
 
@@ -52,6 +52,7 @@ class BatchStats:
     padded_steps: int = 0
     compute_seconds: float = 0.0
     call_sizes: list[int] = field(default_factory=list)
+    call_seconds: list[float] = field(default_factory=list)
 
     @property
     def padding_efficiency(self) -> float:
@@ -84,7 +85,9 @@ class Engine:
             x, lens = self._pad.pad([seqs[i] for i in g])
             t0 = time.perf_counter()
             p, a = self.session.run(None, {"x": x, "lengths": lens})
-            stats.compute_seconds += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            stats.compute_seconds += dt
+            stats.call_seconds.append(dt)
             probs[g] = p
             for k, i in enumerate(g):
                 attention[i] = a[k, : lens[k]]
@@ -102,6 +105,6 @@ class Engine:
                         "attention": a.tolist(), "model_version": self.model_version})
         return out
 
-    def predict(self, seqs: list[np.ndarray]) -> list[dict]:
-        probs, attention, _ = self.infer(seqs)
-        return self.format(probs, attention)
+    def predict(self, seqs: list[np.ndarray]) -> tuple[list[dict], BatchStats]:
+        probs, attention, stats = self.infer(seqs)
+        return self.format(probs, attention), stats

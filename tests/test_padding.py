@@ -66,5 +66,5 @@ def test_engine_results_do_not_depend_on_batch_composition(artifact: Path) -> No
         p, a = sess.run(None, {"x": seqs[i][None], "lengths": np.array([len(seqs[i])], np.int64)})
         np.testing.assert_allclose(probs[i], p[0], atol=1e-6)
         np.testing.assert_allclose(att[i], a[0], atol=1e-6)
-    out = engine.predict(seqs[:3])
+    out, _ = engine.predict(seqs[:3])
     assert [len(o["attention"]) for o in out] == [len(s) for s in seqs[:3]]

@@ -1,0 +1,430 @@
+"""``make bench``: seqserve vs NVIDIA Triton vs Ray Serve, same model, same client, same load, one run.
+
+Systems: ``limit`` (the in-process engine on pre-sorted batches, no HTTP), ``seqserve`` (HTTP, adaptive +
+length-aware batching), ``seqserve-nobatch`` (same server, ``/predict_nobatch``), ``triton`` (nvidia-pytriton,
+ORT in a ``@batch`` function, dynamic batcher), ``ray-serve`` (``@serve.batch``). Peers are installed into
+their own git-ignored venvs under ``bench/venvs/`` (never seqserve dependencies), bound to 127.0.0.1, and
+stopped by PID; Ray runs with its client in a private network namespace (``unshare -n``) because one of its
+ports binds every interface. Writes ``bench/results.json`` and ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from loadtest import workload
+from loadtest.client import run_load
+from loadtest.procs import free_port, start_bentoml, stop_process, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = Path(__file__).resolve().parent / "peers"
+PY = sys.executable
+SYSTEMS = ("limit", "seqserve", "seqserve-nobatch", "triton", "ray-serve")
+
+
+# ---------------------------------------------------------------- inputs
+def prepare_artifact(work: Path) -> Path:
+    """The default run exported again with a max_length that admits the long-tail profile."""
+    run = ROOT / "runs/default"
+    if not (run / "checkpoint.pt").exists():
+        subprocess.run([PY, "-m", "training", "train", "--out", str(run), "--quiet"], cwd=ROOT, check=True)
+    art = work / "artifact"
+    subprocess.run([PY, "-m", "export", "--run", str(run), "--out", str(art), "--no-store",
+                    "--max-length", str(workload.LONGTAIL_MAX_LENGTH)], cwd=ROOT, check=True, capture_output=True)
+    return art
+
+
+def json_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int]]:
+    """seqserve and Ray Serve: ``{"sequences": [seq]}``, one sequence per request, 6 decimals."""
+    return [(json.dumps({"sequences": [np.round(s.astype(np.float64), 6).tolist()]}).encode(), 1) for s in seqs]
+
+
+def triton_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int]]:
+    """KServe v2 JSON for Triton, the same numbers."""
+    out = []
+    for s in seqs:
+        s = np.round(s.astype(np.float64), 6)
+        body = {"inputs": [
+            {"name": "x", "shape": [1, len(s), s.shape[1]], "datatype": "FP32", "data": s.ravel().tolist()},
+            {"name": "lengths", "shape": [1, 1], "datatype": "INT64", "data": [len(s)]}]}
+        out.append((json.dumps(body).encode(), 1))
+    return out
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next((int(ln.split()[1]) // 1024 // 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), None)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "gpu": None, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+# ---------------------------------------------------------------- systems
+def measure_limit(art: Path, seqs: list[np.ndarray], duration: float, threads: int) -> dict:
+    from service.engine import Engine, Settings
+    from service.runtime import find_artifact
+
+    engine = Engine(find_artifact(str(art)), Settings(device="cpu", ort_threads=threads))
+    order = sorted(seqs, key=len)
+    chunks = [order[i : i + 128] for i in range(0, len(order), 128)]
+    engine.infer(chunks[0])
+    n = real = padded = calls = 0
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        for c in chunks:
+            t1 = time.perf_counter()
+            _, _, st = engine.infer(c)
+            lat.append((time.perf_counter() - t1) * 1000)
+            n, real, padded, calls = n + len(c), real + st.real_steps, padded + st.padded_steps, calls + st.model_calls
+    dt = time.perf_counter() - t0
+    return {"req_per_s": round(len(lat) / dt, 1), "seq_per_s": round(n / dt, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": 0, "requests": len(lat),
+            "padding_efficiency": round(real / padded, 3), "mean_batch": round(n / calls, 1),
+            "note": "engine.infer on length-sorted chunks of 128, no HTTP"}
+
+
+def metrics_stats(url: str) -> dict:
+    """Cumulative batch counters from seqserve's /metrics (summed over workers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = {"batches": 0.0, "sequences": 0.0, "real_steps": 0.0, "padded_steps": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "seqserve_time_steps_total":
+                out[f"{sample.labels['kind']}_steps"] += sample.value
+            elif sample.name == "seqserve_model_calls_total":
+                out["batches"] += sample.value
+            elif sample.name == "seqserve_batch_size_sequences_sum":
+                out["sequences"] += sample.value
+    return out
+
+
+def file_stats(path: Path) -> dict:
+    """Sum the per-process counter files ``<path>.<pid>`` a peer server writes after each batch."""
+    out = {"batches": 0, "sequences": 0, "real_steps": 0, "padded_steps": 0}
+    for f in path.parent.glob(path.name + ".*"):
+        if f.suffix != ".tmp":
+            for k, v in json.loads(f.read_text()).items():
+                out[k] += v
+    return out
+
+
+def clear_stats(path: Path) -> None:
+    for f in path.parent.glob(path.name + ".*"):
+        f.unlink()
+
+
+def ensure_venv(name: str, packages: list[str]) -> Path:
+    """A git-ignored venv per peer under bench/venvs/ (created once, reused)."""
+    venv = ROOT / "bench/venvs" / name
+    marker = venv / ".installed"
+    if marker.exists() and marker.read_text() == " ".join(packages):
+        return venv / "bin/python"
+    base_python = Path(sys.base_prefix) / "bin/python3"
+    subprocess.run([str(base_python), "-m", "venv", "--clear", str(venv)], check=True)
+    print(f"bench: installing {name} peer: {' '.join(packages)}", file=sys.stderr, flush=True)
+    subprocess.run([str(venv / "bin/pip"), "install", "-q", *packages], check=True)
+    marker.write_text(" ".join(packages))
+    return venv / "bin/python"
+
+
+class Server:
+    """A started system: where to send requests, how to encode them, its batch counters, how to stop it."""
+
+    def __init__(self, port: int, encode, stats, stop, paths: dict[str, str]) -> None:  # noqa: ANN001
+        self.port, self.encode, self.stats, self.stop, self.paths = port, encode, stats, stop, paths
+
+
+def start_seqserve(art: Path, work: Path, args: argparse.Namespace) -> Server:
+    env = {"SEQSERVE_MODEL": str(art), "SEQSERVE_DEVICE": "cpu", "SEQSERVE_WORKERS": str(args.workers),
+           "SEQSERVE_ORT_THREADS": str(args.ort_threads), "BENTOML_HOME": str(work / "bentoml_home")}
+    proc, url = start_bentoml(ROOT, env, work / "seqserve.log")
+    return Server(int(url.rsplit(":", 1)[1]), json_bodies, lambda: metrics_stats(url), lambda: stop_process(proc),
+                  {"seqserve": "/predict", "seqserve-nobatch": "/predict_nobatch"})
+
+
+def start_triton(art: Path, work: Path, args: argparse.Namespace) -> Server:
+    import onnxruntime
+
+    py = ensure_venv("triton", ["nvidia-pytriton==0.7.0", f"onnxruntime=={onnxruntime.__version__}", "numpy"])
+    # The Python backend stub links libpython: point it at the lib dir of the interpreter this venv uses.
+    libdir = subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                                     text=True).strip()
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    port, grpc, metrics = free_port(), free_port(), free_port()
+    stats = work / "triton_stats.json"
+    clear_stats(stats)
+    log = work / "triton.log"
+    proc = subprocess.Popen(
+        [str(py), str(PEERS / "triton_server.py"), "--model", str(art / "model.onnx"), "--port", str(port),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--instances", str(args.workers),
+         "--threads", str(args.ort_threads), "--stats", str(stats), "--workspace", str(work / "triton_ws")],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180, proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return Server(port, triton_bodies, lambda: file_stats(stats), lambda: stop_process(proc),
+                  {"triton": "/v2/models/seqclassifier/infer"})
+
+
+def start_ray(art: Path, work: Path, args: argparse.Namespace) -> Server:
+    """Only called inside the private network namespace (see ``run_ray_in_netns``)."""
+    py = ROOT / "bench/venvs/ray/bin/python"
+    port = free_port()
+    stats = work / "ray_stats.json"
+    clear_stats(stats)
+    log = work / "ray.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.Popen(
+        [str(py), str(PEERS / "ray_server.py"), "--model", str(art / "model.onnx"), "--port", str(port),
+         "--replicas", str(args.workers), "--threads", str(args.ort_threads), "--stats", str(stats)],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    body = json.dumps({"sequences": [[[0.0] * 12]]}).encode()
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body)
+            if urllib.request.urlopen(req, timeout=5).status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"Ray Serve did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return Server(port, json_bodies, lambda: file_stats(stats), lambda: stop_process(proc, timeout=30),
+                  {"ray-serve": "/predict"})
+
+
+STARTERS = {"seqserve": start_seqserve, "triton": start_triton, "ray-serve": start_ray}
+
+
+def run_system(name: str, art: Path, work: Path, args: argparse.Namespace, mixes: dict) -> list[dict]:
+    server = STARTERS[name](art, work, args)
+    runs = []
+    try:
+        # Unrecorded warm-up for every system alike (BentoML's dispatcher, for one, starts by learning timings).
+        warm = server.encode(next(iter(mixes.values())))
+        for path in server.paths.values():
+            run_load(server.port, path, warm, 16, args.server_warmup, warmup=0)
+        for system, path in server.paths.items():
+            if system not in args.systems:
+                continue
+            for profile, seqs in mixes.items():
+                bodies = server.encode(seqs)
+                for c in args.concurrency:
+                    before = server.stats()
+                    res = run_load(server.port, path, bodies, c, args.duration, args.warmup)
+                    after = server.stats()
+                    d = {k: after[k] - before[k] for k in after}
+                    run = {"system": system, "profile": profile, "concurrency": c, **res.summary(),
+                           "padding_efficiency": round(d["real_steps"] / d["padded_steps"], 3)
+                           if d["padded_steps"] else None,
+                           "mean_batch": round(d["sequences"] / d["batches"], 1) if d["batches"] else None}
+                    if res.first_error:
+                        run["first_error"] = res.first_error
+                    print(f"bench: {json.dumps(run)}", file=sys.stderr, flush=True)
+                    runs.append(run)
+    finally:
+        server.stop()
+    return runs
+
+
+def run_ray_in_netns(work: Path, args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    """Install Ray's venv (needs the network), then rerun this driver for Ray alone inside ``unshare -n``."""
+    import onnxruntime
+
+    ensure_venv("ray", ["ray[serve]==2.60.0", f"onnxruntime=={onnxruntime.__version__}", "numpy"])
+    partial = work / "ray_runs.json"
+    inner = [PY, "-m", "loadtest.bench", *argv, "--systems", "ray-serve", "--inside-netns", "--partial",
+             str(partial), "--artifact", str(work / "artifact")]
+    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *inner]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return json.loads(partial.read_text())
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--profiles", default=",".join(workload.PROFILES))
+    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
+    p.add_argument("--server-warmup", type=float, default=4.0, help="unrecorded seconds after each start")
+    p.add_argument("--workers", type=int, default=2, help="workers / instances / replicas, for every system")
+    p.add_argument("--ort-threads", type=int, default=1, help="ORT intra-op threads per worker, every system")
+    p.add_argument("--run", default=None, help="training run to export (default runs/default, trained if missing)")
+    p.add_argument("--artifact", default=None, help="use this exported artifact instead")
+    p.add_argument("--work", default="bench/work")
+    p.add_argument("--out", default="bench/results.json")
+    p.add_argument("--report", default="docs/benchmarks.md")
+    p.add_argument("--inside-netns", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--partial", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.systems = [s for s in args.systems.split(",") if s]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    args.profiles = [s for s in args.profiles.split(",") if s]
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    work = (ROOT / args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.artifact:
+        art = Path(args.artifact)
+    elif args.run:
+        art = work / "artifact"
+        subprocess.run([PY, "-m", "export", "--run", args.run, "--out", str(art), "--no-store", "--max-length",
+                        str(workload.LONGTAIL_MAX_LENGTH)], cwd=ROOT, check=True, capture_output=True)
+    else:
+        art = prepare_artifact(work)
+    mixes = {p: workload.sequences(p) for p in args.profiles}
+    runs: list[dict] = []
+    if "limit" in args.systems:
+        for profile, seqs in mixes.items():
+            r = measure_limit(art, seqs, max(2.0, args.duration / 2), args.workers * args.ort_threads)
+            runs.append({"system": "limit", "profile": profile, "concurrency": None, **r})
+            print(f"bench: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
+    if {"seqserve", "seqserve-nobatch"} & set(args.systems):
+        runs += run_system("seqserve", art, work, args, mixes)
+    if "triton" in args.systems:
+        runs += run_system("triton", art, work, args, mixes)
+    if "ray-serve" in args.systems:
+        if args.inside_netns:
+            runs += run_system("ray-serve", art, work, args, mixes)
+        else:
+            runs += run_ray_in_netns(work, args, strip_systems(argv))
+    if args.partial:
+        Path(args.partial).write_text(json.dumps(runs))
+        return {"runs": runs}
+    results = {"machine": machine(), "settings": {
+        "duration_s": args.duration, "warmup_s": args.warmup, "workers": args.workers,
+        "ort_threads": args.ort_threads, "sequences_per_request": 1, "model": json.loads(
+            (art / "metadata.json").read_text())["rnn"], "total_seconds": round(time.perf_counter() - t0, 1)},
+        "runs": runs}
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    report = ROOT / args.report
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(results))
+    print(f"bench: wrote {out} and {report} in {results['settings']['total_seconds']} s", file=sys.stderr)
+    return results
+
+
+def strip_systems(argv: list[str]) -> list[str]:
+    """argv without any --systems option (the Ray rerun sets its own)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--systems":
+            skip = True
+        elif not a.startswith("--systems="):
+            out.append(a)
+    return out
+
+
+def _find(runs: list[dict], system: str, profile: str, c: int | None) -> dict | None:
+    return next((r for r in runs if r["system"] == system and r["profile"] == profile and r["concurrency"] == c),
+                None)
+
+
+def targets(runs: list[dict], c_high: int) -> list[str]:
+    """The issue's targets, each with the measured numbers and met / missed."""
+    lines = []
+    for profile in dict.fromkeys(r["profile"] for r in runs):
+        ss = _find(runs, "seqserve", profile, c_high)
+        peers = [r for r in (_find(runs, p, profile, c_high) for p in ("triton", "ray-serve")) if r]
+        if ss and peers:
+            best = max(peers, key=lambda r: r["seq_per_s"])
+            ratio = ss["seq_per_s"] / best["seq_per_s"] if best["seq_per_s"] else float("inf")
+            ok = ratio >= 1.3 and ss["p99_ms"] <= best["p99_ms"]
+            lines.append(f"- `{profile}`, c={c_high}: seqserve {ss['seq_per_s']:.0f} seq/s vs best peer "
+                         f"{best['system']} {best['seq_per_s']:.0f} = **{ratio:.2f}x** (target >= 1.3x); p99 "
+                         f"{ss['p99_ms']:.0f} vs {best['p99_ms']:.0f} ms: **{'met' if ok else 'MISSED'}**")
+        nb = _find(runs, "seqserve-nobatch", profile, c_high)
+        if ss and nb:
+            ratio = ss["seq_per_s"] / nb["seq_per_s"] if nb["seq_per_s"] else float("inf")
+            lines.append(f"- `{profile}`, c={c_high}: batching on vs off {ss['seq_per_s']:.0f} / "
+                         f"{nb['seq_per_s']:.0f} = **{ratio:.2f}x** (target >= 3x): "
+                         f"**{'met' if ratio >= 3 else 'MISSED'}**")
+        lim = _find(runs, "limit", profile, None)
+        http = [r for r in runs if r["system"] == "seqserve" and r["profile"] == profile]
+        if lim and http:
+            best = max(http, key=lambda r: r["seq_per_s"])
+            frac = best["seq_per_s"] / lim["seq_per_s"]
+            lines.append(f"- `{profile}`: HTTP seqserve (best, c={best['concurrency']}) "
+                         f"{best['seq_per_s']:.0f} seq/s = "
+                         f"**{frac:.0%}** of the in-process limit {lim['seq_per_s']:.0f} (target >= 50%): "
+                         f"**{'met' if frac >= 0.5 else 'MISSED'}**")
+    return lines
+
+
+def render_report(results: dict) -> str:
+    m, s, runs = results["machine"], results["settings"], results["runs"]
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m loadtest.bench`); raw numbers in `bench/results.json`. Do not edit",
+        "by hand: rerun. Analysis of the numbers: `docs/performance.md`.",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; Python {m['python']}, "
+        f"ONNX Runtime {m['onnxruntime']} (CPU provider); {m['date']}",
+        f"- model: {s['model']['layers']}-layer {'bidirectional ' if s['model']['bidirectional'] else ''}"
+        f"{s['model']['rnn'].upper()}, hidden {s['model']['hidden']}, {s['model']['attention']} attention "
+        "(the default JapaneseVowels model), the same model.onnx for every system",
+        f"- every system: {s['workers']} workers/instances/replicas x {s['ort_threads']} ORT thread(s); one sequence "
+        f"per request; closed-loop client on the same 2 cores (`loadtest/client.py`), {s['warmup_s']:.0f} s warm-up "
+        f"+ {s['duration_s']:.0f} s measured per row; whole run {s['total_seconds']:.0f} s",
+        "- profiles: `jv` = the 370 JapaneseVowels test sequences (7..29 steps); `longtail` = the same with a tenth "
+        "stretched 10-40x (up to 1160 steps)",
+        "- padding efficiency = real / padded time steps actually run; mean batch = sequences per model call",
+        "",
+    ]
+    for profile in dict.fromkeys(r["profile"] for r in runs):
+        out += [f"## Profile `{profile}`", "",
+                "| system | concurrency | req/s | seq/s | p50 ms | p95 ms | p99 ms | errors | padding eff. "
+                "| mean batch |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in runs:
+            if r["profile"] != profile:
+                continue
+            c = "-" if r["concurrency"] is None else r["concurrency"]
+            eff = "-" if r.get("padding_efficiency") is None else f"{r['padding_efficiency']:.2f}"
+            mb = "-" if r.get("mean_batch") is None else f"{r['mean_batch']:.1f}"
+            out.append(f"| {r['system']} | {c} | {r['req_per_s']:.0f} | {r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | "
+                       f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {eff} | {mb} |")
+        out.append("")
+    c_high = max((r["concurrency"] for r in runs if r["concurrency"]), default=64)
+    out += ["## Targets", "", *targets(runs, c_high), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

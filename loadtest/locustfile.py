@@ -1,0 +1,69 @@
+"""Locust load test for a running seqserve: ``make loadtest`` (headless, 127.0.0.1 only, bounded in time).
+
+Environment:
+  LOADTEST_PROFILE   jv (real JapaneseVowels test sequences) | longtail (a tenth stretched 10-40x); default jv
+  LOADTEST_STEPS     number of user steps in the ramp (default 4)
+  LOADTEST_STEP_USERS users added per step (default 16)
+  LOADTEST_STEP_SECONDS seconds per step (default 10); the test stops by itself after STEPS x STEP_SECONDS
+  LOADTEST_SEQS_PER_REQUEST sequences per request (default 1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from urllib.parse import urlparse
+
+import numpy as np
+from locust import LoadTestShape, events, task
+from locust.contrib.fasthttp import FastHttpUser
+
+from loadtest import workload
+
+PROFILE = os.environ.get("LOADTEST_PROFILE", "jv")
+STEPS = int(os.environ.get("LOADTEST_STEPS", 4))
+STEP_USERS = int(os.environ.get("LOADTEST_STEP_USERS", 16))
+STEP_SECONDS = float(os.environ.get("LOADTEST_STEP_SECONDS", 10))
+PER_REQUEST = int(os.environ.get("LOADTEST_SEQS_PER_REQUEST", 1))
+
+SEQUENCES = workload.sequences(PROFILE)
+BODIES = [json.dumps({"sequences": [np.round(s.astype(np.float64), 6).tolist()
+                                    for s in SEQUENCES[i : i + PER_REQUEST]]}).encode()
+          for i in range(0, len(SEQUENCES) - PER_REQUEST + 1, PER_REQUEST)]
+
+
+@events.test_start.add_listener
+def check_target(environment, **_: object) -> None:  # noqa: ANN001
+    host = urlparse(environment.host or "").hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"load tests hit loopback only; --host is {environment.host!r}")
+    longest = max(len(s) for s in SEQUENCES)
+    meta = json.loads(__import__("urllib.request").request.urlopen(environment.host + "/metadata").read())
+    if meta["max_length"] < longest:
+        raise SystemExit(f"profile {PROFILE!r} sends up to {longest} steps but the model accepts {meta['max_length']}"
+                         f": export with --max-length {longest} (or use LOADTEST_PROFILE=jv)")
+
+
+class SeqUser(FastHttpUser):
+    """Closed loop: each user sends its next request when the previous answer arrives."""
+
+    @task
+    def predict(self) -> None:
+        body = random.choice(BODIES)
+        with self.client.post("/predict", data=body, headers={"content-type": "application/json"},
+                              catch_response=True, name=f"/predict [{PROFILE}]") as r:
+            if r.status_code != 200:
+                r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
+            elif len(r.json()) != PER_REQUEST:
+                r.failure("wrong number of results")
+
+
+class StepRamp(LoadTestShape):
+    """STEP_USERS more users every STEP_SECONDS, STEPS times; then stop."""
+
+    def tick(self) -> tuple[int, float] | None:
+        step = int(self.get_run_time() // STEP_SECONDS)
+        if step >= STEPS:
+            return None
+        return (step + 1) * STEP_USERS, float(STEP_USERS)
