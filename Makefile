@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve test lint bench loadtest clean
+.PHONY: venv train export serve test lint bench loadtest prometheus monitor clean
 
 venv: $(VENV)/.installed
 
@@ -56,6 +56,17 @@ loadtest: venv
 bench: venv
 	@if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
 	$(PY) -m loadtest.bench
+
+# Prometheus + promtool from Debian (the monitoring tests use the real binary; CI installs it here).
+prometheus:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
+# Prometheus on 127.0.0.1:9090 scraping `make serve` (rules and alerts from deploy/prometheus/).
+monitor: prometheus
+	prometheus --config.file=deploy/prometheus/prometheus.yml --web.listen-address=127.0.0.1:9090 \
+	  --storage.tsdb.path=.prometheus
 
 lint: venv
 	$(VENV)/bin/ruff check .

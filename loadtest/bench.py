@@ -267,7 +267,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--profiles", default=",".join(workload.PROFILES))
     p.add_argument("--concurrency", default="1,16,64")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    p.add_argument("--duration", type=float, default=12.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
     p.add_argument("--server-warmup", type=float, default=4.0, help="unrecorded seconds after each start")
     p.add_argument("--workers", type=int, default=2, help="workers / instances / replicas, for every system")

@@ -8,6 +8,7 @@ Settings come from the environment (documented in README "Configuration"):
 
 =================================  =======  =====================================================
 ``SEQSERVE_DEVICE``                auto     auto | cpu | cuda
+``SEQSERVE_WORKERS``               2        BentoML worker processes (2 x 1 thread measured best on 2 cores)
 ``SEQSERVE_ORT_THREADS``           0        ORT intra-op threads per worker (0: cores / workers)
 ``SEQSERVE_STEP_BUDGET``           8192     max ``B x T_max`` of one model call
 ``SEQSERVE_MAX_SUB_BATCH``         128      max sequences in one model call
@@ -25,6 +26,8 @@ import numpy as np
 
 from service.padding import PadBuffer, plan_batches
 from service.runtime import Artifact, find_artifact, open_session
+
+DEFAULT_WORKERS = 2
 
 
 def env_int(name: str, default: int) -> int:
@@ -68,7 +71,8 @@ class Engine:
         self.model_version: str = meta["model_version"]
         self.feature_dim: int = int(meta["feature_dim"])
         self.max_length: int = int(meta["max_length"])
-        threads = self.settings.ort_threads or max(1, (os.cpu_count() or 1) // env_int("SEQSERVE_WORKERS", 1))
+        workers = env_int("SEQSERVE_WORKERS", DEFAULT_WORKERS)
+        threads = self.settings.ort_threads or max(1, (os.cpu_count() or 1) // workers)
         self.session, self.provider = open_session(self.artifact.onnx_path, self.settings.device, threads)
         self.ort_threads = threads
         self._pad = PadBuffer(self.feature_dim)

@@ -1,31 +1,148 @@
-"""Prometheus metrics of the service (prefix ``seqserve_``), exposed on BentoML's /metrics.
+"""Prometheus metrics of the service (prefix ``seqserve_``), exposed on BentoML's ``/metrics``.
 
-BentoML runs prometheus_client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR under BENTOML_HOME), so
-counters and histograms created here are summed across workers. Labels are bounded: model version,
-outcome, kind; never per-request values.
+BentoML runs prometheus_client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR under BENTOML_HOME), so the
+counters and histograms here are summed across workers; gauges declare how workers combine (``livemax``).
+Labels are bounded: model version, outcome, reason, kind, class (from the model's class list), feature
+index (only when the model has <= 64 features). Never per-request values. BentoML's own request metrics
+(``bentoml_service_request_total``, ``..._duration_seconds``, ``..._adaptive_batch_size``) stay.
+
+=========================================  ===========================================================
+``seqserve_sequences_total``               sequences answered, by model_version and outcome (ok|error)
+``seqserve_rejected_requests_total``       HTTP 400s, by reason (feature_count, too_long, ...)
+``seqserve_sequence_length_steps``         histogram of served sequence lengths (time steps)
+``seqserve_batch_size_sequences``          histogram of sequences per model call (executed batch size)
+``seqserve_time_steps_total``              time steps run, kind=real|padded: padding efficiency = real/padded
+``seqserve_model_compute_seconds``         histogram of one ONNX Runtime call
+``seqserve_queue_wait_seconds``            histogram: request parsed -> its batch starts on the model
+``seqserve_model_info``                    1, labels model_version, rnn, provider, device_requested
+``seqserve_predictions_total``             predicted class counts, by model_version and class
+``seqserve_input_drift_score``             mean per-feature z-shift of recent inputs vs training (drift.py)
+``seqserve_input_drift_feature_zshift``    the same per feature
+``seqserve_input_drift_window_steps``      time steps in the drift window
+=========================================  ===========================================================
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import json
 
-from service.engine import BatchStats
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from service.drift import DriftMonitor
+from service.engine import BatchStats, Engine
+
+LENGTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 SEQUENCES = Counter("seqserve_sequences", "Sequences answered by the model", ["model_version", "outcome"])
+REJECTED = Counter("seqserve_rejected_requests", "Requests rejected with HTTP 400, by reason", ["reason"])
+LENGTH = Histogram("seqserve_sequence_length_steps", "Time steps per served sequence", buckets=LENGTH_BUCKETS)
+BATCH_SIZE = Histogram("seqserve_batch_size_sequences", "Sequences per model call (executed batch size)",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)",
                      ["kind"])
 MODEL_CALLS = Counter("seqserve_model_calls", "ONNX Runtime calls (sub-batches)")
-BATCH_SIZE = Histogram("seqserve_batch_size_sequences", "Sequences per model call (executed batch size)",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 COMPUTE_SECONDS = Histogram("seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call",
-                            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+                            buckets=SECONDS_BUCKETS)
+QUEUE_SECONDS = Histogram("seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model",
+                          buckets=SECONDS_BUCKETS)
+MODEL_INFO = Gauge("seqserve_model_info", "The loaded model (always 1)",
+                   ["model_version", "rnn", "provider", "device_requested"], multiprocess_mode="livemax")
+PREDICTIONS = Counter("seqserve_predictions", "Predicted class counts", ["model_version", "class"])
+DRIFT = Gauge("seqserve_input_drift_score", "Mean per-feature |recent mean - training mean| / training std",
+              ["model_version"], multiprocess_mode="livemax")
+DRIFT_FEATURE = Gauge("seqserve_input_drift_feature_zshift", "Per-feature |recent mean - training mean| / std",
+                      ["model_version", "feature"], multiprocess_mode="livemax")
+DRIFT_STEPS = Gauge("seqserve_input_drift_window_steps", "Time steps in the drift window", ["model_version"],
+                    multiprocess_mode="livemax")
+MAX_FEATURE_LABELS = 64
 
 
-def record_batch(stats: BatchStats, model_version: str) -> None:
-    SEQUENCES.labels(model_version, "ok").inc(stats.sequences)
-    TIME_STEPS.labels("real").inc(stats.real_steps)
-    TIME_STEPS.labels("padded").inc(stats.padded_steps)
-    MODEL_CALLS.inc(stats.model_calls)
-    for size, seconds in zip(stats.call_sizes, stats.call_seconds):
-        BATCH_SIZE.observe(size)
-        COMPUTE_SECONDS.observe(seconds)
+class ServiceMetrics:
+    """Everything one worker records about its model; the service calls ``observe`` once per merged batch."""
+
+    def __init__(self, engine: Engine, device_requested: str, drift_window_steps: int = 4096) -> None:
+        self.version = engine.model_version
+        self.classes = engine.classes
+        norm = engine.artifact.meta["normalisation"]
+        self.drift = DriftMonitor(norm["mean"], norm["std"], window_steps=drift_window_steps)
+        rnn = engine.artifact.meta["rnn"]["rnn"]
+        MODEL_INFO.labels(self.version, rnn, engine.provider, device_requested).set(1)
+        self._ok = SEQUENCES.labels(self.version, "ok")
+        self._error = SEQUENCES.labels(self.version, "error")
+        self._predicted = [PREDICTIONS.labels(self.version, c) for c in self.classes]
+        self._real, self._padded = TIME_STEPS.labels("real"), TIME_STEPS.labels("padded")
+        self._drift_features = engine.feature_dim <= MAX_FEATURE_LABELS
+
+    def observe(self, seqs: list[np.ndarray], stats: BatchStats, probs: np.ndarray, started: float) -> None:
+        """After a successful model run; ``started`` is the perf_counter time the batch started."""
+        self._ok.inc(stats.sequences)
+        for s in seqs:
+            LENGTH.observe(len(s))
+            received = getattr(s, "received_at", None)
+            if received is not None:
+                QUEUE_SECONDS.observe(max(0.0, started - received))
+        self._real.inc(stats.real_steps)
+        self._padded.inc(stats.padded_steps)
+        MODEL_CALLS.inc(stats.model_calls)
+        for size, seconds in zip(stats.call_sizes, stats.call_seconds):
+            BATCH_SIZE.observe(size)
+            COMPUTE_SECONDS.observe(seconds)
+        counts = np.bincount(probs.argmax(axis=1), minlength=len(self.classes))
+        for counter, n in zip(self._predicted, counts.tolist()):
+            if n:
+                counter.inc(n)
+        self.drift.update(seqs)
+        shift = self.drift.feature_shift()
+        if not np.isnan(shift).any():
+            DRIFT.labels(self.version).set(float(shift.mean()))
+            if self._drift_features:
+                for f, z in enumerate(shift.tolist()):
+                    DRIFT_FEATURE.labels(self.version, str(f)).set(z)
+        DRIFT_STEPS.labels(self.version).set(self.drift.steps)
+
+    def failed(self, n: int) -> None:
+        self._error.inc(n)
+
+
+REASONS = {"json_invalid": "invalid_json", "missing": "missing_field"}
+
+
+class RejectionCounter:
+    """ASGI middleware: count each HTTP 400 from the API routes by the reason in its JSON body.
+
+    Validation runs inside BentoML before our code sees the request, so the response is the one place
+    where every rejection (ours and pydantic's, e.g. invalid JSON) can be counted.
+    """
+
+    def __init__(self, app, paths: tuple[str, ...] = ("/predict", "/predict_nobatch")) -> None:  # noqa: ANN001
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        state = {"status": 0, "body": b""}
+
+        async def watch(message) -> None:  # noqa: ANN001
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            elif message["type"] == "http.response.body" and state["status"] == 400:
+                state["body"] += message.get("body", b"")
+                if not message.get("more_body"):
+                    REJECTED.labels(rejection_reason(state["body"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
+def rejection_reason(body: bytes) -> str:
+    """``seqserve_too_long`` -> ``too_long``; pydantic's own types map through REASONS; else ``other``."""
+    try:
+        kind = json.loads(body)["detail"][0]["type"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "other"
+    if kind.startswith("seqserve_"):
+        return kind[len("seqserve_"):]
+    return REASONS.get(kind, "other")

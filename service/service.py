@@ -12,6 +12,7 @@ ONNX Runtime session in ``__init__``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated
 
 import bentoml
@@ -22,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service import metrics
-from service.engine import Engine, env_int
+from service.engine import DEFAULT_WORKERS, Engine, env_int
+from service.metrics import RejectionCounter, ServiceMetrics
 from service.runtime import find_artifact
 from service.schema import MAX_SEQUENCES, sequences_type
 
@@ -31,7 +32,7 @@ log = logging.getLogger("seqserve")
 
 ARTIFACT = find_artifact()
 Sequences = sequences_type(int(ARTIFACT.meta["feature_dim"]), int(ARTIFACT.meta["max_length"]), MAX_SEQUENCES)
-WORKERS = env_int("SEQSERVE_WORKERS", 1)
+WORKERS = env_int("SEQSERVE_WORKERS", DEFAULT_WORKERS)
 MAX_BATCH_SIZE = env_int("SEQSERVE_MAX_BATCH_SIZE", 256)  # sequences per adaptive batch (BentoML counts items)
 MAX_LATENCY_MS = env_int("SEQSERVE_MAX_LATENCY_MS", 2000)
 ACCESS_LOG = env_int("SEQSERVE_ACCESS_LOG", 0) == 1  # one INFO line per request: ~8% of peak throughput
@@ -78,6 +79,8 @@ routes = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
 class SeqServe:
     def __init__(self) -> None:
         self.engine = Engine(ARTIFACT)
+        self.metrics = ServiceMetrics(self.engine, self.engine.settings.device,
+                                      env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096))
         _current["engine"] = self.engine
         log.warning("seqserve: model %s (%s) on %s, %d ORT threads", self.engine.model_version,
                     ARTIFACT.source, self.engine.provider, self.engine.ort_threads)
@@ -92,9 +95,17 @@ class SeqServe:
         return self._run(sequences)
 
     def _run(self, sequences: list) -> list[dict]:
-        out, stats = self.engine.predict(sequences)
-        metrics.record_batch(stats, self.engine.model_version)
-        return out
+        started = time.perf_counter()
+        try:
+            probs, attention, stats = self.engine.infer(sequences)
+        except Exception:
+            self.metrics.failed(len(sequences))
+            raise
+        self.metrics.observe(sequences, stats, probs, started)
+        return self.engine.format(probs, attention)
+
+
+SeqServe.add_asgi_middleware(RejectionCounter)
 
 
 __all__ = ["SeqServe"]
