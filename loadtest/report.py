@@ -96,6 +96,9 @@ def render_report(results: dict) -> str:
         "- profiles: `jv` = the 370 JapaneseVowels test sequences (7..29 steps); `longtail` = the same with a tenth "
         "stretched 10-40x (up to 1160 steps)",
         "- padding efficiency = real / padded time steps actually run; mean batch = sequences per model call",
+        "- `limit`: the engine in-process on length-sorted chunks of 128 sequences (its req/s counts chunks); "
+        "Triton's dynamic batcher only groups requests whose input shapes are equal, hence batches of ~1.1; "
+        "its handler and Ray's pad each batch to its longest sequence",
         "",
     ]
     for profile in dict.fromkeys(r["profile"] for r in runs):
