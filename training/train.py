@@ -44,7 +44,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise", type=float, default=0.2, help="Gaussian input noise (in std units) while training")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patience", type=int, default=20, help="epochs without validation improvement before stopping")
+    p.add_argument("--patience", type=int, default=20, help="epochs without reaching best val accuracy again")
     p.add_argument("--time-budget", type=float, default=240.0, help="wall-clock seconds for the epoch loop")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
@@ -142,7 +142,7 @@ def train(args: argparse.Namespace) -> dict:
     bar_cls = _progress_bar() if show else None
 
     history: list[dict] = []
-    best = {"key": (-1.0, -float("inf")), "state": None, "epoch": 0}
+    best = {"val_accuracy": -1.0, "state": None, "epoch": 0}
     since_best = 0
     train_lengths = train_ds.lengths
     for epoch in range(1, args.epochs + 1):
@@ -175,9 +175,10 @@ def train(args: argparse.Namespace) -> dict:
         if show:
             print(f"epoch {epoch:3d}  train_loss {tot_loss / tot_n:.4f}  val_loss {vloss:.4f}  "
                   f"val_acc {vacc:.4f}  {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        key = (vacc, -vloss)
-        if vacc >= best["key"][0]:  # best validation accuracy; on a tie the later (more annealed) epoch
-            best = {"key": key, "state": {k: v.clone() for k, v in model.state_dict().items()},
+        # Keep the best validation accuracy; on a tie the later, more annealed epoch. Reaching the best again
+        # resets patience, so a plateau at the top does not stop training before the schedule has annealed.
+        if vacc >= best["val_accuracy"]:
+            best = {"val_accuracy": vacc, "state": {k: v.clone() for k, v in model.state_dict().items()},
                     "epoch": epoch}
             since_best = 0
         else:
