@@ -47,7 +47,7 @@ def prepare_artifact(work: Path) -> Path:
 
 def json_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int]]:
     """seqserve and Ray Serve: ``{"sequences": [seq]}``, one sequence per request, 6 decimals."""
-    return [(json.dumps({"sequences": [np.round(s.astype(np.float64), 6).tolist()]}).encode(), 1) for s in seqs]
+    return [(workload.json_body([s]), 1) for s in seqs]
 
 
 def triton_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int]]:

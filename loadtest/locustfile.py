@@ -15,7 +15,6 @@ import os
 import random
 from urllib.parse import urlparse
 
-import numpy as np
 from locust import LoadTestShape, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
@@ -28,8 +27,7 @@ STEP_SECONDS = float(os.environ.get("LOADTEST_STEP_SECONDS", 10))
 PER_REQUEST = int(os.environ.get("LOADTEST_SEQS_PER_REQUEST", 1))
 
 SEQUENCES = workload.sequences(PROFILE)
-BODIES = [json.dumps({"sequences": [np.round(s.astype(np.float64), 6).tolist()
-                                    for s in SEQUENCES[i : i + PER_REQUEST]]}).encode()
+BODIES = [workload.json_body(SEQUENCES[i : i + PER_REQUEST])
           for i in range(0, len(SEQUENCES) - PER_REQUEST + 1, PER_REQUEST)]
 
 

@@ -9,6 +9,7 @@ Deterministic for a seed, so every system in a benchmark sees the same requests 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,8 @@ def sequences(profile: str, seed: int = 0, path: Path = JV_TEST) -> list[np.ndar
         factors = rng.integers(STRETCH[0], STRETCH[1] + 1, size=len(seqs))
         seqs = [stretch(s, int(k)) if is_long else s for s, k, is_long in zip(seqs, factors, long)]
     return seqs
+
+
+def json_body(seqs: list[np.ndarray]) -> bytes:
+    """A /predict body for these sequences, numbers rounded to 6 decimals (the same text for every system)."""
+    return json.dumps({"sequences": [np.round(s.astype(np.float64), 6).tolist() for s in seqs]}).encode()
