@@ -313,13 +313,18 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"bench: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
     if {"seqserve", "seqserve-nobatch"} & set(args.systems):
         runs += run_system("seqserve", art, work, args, mixes)
-    if "triton" in args.systems:
-        runs += run_system("triton", art, work, args, mixes)
-    if "ray-serve" in args.systems:
-        if args.inside_netns:
-            runs += run_system("ray-serve", art, work, args, mixes)
-        else:
-            runs += run_ray_in_netns(work, args, strip_systems(argv))
+    skipped: dict[str, str] = {}
+    for peer in ("triton", "ray-serve"):
+        if peer not in args.systems:
+            continue
+        try:  # a peer that cannot be installed or started is reported, not fatal
+            if peer == "ray-serve" and not args.inside_netns:
+                runs += run_ray_in_netns(work, args, strip_systems(argv))
+            else:
+                runs += run_system(peer, art, work, args, mixes)
+        except (OSError, RuntimeError, TimeoutError, subprocess.CalledProcessError) as e:
+            skipped[peer] = f"{type(e).__name__}: {str(e)[-500:]}"
+            print(f"bench: {peer} skipped: {skipped[peer]}", file=sys.stderr, flush=True)
     if args.partial:
         Path(args.partial).write_text(json.dumps(runs))
         return {"runs": runs}
@@ -327,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
         "duration_s": args.duration, "warmup_s": args.warmup, "workers": args.workers,
         "ort_threads": args.ort_threads, "sequences_per_request": 1, "model": json.loads(
             (art / "metadata.json").read_text())["rnn"], "total_seconds": round(time.perf_counter() - t0, 1)},
-        "runs": runs}
+        "skipped": skipped, "runs": runs}
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

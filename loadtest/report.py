@@ -115,6 +115,8 @@ def render_report(results: dict) -> str:
             out.append(f"| {r['system']} | {c} | {r['req_per_s']:.0f} | {r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | "
                        f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {eff} | {mb} |")
         out.append("")
+    for system, why in results.get("skipped", {}).items():
+        out += [f"**{system} was skipped**: {why}", ""]
     c_high = max((r["concurrency"] for r in runs if r["concurrency"]), default=64)
     out += ["## Targets", "", *targets(runs, c_high), ""]
     return "\n".join(out)
