@@ -124,9 +124,9 @@ def parity_report(model: torch.nn.Module, sess: ort.InferenceSession, held_out: 
     return report
 
 
-def content_version(onnx_path: Path, contract: dict) -> str:
-    """Version = hash of the graph bytes and the serving contract (classes, limits, normalisation)."""
-    h = hashlib.sha256(onnx_path.read_bytes())
+def content_version(graph_sha256: str, contract: dict) -> str:
+    """Version = hash of the graph's hash and the serving contract (classes, limits, normalisation)."""
+    h = hashlib.sha256(graph_sha256.encode())
     h.update(json.dumps(contract, sort_keys=True).encode())
     return h.hexdigest()[:12]
 
@@ -148,11 +148,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | No
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     contract = {"classes": ckpt["classes"], "feature_dim": cfg["feature_dim"],
                 "max_length": int(max_length or ckpt["max_length"]), "normalisation": ckpt["normalisation"]}
+    graph_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     meta = {
         "schema_version": SCHEMA_VERSION,
         "model_name": MODEL_NAME,
-        "model_version": content_version(onnx_path, contract),
-        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "model_version": content_version(graph_sha256, contract),
+        "onnx_sha256": graph_sha256,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **contract,
         "rnn": {k: cfg[k] for k in ("rnn", "hidden", "layers", "bidirectional", "attention", "dropout", "stride")},

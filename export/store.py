@@ -1,6 +1,7 @@
 """Put an artifact directory (model.onnx + metadata.json) into the BentoML model store.
 
-The tag is ``seqclassifier:<version>``, the version a content hash of model.onnx.
+The tag is ``seqclassifier:<version>``; the version (from metadata.json) hashes the graph and the serving
+contract, so storing the same artifact twice is a no-op.
 """
 
 from __future__ import annotations

@@ -50,12 +50,14 @@ class Settings:
 @dataclass
 class BatchStats:
     sequences: int = 0
-    model_calls: int = 0
     real_steps: int = 0
     padded_steps: int = 0
-    compute_seconds: float = 0.0
-    call_sizes: list[int] = field(default_factory=list)
-    call_seconds: list[float] = field(default_factory=list)
+    call_sizes: list[int] = field(default_factory=list)  # sequences per model call
+    call_seconds: list[float] = field(default_factory=list)  # wall time per model call
+
+    @property
+    def model_calls(self) -> int:
+        return len(self.call_sizes)
 
     @property
     def padding_efficiency(self) -> float:
@@ -89,13 +91,10 @@ class Engine:
             x, lens = self._pad.pad([seqs[i] for i in g])
             t0 = time.perf_counter()
             p, a = self.session.run(None, {"x": x, "lengths": lens})
-            dt = time.perf_counter() - t0
-            stats.compute_seconds += dt
-            stats.call_seconds.append(dt)
+            stats.call_seconds.append(time.perf_counter() - t0)
             probs[g] = p
             for k, i in enumerate(g):
                 attention[i] = a[k, : lens[k]]
-            stats.model_calls += 1
             stats.padded_steps += x.shape[0] * x.shape[1]
             stats.call_sizes.append(len(g))
         return probs, attention, stats
