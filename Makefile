@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve test lint bench loadtest prometheus monitor clean
+.PHONY: venv train export serve test lint bench eval loadtest prometheus monitor clean
 
 venv: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ loadtest: venv
 bench: venv
 	@if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
 	$(PY) -m loadtest.bench
+
+# Accuracy suite: defaults on the shipped UCR/UEA sets, 3 seeds -> docs/accuracy.md + .json (~40 min on 2 cores).
+EVAL_ARGS ?=
+eval: venv
+	$(PY) -m training eval $(EVAL_ARGS)
 
 # Prometheus + promtool from Debian (the monitoring tests use the real binary; CI installs it here).
 prometheus:

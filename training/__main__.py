@@ -1,4 +1,4 @@
-"""``python -m training {train,tune} ...``"""
+"""``python -m training {train,tune,eval} ...``"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from training.evaluate import add_eval_args, evaluate
     from training.train import add_train_args, train
     from training.tune import add_tune_args, tune
 
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     p_tune = sub.add_parser("tune", help="random search, selected on validation accuracy")
     add_tune_args(p_tune)
     p_tune.set_defaults(func=tune)
+
+    p_eval = sub.add_parser("eval", help="accuracy suite: defaults on UCR/UEA datasets -> docs/accuracy.md")
+    add_eval_args(p_eval)
+    p_eval.set_defaults(func=evaluate)
 
     args = parser.parse_args(argv)
     try:

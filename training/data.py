@@ -184,6 +184,20 @@ def normalisation(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def is_series_normalised(ds: Dataset, tol: float = 0.05) -> bool:
+    """True when (nearly) every sequence with 3+ steps is already z-normalised per channel (mean 0, std 1 on its
+    own steps), as most UCR archive sets are: then serving applies the same per-series normalisation."""
+    seqs = [s for s in ds.sequences if len(s) >= 3]
+    if not seqs:
+        return False
+    ok = 0
+    for s in seqs:
+        sd = s.std(axis=0)
+        live = sd > 1e-8  # constant channels cannot be normalised; they do not count against it
+        ok += bool(np.all(np.abs(s.mean(axis=0)) < tol) and np.all(np.abs(sd[live] - 1.0) < tol))
+    return ok >= 0.95 * len(seqs)
+
+
 def split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Stratified train/validation split."""
     rng = np.random.default_rng(seed)

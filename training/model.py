@@ -1,17 +1,29 @@
-"""The sequence classifier: normalise -> input projection -> (bi)RNN over packed sequences -> attention -> classes.
+"""The sequence classifier: normalise -> [convolutional branch | (bi)RNN + attention branch] -> classes.
 
-Variable length is exact: padded steps are zeroed, the RNN runs on a packed batch (``pack_padded_sequence``;
-the TorchScript ONNX exporter turns it into native LSTM/GRU/RNN ops with ``sequence_lens``), and attention
-scores on padding are masked, so a sequence's output does not depend on what it is batched with.
+Two branches read the normalised input side by side and their pooled features are concatenated before the
+classifier (LSTM-FCN / MLSTM-FCN, Karim et al. 2017/2019):
 
-For long sequences a strided front end (``stride > 1``) shortens time before the RNN: a Conv1d with
-kernel = stride = s turns T steps into ceil(T / s). Attention is computed on the shortened steps and spread
-back over the input steps it covers, so the ``attention`` output always has the input's T.
+* the **convolutional branch** (FCN, Wang et al. 2017): ``conv_channels`` blocks of Conv1d ("same" padding,
+  odd kernels ``conv_kernels``) -> batch norm -> ReLU, then a global average pool over each sequence's own
+  steps. Cheap per step and strong on local shape.
+* the **recurrent branch**: a strided Conv1d input projection (kernel = stride = ``stride``; shortens long
+  sequences to at most ~128 RNN steps) -> packed (bi)RNN/LSTM/GRU -> additive attention (or the last valid
+  state). The attention weights are the model's explanation and are mapped back onto the input steps.
+
+Variable length is exact, so a sequence's output does not depend on what it is batched with:
+
+* normalisation is either ``global`` (training-split mean/std per channel) or ``series`` (each sequence
+  z-normalised per channel over its own real steps only); the choice is part of the config and the graph;
+* every step beyond a sequence's length is zeroed after normalisation and after every convolution block,
+  so a "same" convolution sees the same zeros at a sequence's end whether it is alone or padded; the
+  average pool divides by the real length; batch norm uses only real steps for its training statistics;
+* the RNN runs on a packed batch (``pack_padded_sequence``; the TorchScript ONNX exporter turns it into
+  native LSTM/GRU/RNN ops with ``sequence_lens``) and attention scores on padding are masked.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+NORMALISATIONS = ("global", "series")
 
 
 @dataclass
@@ -31,10 +44,34 @@ class ModelConfig:
     bidirectional: bool = True
     attention: str = "additive"  # or "none": use the last valid hidden state
     dropout: float = 0.2
-    stride: int = 1  # time reduction of the input projection
+    stride: int = 1  # time reduction of the RNN branch's input projection
+    conv_channels: list[int] = field(default_factory=list)  # convolutional branch widths; [] = no branch
+    conv_kernels: list[int] = field(default_factory=lambda: [7, 5, 3])
+    normalisation: str = "global"  # or "series": per-sequence, per-channel z-normalisation
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm whose training statistics come from real steps only (padding would bias them).
+
+    In eval mode it is the plain running-statistics affine map (exported as ONNX BatchNormalization, which
+    ONNX Runtime folds into the preceding Conv)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # x [B, C, T]
+        if not self.training or mask is None:
+            return super().forward(x)
+        m = mask.unsqueeze(1).to(x.dtype)  # [B, 1, T]
+        n = m.sum().clamp_min(2.0)
+        mean = (x * m).sum((0, 2)) / n
+        var = (((x - mean[None, :, None]) * m) ** 2).sum((0, 2)) / n
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+            self.num_batches_tracked += 1
+        xn = (x - mean[None, :, None]) / torch.sqrt(var[None, :, None] + self.eps)
+        return xn * self.weight[None, :, None] + self.bias[None, :, None]
 
 
 class SequenceClassifier(nn.Module):
@@ -44,12 +81,27 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"rnn must be one of {sorted(RNN_TYPES)}, got {cfg.rnn!r}")
         if cfg.attention not in ("additive", "none"):
             raise ValueError(f"attention must be 'additive' or 'none', got {cfg.attention!r}")
+        if cfg.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {cfg.normalisation!r}")
+        if cfg.conv_channels and len(cfg.conv_kernels) != len(cfg.conv_channels):
+            raise ValueError("conv_kernels must give one kernel size per conv_channels entry")
+        if any(k % 2 == 0 for k in cfg.conv_kernels):
+            raise ValueError(f"conv_kernels must be odd (centred 'same' padding), got {cfg.conv_kernels}")
         self.cfg = cfg
         h = cfg.hidden
-        # Normalisation statistics from the training split travel inside the model (and the ONNX graph).
+        # Global normalisation statistics of the training split travel inside the model (and the ONNX graph);
+        # with "series" normalisation they are kept for drift monitoring only.
         self.register_buffer("mean", torch.zeros(cfg.feature_dim))
         self.register_buffer("std", torch.ones(cfg.feature_dim))
-        self.proj = nn.Conv1d(cfg.feature_dim, h, kernel_size=cfg.stride, stride=cfg.stride)
+        self.convs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        width = cfg.feature_dim
+        for c, k in zip(cfg.conv_channels, cfg.conv_kernels):
+            self.convs.append(nn.Conv1d(width, c, kernel_size=k, padding=k // 2, bias=False))
+            self.bns.append(MaskedBatchNorm1d(c))
+            width = c
+        rnn_in = cfg.conv_channels[-1] if cfg.conv_channels else cfg.feature_dim
+        self.proj = nn.Conv1d(rnn_in, h, kernel_size=cfg.stride, stride=cfg.stride)
         self.rnn = RNN_TYPES[cfg.rnn](
             h, h, num_layers=cfg.layers, batch_first=True, bidirectional=cfg.bidirectional,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
@@ -59,6 +111,30 @@ class SequenceClassifier(nn.Module):
         self.att_v = nn.Linear(h, 1, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(out, cfg.num_classes)
+        self.conv_head = nn.Linear(cfg.conv_channels[-1], cfg.num_classes) if cfg.conv_channels else None
+        self.branch_logits: tuple[torch.Tensor, ...] = ()  # last forward's per-branch logits (training losses)
+
+    def normalise(self, x: torch.Tensor, in_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Normalised input with every padded step exactly zero, whatever the client sent there."""
+        m = in_mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
+        if self.cfg.normalisation == "series":
+            x = x * m
+            n = lengths.to(x.dtype).view(-1, 1, 1)
+            mu = x.sum(1, keepdim=True) / n
+            sd = torch.sqrt((((x - mu) * m) ** 2).sum(1, keepdim=True) / n)
+            sd = torch.where(sd < 1e-6, torch.ones_like(sd), sd)  # a constant channel stays at zero
+            x = (x - mu) / sd
+        else:
+            x = (x - self.mean) / self.std
+        return x * m
+
+    def conv_features(self, x: torch.Tensor, in_mask: torch.Tensor) -> torch.Tensor:
+        """FCN blocks over the full-resolution input -> [B, T, C_last], zero beyond each length."""
+        m = in_mask.unsqueeze(1).to(x.dtype)  # [B, 1, T]
+        z = x.transpose(1, 2)
+        for conv, bn in zip(self.convs, self.bns):
+            z = torch.relu(bn(conv(z), in_mask)) * m
+        return z.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: float32 [B, T, F] zero-padded; lengths: int64 [B]. Returns logits [B, C], attention [B, T]."""
@@ -66,29 +142,37 @@ class SequenceClassifier(nn.Module):
         T = x.shape[1]
         steps = torch.arange(T, device=x.device).unsqueeze(0)
         in_mask = steps < lengths.unsqueeze(1)  # [B, T]
-        x = (x - self.mean) / self.std
-        x = x * in_mask.unsqueeze(-1).to(x.dtype)  # padding is exactly zero, whatever the client sent
+        x = self.normalise(x, in_mask, lengths)
+        pooled_conv = None
+        if self.cfg.conv_channels:
+            x = self.conv_features(x, in_mask)
+            pooled_conv = x.sum(1) / lengths.to(x.dtype).unsqueeze(1)  # masked global average pool
+        rlen = lengths
         if s > 1:
             x = F.pad(x, (0, 0, 0, s - 1))  # conv then yields ceil(T / s) steps
-            lengths = torch.div(lengths + (s - 1), s, rounding_mode="floor")
+            rlen = torch.div(lengths + (s - 1), s, rounding_mode="floor")
         z = torch.relu(self.proj(x.transpose(1, 2))).transpose(1, 2)  # [B, T', H]
         Tr = z.shape[1]
-        packed = pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(z, rlen.cpu(), batch_first=True, enforce_sorted=False)
         packed_out, _ = self.rnn(packed)
         hseq, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=Tr)  # [B, T', D]
-        mask = torch.arange(Tr, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+        mask = torch.arange(Tr, device=x.device).unsqueeze(0) < rlen.unsqueeze(1)
         if self.cfg.attention == "additive":
             scores = self.att_v(torch.tanh(self.att_w(hseq))).squeeze(-1)
             scores = scores.masked_fill(~mask, -1e9)
             att = torch.softmax(scores, dim=1) * mask.to(hseq.dtype)
             pooled = torch.bmm(att.unsqueeze(1), hseq).squeeze(1)
         else:  # last valid state: forward direction at step length-1, backward direction at step 0
-            att = F.one_hot(lengths - 1, Tr).to(hseq.dtype)
+            att = F.one_hot(rlen - 1, Tr).to(hseq.dtype)
             pooled = torch.bmm(att.unsqueeze(1), hseq).squeeze(1)
             if self.cfg.bidirectional:
                 h = self.cfg.hidden
                 pooled = torch.cat([pooled[:, :h], hseq[:, 0, h:]], dim=1)
         logits = self.head(self.drop(pooled))
+        if self.conv_head is not None:  # late fusion: the branches' logits add up (a product of experts)
+            conv_logits = self.conv_head(self.drop(pooled_conv))
+            self.branch_logits = (logits, conv_logits)
+            logits = logits + conv_logits
         return logits, self._spread(att, s, T, in_mask)
 
     @staticmethod

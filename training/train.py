@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -27,26 +28,35 @@ DEFAULT_TEST = "data/JapaneseVowels/JapaneseVowels_TEST.ts"
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", default=DEFAULT_TRAIN, help=".ts or .jsonl training file")
     p.add_argument("--test", default=DEFAULT_TEST, help=".ts or .jsonl test file (never used for selection)")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="stratified validation split of --train")
+    p.add_argument("--val-fraction", default="auto",
+                   help="stratified validation split of --train; auto: 0.15 from 300 sequences up, else 0 (train on all, keep the last, annealed epoch)")
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--rnn", choices=["lstm", "gru", "rnn"], default="gru")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--attention", choices=["additive", "none"], default="additive")
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--stride", default="auto", help="time reduction before the RNN: an int, or 'auto' (<=128 steps)")
-    p.add_argument("--epochs", type=int, default=60, help="maximum epochs")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--conv-channels", default="128,256,128",
+                   help="widths of the convolutional branch beside the RNN, comma-separated; 'none' for no branch")
+    p.add_argument("--conv-kernels", default="7,5,3", help="odd kernel sizes, one per conv channel entry")
+    p.add_argument("--normalisation", choices=["auto", "global", "series"], default="auto",
+                   help="global: training mean/std per channel; series: each sequence z-normalised on its own "
+                        "steps; auto: series if the training sequences already are, else global")
+    p.add_argument("--epochs", type=int, default=200,
+                   help="maximum epochs; the learning-rate schedule is re-planned each epoch to end within --time-budget")
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--noise", type=float, default=0.2, help="Gaussian input noise (in std units) while training")
+    p.add_argument("--batch-size", type=int, default=0, help="0: auto, n_train // 10 clamped to 8..32")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian input noise (in std units) while training")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patience", type=int, default=20, help="epochs without reaching best val accuracy again")
-    p.add_argument("--time-budget", type=float, default=240.0, help="wall-clock seconds for the epoch loop")
+    p.add_argument("--patience", type=int, default=50, help="epochs without reaching best val accuracy again")
+    p.add_argument("--time-budget", type=float, default=290.0, help="wall-clock seconds for the whole training")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when it works), cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
 
 
@@ -81,12 +91,14 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Return (predicted class ids, true class ids, mean cross-entropy)."""
     model.eval()
+    device = next(model.parameters()).device
     order = np.argsort(ds.lengths, kind="stable")
     preds, trues, loss = [], [], 0.0
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         x, lengths, y = to_tensors(ds, idx, class_index)
-        logits, _ = model(x, lengths)
+        logits, _ = model(x.to(device), lengths.to(device))
+        logits = logits.cpu()
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         preds.append(logits.argmax(1).numpy())
         trues.append(y.numpy())
@@ -105,11 +117,38 @@ def macro_f1(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
     return float(np.mean(f1s))
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when a kernel really runs there, else CPU; ``cuda`` fails clearly without it."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cpu":
+        return torch.device("cpu")
+    why = "torch was built without CUDA or no GPU is visible"
+    if torch.cuda.is_available():
+        try:
+            torch.zeros(1, device="cuda").add_(1).item()
+            return torch.device("cuda")
+        except RuntimeError as e:  # a driver/library mismatch shows up only when a kernel runs
+            why = str(e).splitlines()[0]
+    if name == "cuda":
+        raise data.DataError(f"--device cuda: CUDA is not usable here ({why})")
+    return torch.device("cpu")
+
+
+def lr_factor(epoch: int, planned: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` epochs, then cosine decay to 1% at epoch ``planned``."""
+    if epoch <= warmup:
+        return epoch / (warmup + 1)
+    progress = min(1.0, (epoch - warmup) / max(1, planned - warmup))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run one training; return the metrics dict (also written to ``--out/metrics.json``)."""
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(getattr(args, "device", "cpu"))
     seed_everything(args.seed)
     full = data.load(args.train)
     test = data.load(args.test)
@@ -119,25 +158,33 @@ def train(args: argparse.Namespace) -> dict:
     if test.feature_dim != full.feature_dim:
         raise data.DataError(f"{args.test}: {test.feature_dim} features, training set has {full.feature_dim}")
     class_index = {c: i for i, c in enumerate(classes)}
-    train_ds, val_ds = data.split(full, args.val_fraction, args.seed)
+    val_fraction = (0.15 if len(full) >= 300 else 0.0) if args.val_fraction == "auto" else float(args.val_fraction)
+    train_ds, val_ds = data.split(full, val_fraction, args.seed)
+    batch_size = args.batch_size or min(32, max(8, len(train_ds) // 10))
     if len(val_ds) == 0:
         val_ds = train_ds  # --val-fraction 0: select on the training split (noted in metrics)
     mean, std = data.normalisation(train_ds)
+    normalisation = args.normalisation
+    if normalisation == "auto":
+        normalisation = "series" if data.is_series_normalised(train_ds) else "global"
     max_length = int(max(full.lengths.max(), test.lengths.max()))
     stride = auto_stride(int(full.lengths.max())) if str(args.stride) == "auto" else int(args.stride)
+    conv = [] if args.conv_channels in ("", "none") else [int(c) for c in str(args.conv_channels).split(",")]
+    kernels = [int(k) for k in str(args.conv_kernels).split(",")][: len(conv)] if conv else [7, 5, 3]
 
     cfg = ModelConfig(
         feature_dim=full.feature_dim, num_classes=len(classes), rnn=args.rnn, hidden=args.hidden,
         layers=args.layers, bidirectional=args.bidirectional, attention=args.attention,
-        dropout=args.dropout, stride=stride,
+        dropout=args.dropout, stride=stride, conv_channels=conv, conv_kernels=kernels, normalisation=normalisation,
     )
     model = SequenceClassifier(cfg)
     model.mean.copy_(torch.from_numpy(mean))
     model.std.copy_(torch.from_numpy(std))
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs, pct_start=0.1)
     rng = np.random.default_rng(args.seed)
-    std_t = torch.from_numpy(std)
+    # Input noise in normalised units: per-channel training std (global), or 1 (each series has std 1).
+    noise_scale = torch.from_numpy(std if normalisation == "global" else np.ones_like(std)).to(device)
     show = not args.quiet
     bar_cls = _progress_bar() if show else None
 
@@ -145,18 +192,26 @@ def train(args: argparse.Namespace) -> dict:
     best = {"val_accuracy": -1.0, "state": None, "epoch": 0}
     since_best = 0
     train_lengths = train_ds.lengths
+    warmup = max(1, args.epochs // 20)
+    planned = args.epochs  # re-planned every epoch from the measured epoch time and the time budget
+    t_loop = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(epoch, planned, warmup)
         model.train()
         t0 = time.perf_counter()
-        batches = length_batches(train_lengths, args.batch_size, rng)
+        batches = length_batches(train_lengths, batch_size, rng)
         bar = bar_cls(total=len(batches), desc=f"epoch {epoch}", leave=False) if bar_cls else None
         tot_loss, tot_n = 0.0, 0
         for idx in batches:
             x, lengths, y = to_tensors(train_ds, idx, class_index)
+            x, y = x.to(device), y.to(device)
             if args.noise > 0:
-                x = x + torch.randn_like(x) * std_t * args.noise
-            logits, _ = model(x, lengths)
+                x = x + torch.randn_like(x) * noise_scale * args.noise
+            logits, _ = model(x, lengths.to(device))
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            for branch in model.branch_logits:  # each branch must also classify on its own
+                loss = loss + nn.functional.cross_entropy(branch, y, label_smoothing=args.label_smoothing)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -169,27 +224,30 @@ def train(args: argparse.Namespace) -> dict:
             bar.close()
         vp, vt, vloss = predict(model, val_ds, class_index)
         vacc = float(np.mean(vp == vt))
-        sched.step()
+        elapsed = time.perf_counter() - t_loop
+        left = args.time_budget - (time.perf_counter() - t_start)
+        planned = max(epoch + 1, min(args.epochs, epoch + int(left / (elapsed / epoch))))
         history.append({"epoch": epoch, "train_loss": tot_loss / tot_n, "val_loss": vloss, "val_accuracy": vacc,
                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
         if show:
-            print(f"epoch {epoch:3d}  train_loss {tot_loss / tot_n:.4f}  val_loss {vloss:.4f}  "
+            print(f"epoch {epoch:3d}/{planned}  train_loss {tot_loss / tot_n:.4f}  val_loss {vloss:.4f}  "
                   f"val_acc {vacc:.4f}  {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         # Keep the best validation accuracy; on a tie the later, more annealed epoch. Reaching the best again
         # resets patience, so a plateau at the top does not stop training before the schedule has annealed.
         if vacc >= best["val_accuracy"]:
-            best = {"val_accuracy": vacc, "state": {k: v.clone() for k, v in model.state_dict().items()},
-                    "epoch": epoch}
+            best = {"val_accuracy": vacc, "state": {k: v.detach().to("cpu", copy=True)
+                                                    for k, v in model.state_dict().items()}, "epoch": epoch}
             since_best = 0
         else:
             since_best += 1
         if since_best >= args.patience:
             break
-        if time.perf_counter() - t_start > args.time_budget:
+        if left <= 0:
             if show:
                 print(f"time budget {args.time_budget:.0f}s reached after epoch {epoch}", file=sys.stderr)
             break
 
+    model.to("cpu")
     model.load_state_dict(best["state"])
     train_seconds = time.perf_counter() - t_start
     tp, tt, tloss = predict(model, test, class_index)
@@ -203,6 +261,8 @@ def train(args: argparse.Namespace) -> dict:
         "epochs": len(history),
         "train_seconds": round(train_seconds, 2),
         "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test),
+        "selected_on": "validation" if val_fraction > 0 else "training",
+        "device": device.type, "batch_size": batch_size, "normalisation": normalisation,
         "history": history,
     }
     out = Path(args.out)
@@ -211,6 +271,7 @@ def train(args: argparse.Namespace) -> dict:
         "model_config": cfg.to_dict(),
         "classes": classes,
         "max_length": max_length,
+        "length_range": [int(full.lengths.min()), int(full.lengths.max())],
         "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
         "train_path": str(args.train), "test_path": str(args.test),
         "args": {k: v for k, v in vars(args).items() if k != "func"},

@@ -1,0 +1,153 @@
+"""Accuracy suite: ``python -m training eval`` trains with the defaults on UCR/UEA datasets and writes a report.
+
+For each dataset and seed it runs exactly what ``python -m training train`` runs with no options but the data
+(and ``--seed``), then writes ``docs/accuracy.md`` (median over seeds and the spread, beside published figures)
+and ``docs/accuracy.json`` (every run). The data ships in ``data/`` (see data/ucr/README.md for citations).
+Nothing here is tuned per dataset: the suite exists to catch defaults that only work on one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import data
+from training.train import add_train_args, train
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+DATASETS = ["ACSF1", "OSULeaf", "ArrowHead", "GunPoint", "BasicMotions", "JapaneseVowels", "ItalyPowerDemand"]
+
+# Published test accuracy. ROCKET: Dempster et al. 2020 (as quoted in issue 8); FCN/ResNet: Wang et al. 2017
+# (W), Fawaz et al. 2019 bake-off (F). None: the cited studies did not run the dataset.
+PUBLISHED = {
+    "ACSF1": {"rocket": 0.886, "fcn": None, "resnet": None},
+    "OSULeaf": {"rocket": 0.941, "fcn": 0.988, "resnet": 0.979, "source": "W"},
+    "ArrowHead": {"rocket": 0.814, "fcn": 0.843, "resnet": 0.845, "source": "F"},
+    "GunPoint": {"rocket": 1.00, "fcn": 1.00, "resnet": 0.993, "source": "W"},
+    "BasicMotions": {"rocket": 1.00, "fcn": None, "resnet": None},
+    "JapaneseVowels": {"rocket": None, "fcn": 0.993, "resnet": 0.992, "source": "F"},
+    "ItalyPowerDemand": {"rocket": None, "fcn": 0.970, "resnet": 0.960, "source": "W"},
+}
+TARGETS = {"ACSF1": 0.89, "OSULeaf": 0.94, "ArrowHead": 0.82, "GunPoint": 0.98, "BasicMotions": 0.97,
+           "JapaneseVowels": 0.98}
+
+
+def dataset_files(name: str) -> tuple[Path, Path]:
+    folder = DATA / name if (DATA / name).is_dir() else DATA / "ucr"
+    return folder / f"{name}_TRAIN.ts", folder / f"{name}_TEST.ts"
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated names under data/")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the report gives the median")
+    p.add_argument("--out", default="docs/accuracy.md", help="markdown report (JSON beside it, .json)")
+    p.add_argument("--time-budget", type=float, default=None, help="override the training default (CI: short)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (passed to training)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+
+
+def describe(name: str) -> dict:
+    train_path, test_path = dataset_files(name)
+    tr, te = data.load(train_path), data.load(test_path)
+    lengths = np.concatenate([tr.lengths, te.lengths])
+    return {"dataset": name, "train": len(tr), "test": len(te), "channels": tr.feature_dim,
+            "classes": len(tr.classes), "length_min": int(lengths.min()), "length_max": int(lengths.max())}
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
+    """One training run with the CLI's defaults; returns its metrics without the per-epoch history."""
+    train_path, test_path = dataset_files(name)
+    p = argparse.ArgumentParser()
+    add_train_args(p)
+    argv = ["--train", str(train_path), "--test", str(test_path), "--out", str(workdir / f"{name}_{seed}"),
+            "--seed", str(seed), "--quiet", "--device", args.device, "--threads", str(args.threads)]
+    if args.time_budget is not None:
+        argv += ["--time-budget", str(args.time_budget)]
+    m = train(p.parse_args(argv))
+    return {k: v for k, v in m.items() if k != "history"} | {"seed": seed}
+
+
+def summarise(info: dict, runs: list[dict]) -> dict:
+    acc = [r["test_accuracy"] for r in runs]
+    f1 = [r["test_macro_f1"] for r in runs]
+    secs = [r["train_seconds"] for r in runs]
+    name = info["dataset"]
+    row = {**info, "seeds": [r["seed"] for r in runs], "accuracy_median": statistics.median(acc),
+           "accuracy_min": min(acc), "accuracy_max": max(acc), "macro_f1_median": statistics.median(f1),
+           "train_seconds_median": statistics.median(secs), "epochs": [r["epochs"] for r in runs],
+           "normalisation": runs[0]["normalisation"], "published": PUBLISHED.get(name, {}),
+           "target": TARGETS.get(name)}
+    row["target_met"] = None if row["target"] is None else row["accuracy_median"] >= row["target"]
+    return row
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def write_report(rows: list[dict], runs: list[dict], path: Path, env: dict) -> None:
+    lines = [
+        "# Accuracy suite (`make eval`)",
+        "",
+        "Each dataset is trained with the defaults of `python -m training train` (nothing set but the data and",
+        f"the seed), {env['machine']}. Accuracy and macro-F1 on the archive's test split: median over seeds",
+        "(min..max). Published figures: ROCKET (Dempster et al. 2020), FCN and ResNet from Wang et al. 2017 (W)",
+        "or the Fawaz et al. 2019 bake-off (F); '-' where the cited study did not run the dataset.",
+        "",
+        "| dataset | train/test | channels | lengths | classes | accuracy (min..max) | macro-F1 | train s | "
+        "epochs | norm | ROCKET | FCN | ResNet | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pub = r["published"]
+        src = f" ({pub['source']})" if pub.get("source") else ""
+        target = "-" if r["target"] is None else f">= {r['target']:.2f} {'met' if r['target_met'] else 'MISSED'}"
+        lengths = f"{r['length_min']}" if r["length_min"] == r["length_max"] else \
+            f"{r['length_min']}..{r['length_max']}"
+        lines.append(
+            f"| {r['dataset']} | {r['train']}/{r['test']} | {r['channels']} | {lengths} | {r['classes']} | "
+            f"**{r['accuracy_median']:.3f}** ({r['accuracy_min']:.3f}..{r['accuracy_max']:.3f}) | "
+            f"{r['macro_f1_median']:.3f} | {r['train_seconds_median']:.0f} | "
+            f"{'/'.join(str(e) for e in r['epochs'])} | {r['normalisation']} | {_fmt(pub.get('rocket'))} | "
+            f"{_fmt(pub.get('fcn'))}{src if pub.get('fcn') else ''} | {_fmt(pub.get('resnet'))} | {target} |")
+    lines += ["", f"Seeds {env['seeds']}; torch {env['torch']}; device {env['device']}; "
+              f"time budget {env['time_budget']}; written {env['written']}.", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    path.with_suffix(".json").write_text(json.dumps({"env": env, "datasets": rows, "runs": runs}, indent=2))
+
+
+def evaluate(args: argparse.Namespace) -> list[dict]:
+    names = [n for n in args.datasets.split(",") if n]
+    seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]
+    for n in names:
+        if not all(p.exists() for p in dataset_files(n)):
+            raise data.DataError(f"dataset {n!r}: {dataset_files(n)[0]} not found (data/ or data/ucr/)")
+    rows, all_runs = [], []
+    with tempfile.TemporaryDirectory(prefix="seqserve-eval-") as tmp:
+        for n in names:
+            info = describe(n)
+            runs = []
+            for seed in seeds:
+                t0 = time.perf_counter()
+                r = run_one(n, seed, args, Path(tmp))
+                runs.append({"dataset": n, **r})
+                print(f"{n} seed {seed}: accuracy {r['test_accuracy']:.4f} macro-F1 {r['test_macro_f1']:.4f} "
+                      f"{r['epochs']} epochs {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            rows.append(summarise(info, runs))
+            all_runs += runs
+    env = {"machine": f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()}",
+           "seeds": seeds, "torch": torch.__version__, "device": all_runs[0]["device"],
+           "time_budget": args.time_budget or "default", "written": time.strftime("%Y-%m-%d")}
+    write_report(rows, all_runs, Path(args.out), env)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}", file=sys.stderr)
+    return rows
