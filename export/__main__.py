@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="artifacts/default", help="artifact directory to write")
     p.add_argument("--held-out", default=None, help="data for the parity gate (default: the run's test file)")
     p.add_argument("--max-length", type=int, default=None,
-                   help="longest sequence the service accepts (default: longest seen in training/test data)")
+                   help="longest sequence the service accepts (a resource limit; default 4096 or the longest "
+                        "training sequence if longer; SEQSERVE_MAX_LENGTH overrides it at serve time)")
     p.add_argument("--no-store", action="store_true", help="do not save into the BentoML model store")
     args = p.parse_args(argv)
     try:

@@ -32,6 +32,10 @@ OPSET = 17
 MODEL_NAME = "seqclassifier"
 PROB_TOLERANCE = 1e-5  # ORT vs torch, max abs difference of probabilities
 INVARIANCE_TOLERANCE = 1e-6  # one sequence alone vs batched with longer ones (ORT and torch)
+# The longest sequence the service accepts unless export (--max-length) or serving (SEQSERVE_MAX_LENGTH) says
+# otherwise. An RNN takes any length: this is a resource limit (time and memory of one call), not a property
+# of the model. The training length range is recorded beside it for monitoring.
+DEFAULT_MAX_LENGTH = 4096
 
 
 class ParityError(RuntimeError):
@@ -147,7 +151,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | No
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     contract = {"classes": ckpt["classes"], "feature_dim": cfg["feature_dim"],
-                "max_length": int(max_length or ckpt["max_length"]), "normalisation": ckpt["normalisation"]}
+                "max_length": int(max_length or max(DEFAULT_MAX_LENGTH, ckpt["max_length"])),
+                "training_length_range": list(ckpt.get("length_range", [1, ckpt["max_length"]])),
+                "normalisation": {"mode": cfg.get("normalisation", "global"), **ckpt["normalisation"]}}
     graph_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -156,7 +162,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | No
         "onnx_sha256": graph_sha256,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **contract,
-        "rnn": {k: cfg[k] for k in ("rnn", "hidden", "layers", "bidirectional", "attention", "dropout", "stride")},
+        "rnn": {k: cfg.get(k) for k in ("rnn", "hidden", "layers", "bidirectional", "attention", "dropout", "stride",
+                                        "conv_channels", "conv_kernels")},
         "inputs": {"x": "float32 [batch, time, feature_dim], raw features, zero-padded",
                    "lengths": "int64 [batch], valid steps per sequence"},
         "outputs": {"probabilities": "float32 [batch, classes]",

@@ -13,6 +13,7 @@ Settings come from the environment (documented in README "Configuration"):
 ``SEQSERVE_STEP_BUDGET``           8192     max ``B x T_max`` of one model call
 ``SEQSERVE_MAX_SUB_BATCH``         128      max sequences in one model call
 ``SEQSERVE_MIN_PADDING_EFFICIENCY`` 0.85    split a sub-batch before its real/padded steps drop below
+``SEQSERVE_MAX_LENGTH``            0        longest accepted sequence (0: the artifact's max_length)
 =================================  =======  =====================================================
 """
 
@@ -31,11 +32,21 @@ DEFAULT_WORKERS = 2
 
 
 def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    """An integer setting; a bad value is an error that names the variable."""
+    raw = os.environ.get(name)
+    try:
+        return default if raw is None or raw.strip() == "" else int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected an integer") from None
 
 
 def env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    """A number setting; a bad value is an error that names the variable."""
+    raw = os.environ.get(name)
+    try:
+        return default if raw is None or raw.strip() == "" else float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number") from None
 
 
 @dataclass
@@ -45,6 +56,13 @@ class Settings:
     step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 8192))
     max_sub_batch: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_SUB_BATCH", 128))
     min_efficiency: float = field(default_factory=lambda: env_float("SEQSERVE_MIN_PADDING_EFFICIENCY", 0.85))
+    max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0))
+
+    def accepted_max_length(self, meta: dict) -> int:
+        """The longest sequence served: SEQSERVE_MAX_LENGTH when set (> 0), else the artifact's max_length."""
+        if self.max_length < 0:
+            raise ValueError(f"SEQSERVE_MAX_LENGTH={self.max_length}: must be >= 1 (or 0 for the artifact's)")
+        return self.max_length or int(meta["max_length"])
 
 
 @dataclass
@@ -72,7 +90,7 @@ class Engine:
         self.classes: list[str] = list(meta["classes"])
         self.model_version: str = meta["model_version"]
         self.feature_dim: int = int(meta["feature_dim"])
-        self.max_length: int = int(meta["max_length"])
+        self.max_length: int = self.settings.accepted_max_length(meta)
         workers = env_int("SEQSERVE_WORKERS", DEFAULT_WORKERS)
         threads = self.settings.ort_threads or max(1, (os.cpu_count() or 1) // workers)
         self.session, self.provider = open_session(self.artifact.onnx_path, self.settings.device, threads)

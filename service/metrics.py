@@ -10,6 +10,7 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
 ``seqserve_sequences_total``               sequences answered, by model_version and outcome (ok|error)
 ``seqserve_rejected_requests_total``       HTTP 400s, by reason (feature_count, too_long, ...)
 ``seqserve_sequence_length_steps``         histogram of served sequence lengths (time steps)
+``seqserve_length_outside_training_total`` sequences shorter/longer than any in training (side=shorter|longer)
 ``seqserve_batch_size_sequences``          histogram of sequences per model call (executed batch size)
 ``seqserve_time_steps_total``              time steps run, kind=real|padded: padding efficiency = real/padded
 ``seqserve_model_compute_seconds``         histogram of one ONNX Runtime call
@@ -38,6 +39,8 @@ SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SEQUENCES = Counter("seqserve_sequences", "Sequences answered by the model", ["model_version", "outcome"])
 REJECTED = Counter("seqserve_rejected_requests", "Requests rejected with HTTP 400, by reason", ["reason"])
 LENGTH = Histogram("seqserve_sequence_length_steps", "Time steps per served sequence", buckets=LENGTH_BUCKETS)
+LENGTH_OUTSIDE = Counter("seqserve_length_outside_training",
+                         "Served sequences shorter or longer than every training sequence", ["model_version", "side"])
 BATCH_SIZE = Histogram("seqserve_batch_size_sequences", "Sequences per model call (executed batch size)",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)",
@@ -74,12 +77,21 @@ class ServiceMetrics:
         self._predicted = [PREDICTIONS.labels(self.version, c) for c in self.classes]
         self._real, self._padded = TIME_STEPS.labels("real"), TIME_STEPS.labels("padded")
         self._drift_features = engine.feature_dim <= MAX_FEATURE_LABELS
+        low, high = engine.artifact.meta.get("training_length_range") or (1, engine.max_length)
+        self.training_lengths = (int(low), int(high))
+        self._shorter = LENGTH_OUTSIDE.labels(self.version, "shorter")
+        self._longer = LENGTH_OUTSIDE.labels(self.version, "longer")
 
     def observe(self, seqs: list[np.ndarray], stats: BatchStats, probs: np.ndarray, started: float) -> None:
         """After a successful model run; ``started`` is the perf_counter time the batch started."""
         self._ok.inc(stats.sequences)
+        low, high = self.training_lengths
         for s in seqs:
             LENGTH.observe(len(s))
+            if len(s) < low:
+                self._shorter.inc()
+            elif len(s) > high:
+                self._longer.inc()
             received = getattr(s, "received_at", None)
             if received is not None:
                 QUEUE_SECONDS.observe(max(0.0, started - received))

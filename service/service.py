@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.batcher import cap_learned_wait
-from service.engine import DEFAULT_WORKERS, Engine, env_float, env_int
+from service.engine import DEFAULT_WORKERS, Engine, Settings, env_float, env_int
 from service.metrics import RejectionCounter, ServiceMetrics
 from service.runtime import find_artifact
 from service.schema import MAX_SEQUENCES, sequences_type
@@ -33,7 +33,9 @@ log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
 
 ARTIFACT = find_artifact()
-Sequences = sequences_type(int(ARTIFACT.meta["feature_dim"]), int(ARTIFACT.meta["max_length"]), MAX_SEQUENCES)
+SETTINGS = Settings()
+MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta)
+Sequences = sequences_type(int(ARTIFACT.meta["feature_dim"]), MAX_LENGTH, MAX_SEQUENCES)
 WORKERS = env_int("SEQSERVE_WORKERS", DEFAULT_WORKERS)
 MAX_BATCH_SIZE = env_int("SEQSERVE_MAX_BATCH_SIZE", 256)  # sequences per adaptive batch (BentoML counts items)
 MAX_LATENCY_MS = env_int("SEQSERVE_MAX_LATENCY_MS", 2000)
@@ -68,6 +70,8 @@ async def metadata(request: Request) -> JSONResponse:
     return JSONResponse({
         "model_name": meta["model_name"], "model_version": engine.model_version, "classes": engine.classes,
         "feature_dim": engine.feature_dim, "max_length": engine.max_length, "max_sequences": MAX_SEQUENCES,
+        "training_length_range": meta.get("training_length_range"),
+        "normalisation": meta["normalisation"].get("mode", "global"),
         "provider": engine.provider, "ort_threads": engine.ort_threads, "rnn": meta["rnn"],
         "source": engine.artifact.source, "training_metrics": {
             k: meta["training_metrics"].get(k) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")},
@@ -82,7 +86,7 @@ routes = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
                  logging={"access": {"enabled": ACCESS_LOG}})
 class SeqServe:
     def __init__(self) -> None:
-        self.engine = Engine(ARTIFACT)
+        self.engine = Engine(ARTIFACT, SETTINGS)
         self.metrics = ServiceMetrics(self.engine, self.engine.settings.device,
                                       env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096))
         _current["engine"] = self.engine

@@ -53,6 +53,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, default=None, help="override the training default (CI: short)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (passed to training)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--epoch-timing", default=None, metavar="DEVICES",
+                   help="instead of the accuracy runs: seconds per epoch on each device (e.g. cpu,cuda) with the "
+                        "default model, written to docs/epoch_timing.json and shown in the report")
+    p.add_argument("--timing-epochs", type=int, default=6, help="epochs per timing run (the first is warm-up)")
 
 
 def describe(name: str) -> dict:
@@ -74,6 +78,34 @@ def run_one(name: str, seed: int, args: argparse.Namespace, workdir: Path) -> di
         argv += ["--time-budget", str(args.time_budget)]
     m = train(p.parse_args(argv))
     return {k: v for k, v in m.items() if k != "history"} | {"seed": seed}
+
+
+def epoch_timing(args: argparse.Namespace, names: list[str]) -> dict:
+    """Median seconds per training epoch (after the first) with the default model, per dataset and device."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="seqserve-timing-") as tmp:
+        for n in names:
+            train_path, test_path = dataset_files(n)
+            for device in args.epoch_timing.split(","):
+                p = argparse.ArgumentParser()
+                add_train_args(p)
+                a = p.parse_args(["--train", str(train_path), "--test", str(test_path), "--out", f"{tmp}/{n}_{device}",
+                                  "--quiet", "--device", device, "--epochs", str(args.timing_epochs),
+                                  "--threads", str(args.threads), "--time-budget", "1e9"])
+                m = train(a)
+                secs = [h["seconds"] for h in m["history"][1:]] or [m["history"][0]["seconds"]]
+                rows.append({**describe(n), "device": m["device"], "device_name": _device_name(m["device"]),
+                             "threads": torch.get_num_threads(), "batch_size": m["batch_size"],
+                             "epoch_seconds": statistics.median(secs), "test_accuracy": m["test_accuracy"]})
+                print(f"{n} {device}: {rows[-1]['epoch_seconds']:.3f} s/epoch", file=sys.stderr)
+    return {"written": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "epochs": args.timing_epochs,
+            "host": platform.node(), "rows": rows}
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def summarise(info: dict, runs: list[dict]) -> dict:
@@ -121,6 +153,17 @@ def write_report(rows: list[dict], runs: list[dict], path: Path, env: dict) -> N
             f"{_fmt(pub.get('fcn'))}{src if pub.get('fcn') else ''} | {_fmt(pub.get('resnet'))} | {target} |")
     lines += ["", f"Seeds {env['seeds']}; torch {env['torch']}; device {env['device']}; "
               f"time budget {env['time_budget']}; written {env['written']}.", ""]
+    timing_path = path.with_name("epoch_timing.json")
+    if timing_path.exists():
+        t = json.loads(timing_path.read_text())
+        lines += ["## Seconds per training epoch, CPU vs CUDA", "",
+                  f"Default model, median of epochs 2..{t['epochs']}, torch {t['torch']}, measured {t['written']} "
+                  "with `python -m training eval --epoch-timing cpu,cuda` (docs/epoch_timing.json).", "",
+                  "| dataset | lengths | train | device | s/epoch |", "|---|---|---|---|---|"]
+        for r in t["rows"]:
+            lines.append(f"| {r['dataset']} | {r['length_max']} | {r['train']} | {r['device_name']} | "
+                         f"{r['epoch_seconds']:.3f} |")
+        lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     path.with_suffix(".json").write_text(json.dumps({"env": env, "datasets": rows, "runs": runs}, indent=2))
@@ -132,6 +175,13 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
     for n in names:
         if not all(p.exists() for p in dataset_files(n)):
             raise data.DataError(f"dataset {n!r}: {dataset_files(n)[0]} not found (data/ or data/ucr/)")
+    if args.epoch_timing:
+        timing = epoch_timing(args, names)
+        target = Path(args.out).with_name("epoch_timing.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(timing, indent=2))
+        print(f"wrote {target}", file=sys.stderr)
+        return timing["rows"]
     rows, all_runs = [], []
     with tempfile.TemporaryDirectory(prefix="seqserve-eval-") as tmp:
         for n in names:

@@ -29,7 +29,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", default=DEFAULT_TRAIN, help=".ts or .jsonl training file")
     p.add_argument("--test", default=DEFAULT_TEST, help=".ts or .jsonl test file (never used for selection)")
     p.add_argument("--val-fraction", default="auto",
-                   help="stratified validation split of --train; auto: 0.15 from 300 sequences up, else 0 (train on all, keep the last, annealed epoch)")
+                   help="stratified validation split of --train; auto: 0.15 from 300 sequences up, else 0 "
+                        "(train on all, keep the last, annealed epoch)")
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--rnn", choices=["lstm", "gru", "rnn"], default="gru")
     p.add_argument("--hidden", type=int, default=64)
@@ -45,13 +46,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="global: training mean/std per channel; series: each sequence z-normalised on its own "
                         "steps; auto: series if the training sequences already are, else global")
     p.add_argument("--epochs", type=int, default=200,
-                   help="maximum epochs; the learning-rate schedule is re-planned each epoch to end within --time-budget")
+                   help="maximum epochs; the learning-rate schedule is re-planned each epoch to end within "
+                        "--time-budget")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
     p.add_argument("--batch-size", type=int, default=0, help="0: auto, n_train // 10 clamped to 8..32")
     p.add_argument("--noise", type=float, default=0.0, help="Gaussian input noise (in std units) while training")
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="exponential moving average of the weights (decay per step; 0: off); the average is "
+                        "what is validated and saved")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=50, help="epochs without reaching best val accuracy again")
     p.add_argument("--time-budget", type=float, default=290.0, help="wall-clock seconds for the whole training")
@@ -182,6 +187,12 @@ def train(args: argparse.Namespace) -> dict:
     model.std.copy_(torch.from_numpy(std))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    ema = None
+    if args.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    scored = ema.module if ema is not None else model  # the weights that are validated, kept and saved
     rng = np.random.default_rng(args.seed)
     # Input noise in normalised units: per-channel training std (global), or 1 (each series has std 1).
     noise_scale = torch.from_numpy(std if normalisation == "global" else np.ones_like(std)).to(device)
@@ -216,13 +227,15 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             tot_loss += loss.item() * len(idx)
             tot_n += len(idx)
             if bar:
                 bar.update(1)
         if bar:
             bar.close()
-        vp, vt, vloss = predict(model, val_ds, class_index)
+        vp, vt, vloss = predict(scored, val_ds, class_index)
         vacc = float(np.mean(vp == vt))
         elapsed = time.perf_counter() - t_loop
         left = args.time_budget - (time.perf_counter() - t_start)
@@ -236,7 +249,7 @@ def train(args: argparse.Namespace) -> dict:
         # resets patience, so a plateau at the top does not stop training before the schedule has annealed.
         if vacc >= best["val_accuracy"]:
             best = {"val_accuracy": vacc, "state": {k: v.detach().to("cpu", copy=True)
-                                                    for k, v in model.state_dict().items()}, "epoch": epoch}
+                                                    for k, v in scored.state_dict().items()}, "epoch": epoch}
             since_best = 0
         else:
             since_best += 1
