@@ -49,8 +49,11 @@ def artifact(small_run: Path, bentoml_home: Path, tmp_path_factory: pytest.TempP
 
 @pytest.fixture(scope="session")
 def server(artifact: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A real ``bentoml serve`` on 127.0.0.1 loading ``seqclassifier:latest`` from the temporary store."""
+    """A real ``bentoml serve`` on 127.0.0.1 loading ``seqclassifier:latest`` from the temporary store, accepting
+    sequences of up to 64 steps."""
     log = tmp_path_factory.mktemp("logs") / "bentoml.log"
-    proc, url = start_bentoml(ROOT, {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MAX_LATENCY_MS": "20000"}, log)
+    # SEQSERVE_MAX_LENGTH: the serve-time override of the artifact's (generous) limit, kept small to test it.
+    env = {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MAX_LATENCY_MS": "20000", "SEQSERVE_MAX_LENGTH": "64"}
+    proc, url = start_bentoml(ROOT, env, log)
     yield url
     stop_process(proc)

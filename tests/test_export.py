@@ -28,10 +28,14 @@ def write_run(tmp: Path, seed: int = 0, **kw: object) -> Path:
     model = SequenceClassifier(cfg)
     model.mean.copy_(torch.from_numpy(mean))
     model.std.copy_(torch.from_numpy(std))
-    run = tmp / f"run_{'_'.join(str(v) for v in kw.values())}_{seed}"
+    for bn in model.bns:  # non-trivial running statistics, as after training
+        bn.running_mean.copy_(torch.randn_like(bn.running_mean))
+        bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    run = tmp / f"run_{'_'.join(str(v) for v in kw.values()).replace(' ', '')}_{seed}"
     run.mkdir()
     torch.save({"state_dict": model.state_dict(), "model_config": cfg.to_dict(), "classes": train.classes,
-                "max_length": 29, "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+                "max_length": 29, "length_range": [7, 26],
+                "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
                 "train_path": str(JV_TRAIN), "test_path": str(JV_TEST), "args": {}}, run / "checkpoint.pt")
     return run
 
@@ -41,7 +45,10 @@ def write_run(tmp: Path, seed: int = 0, **kw: object) -> Path:
     dict(rnn="gru", bidirectional=True, attention="none", stride=1),
     dict(rnn="rnn", bidirectional=False, attention="additive", stride=1),
     dict(rnn="lstm", bidirectional=True, attention="additive", stride=3),
-], ids=["bilstm-att", "bigru-last", "rnn-att", "bilstm-stride3"])
+    dict(rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[16, 32, 16],
+         normalisation="series"),
+    dict(rnn="lstm", bidirectional=True, attention="additive", stride=3, conv_channels=[16, 16, 16]),
+], ids=["bilstm-att", "bigru-last", "rnn-att", "bilstm-stride3", "crnn-series", "crnn-stride3"])
 def test_export_passes_parity_gate(tmp_path: Path, kw: dict) -> None:
     run = write_run(tmp_path, **kw)
     meta = export_run(run, tmp_path / "art")
@@ -73,6 +80,9 @@ def test_metadata_contract(tmp_path: Path) -> None:
     assert meta["classes"] == [str(i) for i in range(1, 10)] and meta["feature_dim"] == 12
     assert meta["max_length"] == 40 and len(meta["normalisation"]["mean"]) == 12
     assert meta["rnn"]["rnn"] == "gru" and len(meta["model_version"]) == 12
+    assert meta["training_length_range"] == [7, 26] and meta["normalisation"]["mode"] == "global"
+    # Without --max-length the accepted length is a generous resource limit, not the longest training sequence.
+    assert export_run(run, tmp_path / "art2")["max_length"] == 4096
 
 
 def test_ort_matches_torch_on_real_test_set(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def stack(artifact: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathF
 SENT = {"ok": 0}
 BAD = {  # reason -> (body, how many)
     "feature_count": ({"sequences": [[[0.1] * 11] * 4]}, 3),
-    "too_long": ({"sequences": [[[0.1] * 12] * 30]}, 2),
+    "too_long": ({"sequences": [[[0.1] * 12] * 4097]}, 2),  # the artifact's default max_length is 4096
     "non_finite": ({"sequences": [[[1e39] * 12] * 3]}, 2),
     "empty": ({"sequences": [[]]}, 1),
     "sequence_count": ({"sequences": []}, 1),

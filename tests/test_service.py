@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,7 +58,10 @@ def test_metadata(server: str, artifact: Path) -> None:
     assert r.status_code == 200
     m = r.json()
     assert m["model_name"] == "seqclassifier" and m["model_version"] == meta["model_version"]
-    assert m["classes"] == meta["classes"] and m["feature_dim"] == 12 and m["max_length"] == 29
+    assert m["classes"] == meta["classes"] and m["feature_dim"] == 12
+    assert meta["max_length"] == 4096 and m["max_length"] == 64  # the export default, overridden at serve time
+    assert m["training_length_range"] == meta["training_length_range"] == [7, 26]
+    assert m["normalisation"] == meta["normalisation"]["mode"] == "global"
     assert m["provider"] == "CPUExecutionProvider"  # this machine has no GPU
 
 
@@ -109,7 +113,7 @@ BAD_BODIES = [
     ({"sequences": [[]]}, "sequences[0]: empty sequence"),
     ({"sequences": []}, "sequences: 0 sequences, must be 1..64"),
     ({"sequences": [GOOD] * 65}, "sequences: 65 sequences, must be 1..64"),
-    ({"sequences": [[[0.1] * 12] * 30]}, "sequences[0]: 30 time steps, the model accepts at most 29"),
+    ({"sequences": [[[0.1] * 12] * 65]}, "sequences[0]: 65 time steps, the model accepts at most 64 (max_length)"),
     ({"sequences": [[["a"] + [0.1] * 11]]}, "sequences[0][0]: 'a' is not a number"),
     ({"sequences": [[[None] + [0.1] * 11]]}, "is not a number"),
     ({"sequences": [[[True] + [0.1] * 11]]}, "True is not a number"),
@@ -163,3 +167,25 @@ def test_bentoml_endpoints(server: str) -> None:
         assert httpx.get(server + path).status_code == 200, path
     spec = httpx.get(server + "/docs.json").json()
     assert "/predict" in spec["paths"]
+
+
+def test_longer_than_training_is_served_and_counted(server: str, test_set: data.Dataset, ort_alone,
+                                                    artifact: Path) -> None:
+    """An RNN takes any length: a 64-step sequence (training saw 7..26) is answered exactly, and counted."""
+    def outside() -> dict[str, float]:
+        text = httpx.get(f"{server}/metrics").text
+        found = re.findall(r'^seqserve_length_outside_training_total\{[^}]*side="(\w+)"[^}]*\} (\S+)', text, re.M)
+        totals: dict[str, float] = {}
+        for side, value in found:
+            totals[side] = totals.get(side, 0.0) + float(value)
+        return totals
+
+    before = outside()
+    long = np.concatenate([test_set.sequences[0]] * 8)[:64]
+    r = predict(server, [long, test_set.sequences[1]])
+    assert r.status_code == 200, r.text
+    meta = json.loads((artifact / "metadata.json").read_text())
+    check_result(r.json()[0], long, ort_alone, meta["classes"], meta["model_version"])
+    after = outside()
+    assert after.get("longer", 0) - before.get("longer", 0) == 1
+    assert after.get("shorter", 0) == before.get("shorter", 0)

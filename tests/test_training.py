@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from training.__main__ import main
@@ -27,8 +28,10 @@ def test_small_run_writes_everything(small_run: Path) -> None:
     assert m["test_accuracy"] > 0.6  # 8 epochs of a tiny model: far above chance (1/9)
     ckpt = torch.load(small_run / "checkpoint.pt", weights_only=True)
     assert ckpt["classes"] == [str(i) for i in range(1, 10)] and ckpt["max_length"] == 29
+    assert ckpt["length_range"] == [7, 26]  # the training file's own range, kept for monitoring
+    assert m["normalisation"] == "global" and m["selected_on"] == "training" and m["device"] == "cpu"
     model, _ = load_checkpoint(str(small_run / "checkpoint.pt"))
-    assert model.cfg.rnn == "gru" and not model.training
+    assert model.cfg.rnn == "gru" and not model.training and model.cfg.conv_channels == [128, 256, 128]
     assert (small_run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -58,3 +61,35 @@ def test_tune_writes_leaderboard_and_best(tmp_path: Path) -> None:
     assert (tmp_path / "best/checkpoint.pt").exists()
     best_cfg = json.loads((tmp_path / "best/config.json").read_text())["model_config"]
     assert best_cfg["hidden"] == int(rows[0]["hidden"]) and best_cfg["rnn"] == rows[0]["rnn"]
+
+
+def test_time_budget_plans_the_schedule(tmp_path: Path) -> None:
+    """A short budget ends training early, with the learning rate already annealed (re-planned each epoch)."""
+    argv = ["train", "--train", JV_TRAIN, "--test", JV_TEST, "--hidden", "16", "--conv-channels", "8,8,8",
+            "--epochs", "60", "--time-budget", "5", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    lrs = [h["lr"] for h in m["history"]]
+    assert 4 <= m["epochs"] < 60 and m["train_seconds"] < 30
+    assert lrs[-1] < 0.2 * max(lrs)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error path is for machines without it")
+    assert main(["train", *SMALL, "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--device cuda: CUDA is not usable here" in capsys.readouterr().err
+
+
+def test_eval_suite_short(tmp_path: Path) -> None:
+    """CI's short version of `make eval`: one small UCR set, one seed, a short budget; report and JSON."""
+    out = tmp_path / "accuracy.md"
+    assert main(["eval", "--datasets", "ItalyPowerDemand", "--seeds", "0", "--time-budget", "8",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    row = report["datasets"][0]
+    assert row["dataset"] == "ItalyPowerDemand" and row["length_min"] == row["length_max"] == 24
+    assert row["classes"] == 2 and row["test"] == 1029 and row["normalisation"] == "series"
+    assert row["accuracy_median"] > 0.85  # ~0.95 after 8 s; chance is 0.5
+    text = out.read_text()
+    assert "| ItalyPowerDemand | 67/1029 | 1 | 24 | 2 |" in text and "0.970 (W)" in text

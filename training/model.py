@@ -1,14 +1,16 @@
-"""The sequence classifier: normalise -> [convolutional branch | (bi)RNN + attention branch] -> classes.
+"""The sequence classifier: normalise -> convolutional blocks -> (bi)RNN + attention, fused with a pooled conv head.
 
-Two branches read the normalised input side by side and their pooled features are concatenated before the
-classifier (LSTM-FCN / MLSTM-FCN, Karim et al. 2017/2019):
+A convolutional-recurrent network in the LSTM-FCN family (Karim et al. 2017/2019; FCN: Wang et al. 2017):
 
-* the **convolutional branch** (FCN, Wang et al. 2017): ``conv_channels`` blocks of Conv1d ("same" padding,
-  odd kernels ``conv_kernels``) -> batch norm -> ReLU, then a global average pool over each sequence's own
-  steps. Cheap per step and strong on local shape.
-* the **recurrent branch**: a strided Conv1d input projection (kernel = stride = ``stride``; shortens long
-  sequences to at most ~128 RNN steps) -> packed (bi)RNN/LSTM/GRU -> additive attention (or the last valid
-  state). The attention weights are the model's explanation and are mapped back onto the input steps.
+* **convolutional blocks** (FCN): ``conv_channels`` x (Conv1d with "same" padding and odd kernels
+  ``conv_kernels`` -> batch norm -> ReLU) over the full-resolution input. Their features feed two heads:
+* a **conv head**: masked global average pool over each sequence's own steps -> linear -> logits;
+* the **recurrent head**: a strided Conv1d projection (kernel = stride = ``stride``; shortens long sequences
+  to at most ~128 RNN steps) -> packed (bi)RNN/LSTM/GRU -> additive attention (or the last valid state) ->
+  linear -> logits. The attention weights are the model's explanation, mapped back onto the input steps.
+
+The two heads' logits add up (late fusion); training also gives each head its own loss (``branch_logits``).
+With ``conv_channels=[]`` the model is the plain RNN with attention over the raw input.
 
 Variable length is exact, so a sequence's output does not depend on what it is batched with:
 
@@ -44,8 +46,8 @@ class ModelConfig:
     bidirectional: bool = True
     attention: str = "additive"  # or "none": use the last valid hidden state
     dropout: float = 0.2
-    stride: int = 1  # time reduction of the RNN branch's input projection
-    conv_channels: list[int] = field(default_factory=list)  # convolutional branch widths; [] = no branch
+    stride: int = 1  # time reduction of the RNN head's input projection
+    conv_channels: list[int] = field(default_factory=list)  # convolutional block widths; [] = none
     conv_kernels: list[int] = field(default_factory=lambda: [7, 5, 3])
     normalisation: str = "global"  # or "series": per-sequence, per-channel z-normalisation
 

@@ -203,7 +203,7 @@ def train(args: argparse.Namespace) -> dict:
     best = {"val_accuracy": -1.0, "state": None, "epoch": 0}
     since_best = 0
     train_lengths = train_ds.lengths
-    warmup = max(1, args.epochs // 20)
+    warmup = min(10, max(1, args.epochs // 20))
     planned = args.epochs  # re-planned every epoch from the measured epoch time and the time budget
     t_loop = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
