@@ -54,9 +54,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="0: auto, n_train // 10 clamped to 8..32")
     p.add_argument("--noise", type=float, default=0.0, help="Gaussian input noise (in std units) while training")
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--ema", type=float, default=0.0,
-                   help="exponential moving average of the weights (decay per step; 0: off); the average is "
-                        "what is validated and saved")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=50, help="epochs without reaching best val accuracy again")
     p.add_argument("--time-budget", type=float, default=290.0, help="wall-clock seconds for the whole training")
@@ -187,12 +184,6 @@ def train(args: argparse.Namespace) -> dict:
     model.std.copy_(torch.from_numpy(std))
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    ema = None
-    if args.ema > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
-    scored = ema.module if ema is not None else model  # the weights that are validated, kept and saved
     rng = np.random.default_rng(args.seed)
     # Input noise in normalised units: per-channel training std (global), or 1 (each series has std 1).
     noise_scale = torch.from_numpy(std if normalisation == "global" else np.ones_like(std)).to(device)
@@ -227,15 +218,13 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             opt.step()
-            if ema is not None:
-                ema.update_parameters(model)
             tot_loss += loss.item() * len(idx)
             tot_n += len(idx)
             if bar:
                 bar.update(1)
         if bar:
             bar.close()
-        vp, vt, vloss = predict(scored, val_ds, class_index)
+        vp, vt, vloss = predict(model, val_ds, class_index)
         vacc = float(np.mean(vp == vt))
         elapsed = time.perf_counter() - t_loop
         left = args.time_budget - (time.perf_counter() - t_start)
@@ -249,7 +238,7 @@ def train(args: argparse.Namespace) -> dict:
         # resets patience, so a plateau at the top does not stop training before the schedule has annealed.
         if vacc >= best["val_accuracy"]:
             best = {"val_accuracy": vacc, "state": {k: v.detach().to("cpu", copy=True)
-                                                    for k, v in scored.state_dict().items()}, "epoch": epoch}
+                                                    for k, v in model.state_dict().items()}, "epoch": epoch}
             since_best = 0
         else:
             since_best += 1
