@@ -40,8 +40,7 @@ serve: venv
 	$(PY) -m export.store $(ARTIFACT)
 	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
 
-test: venv
-	$(VENV)/bin/ruff check .
+test: lint
 	$(PY) -m pytest -q
 
 # Against a running service (make serve in another shell): headless Locust, step ramp, stops by itself.
@@ -75,7 +74,7 @@ monitor: prometheus
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .bentoml runs artifacts .pytest_cache .ruff_cache

@@ -14,9 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default="runs/default", help="training run directory (checkpoint.pt)")
     p.add_argument("--out", default="artifacts/default", help="artifact directory to write")
     p.add_argument("--held-out", default=None, help="data for the parity gate (default: the run's test file)")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="longest sequence the service accepts (a resource limit; default 4096 or the longest "
-                        "training sequence if longer; SEQSERVE_MAX_LENGTH overrides it at serve time)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="longest sequence the service accepts (a resource limit; default 4096 or the longest "
+        "training sequence if longer; SEQSERVE_MAX_LENGTH overrides it at serve time)",
+    )
     p.add_argument("--no-store", action="store_true", help="do not save into the BentoML model store")
     args = p.parse_args(argv)
     try:
@@ -27,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"artifact": args.out, "model_version": meta["model_version"], "parity": meta["parity"]},
-                     indent=2), file=sys.stderr)
+    print(
+        json.dumps({"artifact": args.out, "model_version": meta["model_version"], "parity": meta["parity"]}, indent=2),
+        file=sys.stderr,
+    )
     if not args.no_store:
         from export.store import save_to_store
 

@@ -50,10 +50,19 @@ def export_onnx(model: torch.nn.Module, feature_dim: int, path: Path) -> None:
         # Known, harmless here: GRU/LSTM "batch_size other than 1" and constant-folding notes (parity proves it).
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
-            wrapper, (x, lengths), str(path), dynamo=False, opset_version=OPSET,
-            input_names=["x", "lengths"], output_names=["probabilities", "attention"],
-            dynamic_axes={"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
-                          "probabilities": {0: "batch"}, "attention": {0: "batch", 1: "time"}},
+            wrapper,
+            (x, lengths),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["x", "lengths"],
+            output_names=["probabilities", "attention"],
+            dynamic_axes={
+                "x": {0: "batch", 1: "time"},
+                "lengths": {0: "batch"},
+                "probabilities": {0: "batch"},
+                "attention": {0: "batch", 1: "time"},
+            },
         )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -82,8 +91,9 @@ def _run_torch(model: torch.nn.Module, seqs: list[np.ndarray]) -> tuple[np.ndarr
     return probs.numpy(), att.numpy()
 
 
-def parity_report(model: torch.nn.Module, sess: ort.InferenceSession, held_out: data.Dataset,
-                  seed: int = 0, n_alone: int = 48) -> dict:
+def parity_report(
+    model: torch.nn.Module, sess: ort.InferenceSession, held_out: data.Dataset, seed: int = 0, n_alone: int = 48
+) -> dict:
     """Compare ORT with torch on mixed-length batches, and each sequence alone vs batched with longer ones."""
     rng = np.random.default_rng(seed)
     seqs = held_out.sequences
@@ -98,23 +108,29 @@ def parity_report(model: torch.nn.Module, sess: ort.InferenceSession, held_out: 
     lengths = held_out.lengths
     longest = [seqs[j] for j in np.argsort(-lengths, kind="stable")[:7]]
     shortest_first = np.argsort(lengths, kind="stable")
-    picks = np.unique(np.concatenate([shortest_first[:n_alone // 2], rng.choice(len(seqs), n_alone // 2)]))
+    picks = np.unique(np.concatenate([shortest_first[: n_alone // 2], rng.choice(len(seqs), n_alone // 2)]))
     inv = {"ort": 0.0, "torch": 0.0}
     for j in picks:
         for name, run in (("ort", lambda b: _run_ort(sess, b)), ("torch", lambda b: _run_torch(model, b))):
             p_alone, a_alone = run([seqs[j]])
             p_batch, a_batch = run([*longest[:3], seqs[j], *longest[3:]])
             n = len(seqs[j])
-            d = max(float(np.abs(p_alone[0] - p_batch[3]).max()),
-                    float(np.abs(a_alone[0, :n] - a_batch[3, :n]).max()),
-                    float(np.abs(a_batch[3, n:]).max(initial=0.0)))
+            d = max(
+                float(np.abs(p_alone[0] - p_batch[3]).max()),
+                float(np.abs(a_alone[0, :n] - a_batch[3, :n]).max()),
+                float(np.abs(a_batch[3, n:]).max(initial=0.0)),
+            )
             inv[name] = max(inv[name], d)
     report = {
-        "sequences": len(seqs), "length_range": [int(lengths.min()), int(lengths.max())],
-        "ort_vs_torch_max_abs_prob_diff": prob_diff, "ort_vs_torch_max_abs_attention_diff": att_diff,
+        "sequences": len(seqs),
+        "length_range": [int(lengths.min()), int(lengths.max())],
+        "ort_vs_torch_max_abs_prob_diff": prob_diff,
+        "ort_vs_torch_max_abs_attention_diff": att_diff,
         "alone_vs_batched_checked": int(len(picks)),
-        "alone_vs_batched_max_abs_diff_ort": inv["ort"], "alone_vs_batched_max_abs_diff_torch": inv["torch"],
-        "prob_tolerance": PROB_TOLERANCE, "invariance_tolerance": INVARIANCE_TOLERANCE,
+        "alone_vs_batched_max_abs_diff_ort": inv["ort"],
+        "alone_vs_batched_max_abs_diff_torch": inv["torch"],
+        "prob_tolerance": PROB_TOLERANCE,
+        "invariance_tolerance": INVARIANCE_TOLERANCE,
     }
     problems = []
     if prob_diff > PROB_TOLERANCE or att_diff > PROB_TOLERANCE:
@@ -135,8 +151,9 @@ def content_version(graph_sha256: str, contract: dict) -> str:
     return h.hexdigest()[:12]
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | None = None,
-               max_length: int | None = None) -> dict:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, held_out_path: str | None = None, max_length: int | None = None
+) -> dict:
     """Export ``run_dir/checkpoint.pt`` into ``out_dir``; return the metadata written to metadata.json."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, ckpt = load_checkpoint(str(run_dir / "checkpoint.pt"))
@@ -150,10 +167,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | No
     report = parity_report(model, cpu_session(onnx_path), held_out)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    contract = {"classes": ckpt["classes"], "feature_dim": cfg["feature_dim"],
-                "max_length": int(max_length or max(DEFAULT_MAX_LENGTH, ckpt["max_length"])),
-                "training_length_range": list(ckpt.get("length_range", [1, ckpt["max_length"]])),
-                "normalisation": {"mode": cfg.get("normalisation", "global"), **ckpt["normalisation"]}}
+    contract = {
+        "classes": ckpt["classes"],
+        "feature_dim": cfg["feature_dim"],
+        "max_length": int(max_length or max(DEFAULT_MAX_LENGTH, ckpt["max_length"])),
+        "training_length_range": list(ckpt.get("length_range", [1, ckpt["max_length"]])),
+        "normalisation": {"mode": cfg.get("normalisation", "global"), **ckpt["normalisation"]},
+    }
     graph_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -162,12 +182,25 @@ def export_run(run_dir: str | Path, out_dir: str | Path, held_out_path: str | No
         "onnx_sha256": graph_sha256,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **contract,
-        "rnn": {k: cfg.get(k) for k in ("rnn", "hidden", "layers", "bidirectional", "attention", "dropout", "stride",
-                                        "conv_channels", "conv_kernels")},
-        "inputs": {"x": "float32 [batch, time, feature_dim], raw features, zero-padded",
-                   "lengths": "int64 [batch], valid steps per sequence"},
-        "outputs": {"probabilities": "float32 [batch, classes]",
-                    "attention": "float32 [batch, time], zero on padding"},
+        "rnn": {
+            k: cfg.get(k)
+            for k in (
+                "rnn",
+                "hidden",
+                "layers",
+                "bidirectional",
+                "attention",
+                "dropout",
+                "stride",
+                "conv_channels",
+                "conv_kernels",
+            )
+        },
+        "inputs": {
+            "x": "float32 [batch, time, feature_dim], raw features, zero-padded",
+            "lengths": "int64 [batch], valid steps per sequence",
+        },
+        "outputs": {"probabilities": "float32 [batch, classes]", "attention": "float32 [batch, time], zero on padding"},
         "opset": OPSET,
         "exporter": f"torch {torch.__version__} TorchScript (dynamo=False)",
         "training_metrics": {k: v for k, v in metrics.items() if k != "history"},

@@ -40,8 +40,23 @@ def prepare_artifact(work: Path) -> Path:
     if not (run / "checkpoint.pt").exists():
         subprocess.run([PY, "-m", "training", "train", "--out", str(run), "--quiet"], cwd=ROOT, check=True)
     art = work / "artifact"
-    subprocess.run([PY, "-m", "export", "--run", str(run), "--out", str(art), "--no-store",
-                    "--max-length", str(workload.LONGTAIL_MAX_LENGTH)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "export",
+            "--run",
+            str(run),
+            "--out",
+            str(art),
+            "--no-store",
+            "--max-length",
+            str(workload.LONGTAIL_MAX_LENGTH),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return art
 
 
@@ -55,9 +70,12 @@ def triton_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int]]:
     out = []
     for s in seqs:
         s = np.round(s.astype(np.float64), 6)
-        body = {"inputs": [
-            {"name": "x", "shape": [1, len(s), s.shape[1]], "datatype": "FP32", "data": s.ravel().tolist()},
-            {"name": "lengths", "shape": [1, 1], "datatype": "INT64", "data": [len(s)]}]}
+        body = {
+            "inputs": [
+                {"name": "x", "shape": [1, len(s), s.shape[1]], "datatype": "FP32", "data": s.ravel().tolist()},
+                {"name": "lengths", "shape": [1, 1], "datatype": "INT64", "data": [len(s)]},
+            ]
+        }
         out.append((json.dumps(body).encode(), 1))
     return out
 
@@ -65,13 +83,32 @@ def triton_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int]]:
 def machine() -> dict:
     import onnxruntime
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem = next((int(ln.split()[1]) // 1024 // 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), None)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "gpu": None, "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            int(ln.split()[1]) // 1024 // 1024
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        ),
+        None,
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "gpu": None,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 # ---------------------------------------------------------------- systems
@@ -93,11 +130,18 @@ def measure_limit(art: Path, seqs: list[np.ndarray], duration: float, threads: i
             lat.append((time.perf_counter() - t1) * 1000)
             n, real, padded, calls = n + len(c), real + st.real_steps, padded + st.padded_steps, calls + st.model_calls
     dt = time.perf_counter() - t0
-    return {"req_per_s": round(len(lat) / dt, 1), "seq_per_s": round(n / dt, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": 0, "requests": len(lat),
-            "padding_efficiency": round(real / padded, 3), "mean_batch": round(n / calls, 1),
-            "note": "engine.infer on length-sorted chunks of 128, no HTTP"}
+    return {
+        "req_per_s": round(len(lat) / dt, 1),
+        "seq_per_s": round(n / dt, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "errors": 0,
+        "requests": len(lat),
+        "padding_efficiency": round(real / padded, 3),
+        "mean_batch": round(n / calls, 1),
+        "note": "engine.infer on length-sorted chunks of 128, no HTTP",
+    }
 
 
 def metrics_stats(url: str) -> dict:
@@ -154,11 +198,21 @@ class Server:
 
 
 def start_seqserve(art: Path, work: Path, args: argparse.Namespace) -> Server:
-    env = {"SEQSERVE_MODEL": str(art), "SEQSERVE_DEVICE": "cpu", "SEQSERVE_WORKERS": str(args.workers),
-           "SEQSERVE_ORT_THREADS": str(args.ort_threads), "BENTOML_HOME": str(work / "bentoml_home")}
+    env = {
+        "SEQSERVE_MODEL": str(art),
+        "SEQSERVE_DEVICE": "cpu",
+        "SEQSERVE_WORKERS": str(args.workers),
+        "SEQSERVE_ORT_THREADS": str(args.ort_threads),
+        "BENTOML_HOME": str(work / "bentoml_home"),
+    }
     proc, url = start_bentoml(ROOT, env, work / "seqserve.log")
-    return Server(int(url.rsplit(":", 1)[1]), json_bodies, lambda: metrics_stats(url), lambda: stop_process(proc),
-                  {"seqserve": "/predict", "seqserve-nobatch": "/predict_nobatch"})
+    return Server(
+        int(url.rsplit(":", 1)[1]),
+        json_bodies,
+        lambda: metrics_stats(url),
+        lambda: stop_process(proc),
+        {"seqserve": "/predict", "seqserve-nobatch": "/predict_nobatch"},
+    )
 
 
 def start_triton(art: Path, work: Path, args: argparse.Namespace) -> Server:
@@ -166,25 +220,52 @@ def start_triton(art: Path, work: Path, args: argparse.Namespace) -> Server:
 
     py = ensure_venv("triton", ["nvidia-pytriton==0.7.0", f"onnxruntime=={onnxruntime.__version__}", "numpy"])
     # The Python backend stub links libpython: point it at the lib dir of the interpreter this venv uses.
-    libdir = subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                                     text=True).strip()
+    libdir = subprocess.check_output(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"], text=True
+    ).strip()
     env = {**os.environ, "LD_LIBRARY_PATH": f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
     port, grpc, metrics = free_port(), free_port(), free_port()
     stats = work / "triton_stats.json"
     clear_stats(stats)
     log = work / "triton.log"
     proc = subprocess.Popen(
-        [str(py), str(PEERS / "triton_server.py"), "--model", str(art / "model.onnx"), "--port", str(port),
-         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--instances", str(args.workers),
-         "--threads", str(args.ort_threads), "--stats", str(stats), "--workspace", str(work / "triton_ws")],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(py),
+            str(PEERS / "triton_server.py"),
+            "--model",
+            str(art / "model.onnx"),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--instances",
+            str(args.workers),
+            "--threads",
+            str(args.ort_threads),
+            "--stats",
+            str(stats),
+            "--workspace",
+            str(work / "triton_ws"),
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180, proc, log)
     except BaseException:
         stop_process(proc)
         raise
-    return Server(port, triton_bodies, lambda: file_stats(stats), lambda: stop_process(proc),
-                  {"triton": "/v2/models/seqclassifier/infer"})
+    return Server(
+        port,
+        triton_bodies,
+        lambda: file_stats(stats),
+        lambda: stop_process(proc),
+        {"triton": "/v2/models/seqclassifier/infer"},
+    )
 
 
 def start_ray(art: Path, work: Path, args: argparse.Namespace) -> Server:
@@ -196,9 +277,25 @@ def start_ray(art: Path, work: Path, args: argparse.Namespace) -> Server:
     log = work / "ray.log"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.Popen(
-        [str(py), str(PEERS / "ray_server.py"), "--model", str(art / "model.onnx"), "--port", str(port),
-         "--replicas", str(args.workers), "--threads", str(args.ort_threads), "--stats", str(stats)],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(py),
+            str(PEERS / "ray_server.py"),
+            "--model",
+            str(art / "model.onnx"),
+            "--port",
+            str(port),
+            "--replicas",
+            str(args.workers),
+            "--threads",
+            str(args.ort_threads),
+            "--stats",
+            str(stats),
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     body = json.dumps({"sequences": [[[0.0] * 12]]}).encode()
     deadline = time.monotonic() + 180
     while True:
@@ -212,8 +309,9 @@ def start_ray(art: Path, work: Path, args: argparse.Namespace) -> Server:
             stop_process(proc)
             raise RuntimeError(f"Ray Serve did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    return Server(port, json_bodies, lambda: file_stats(stats), lambda: stop_process(proc, timeout=30),
-                  {"ray-serve": "/predict"})
+    return Server(
+        port, json_bodies, lambda: file_stats(stats), lambda: stop_process(proc, timeout=30), {"ray-serve": "/predict"}
+    )
 
 
 STARTERS = {"seqserve": start_seqserve, "triton": start_triton, "ray-serve": start_ray}
@@ -237,10 +335,16 @@ def run_system(name: str, art: Path, work: Path, args: argparse.Namespace, mixes
                     res = run_load(server.port, path, bodies, c, args.duration, args.warmup)
                     after = server.stats()
                     d = {k: after[k] - before[k] for k in after}
-                    run = {"system": system, "profile": profile, "concurrency": c, **res.summary(),
-                           "padding_efficiency": round(d["real_steps"] / d["padded_steps"], 3)
-                           if d["padded_steps"] else None,
-                           "mean_batch": round(d["sequences"] / d["batches"], 1) if d["batches"] else None}
+                    run = {
+                        "system": system,
+                        "profile": profile,
+                        "concurrency": c,
+                        **res.summary(),
+                        "padding_efficiency": round(d["real_steps"] / d["padded_steps"], 3)
+                        if d["padded_steps"]
+                        else None,
+                        "mean_batch": round(d["sequences"] / d["batches"], 1) if d["batches"] else None,
+                    }
                     if res.first_error:
                         run["first_error"] = res.first_error
                     print(f"bench: {json.dumps(run)}", file=sys.stderr, flush=True)
@@ -256,8 +360,19 @@ def run_ray_in_netns(work: Path, args: argparse.Namespace, argv: list[str]) -> l
 
     ensure_venv("ray", ["ray[serve]==2.60.0", f"onnxruntime=={onnxruntime.__version__}", "numpy"])
     partial = work / "ray_runs.json"
-    inner = [PY, "-m", "loadtest.bench", *argv, "--systems", "ray-serve", "--inside-netns", "--partial",
-             str(partial), "--artifact", str(work / "artifact")]
+    inner = [
+        PY,
+        "-m",
+        "loadtest.bench",
+        *argv,
+        "--systems",
+        "ray-serve",
+        "--inside-netns",
+        "--partial",
+        str(partial),
+        "--artifact",
+        str(work / "artifact"),
+    ]
     cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *inner]
     subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads(partial.read_text())
@@ -300,8 +415,23 @@ def main(argv: list[str] | None = None) -> dict:
         art = Path(args.artifact)
     elif args.run:
         art = work / "artifact"
-        subprocess.run([PY, "-m", "export", "--run", args.run, "--out", str(art), "--no-store", "--max-length",
-                        str(workload.LONGTAIL_MAX_LENGTH)], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "export",
+                "--run",
+                args.run,
+                "--out",
+                str(art),
+                "--no-store",
+                "--max-length",
+                str(workload.LONGTAIL_MAX_LENGTH),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
     else:
         art = prepare_artifact(work)
     mixes = {p: workload.sequences(p) for p in args.profiles}
@@ -328,11 +458,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.partial:
         Path(args.partial).write_text(json.dumps(runs))
         return {"runs": runs}
-    results = {"machine": machine(), "settings": {
-        "duration_s": args.duration, "warmup_s": args.warmup, "workers": args.workers,
-        "ort_threads": args.ort_threads, "sequences_per_request": 1, "model": json.loads(
-            (art / "metadata.json").read_text())["rnn"], "total_seconds": round(time.perf_counter() - t0, 1)},
-        "skipped": skipped, "runs": runs}
+    results = {
+        "machine": machine(),
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "workers": args.workers,
+            "ort_threads": args.ort_threads,
+            "sequences_per_request": 1,
+            "model": json.loads((art / "metadata.json").read_text())["rnn"],
+            "total_seconds": round(time.perf_counter() - t0, 1),
+        },
+        "skipped": skipped,
+        "runs": runs,
+    }
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -66,8 +66,16 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length or 0)
 
 
-async def _worker(idx: int, host: str, port: int, requests: list[tuple[bytes, int]], concurrency: int,
-                  t_measure: float, t_end: float, res: Result) -> None:
+async def _worker(
+    idx: int,
+    host: str,
+    port: int,
+    requests: list[tuple[bytes, int]],
+    concurrency: int,
+    t_measure: float,
+    t_end: float,
+    res: Result,
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     k = idx
     try:
@@ -106,8 +114,15 @@ def encode_requests(host: str, port: int, path: str, bodies: list[tuple[bytes, i
     return [((head + f"Content-Length: {len(b)}\r\n\r\n").encode() + b, n) for b, n in bodies]
 
 
-def run_load(port: int, path: str, bodies: list[tuple[bytes, int]], concurrency: int, duration: float,
-             warmup: float = 2.0, host: str = "127.0.0.1") -> Result:
+def run_load(
+    port: int,
+    path: str,
+    bodies: list[tuple[bytes, int]],
+    concurrency: int,
+    duration: float,
+    warmup: float = 2.0,
+    host: str = "127.0.0.1",
+) -> Result:
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError("load tests hit loopback only")
     requests = encode_requests(host, port, path, bodies)
@@ -116,8 +131,9 @@ def run_load(port: int, path: str, bodies: list[tuple[bytes, int]], concurrency:
     async def main() -> None:
         t_measure = time.perf_counter() + warmup
         t_end = t_measure + duration
-        await asyncio.gather(*(_worker(i, host, port, requests, concurrency, t_measure, t_end, res)
-                               for i in range(concurrency)))
+        await asyncio.gather(
+            *(_worker(i, host, port, requests, concurrency, t_measure, t_end, res) for i in range(concurrency))
+        )
 
     asyncio.run(main())
     res.seconds = duration

@@ -27,8 +27,9 @@ STEP_SECONDS = float(os.environ.get("LOADTEST_STEP_SECONDS", 10))
 PER_REQUEST = int(os.environ.get("LOADTEST_SEQS_PER_REQUEST", 1))
 
 SEQUENCES = workload.sequences(PROFILE)
-BODIES = [workload.json_body(SEQUENCES[i : i + PER_REQUEST])
-          for i in range(0, len(SEQUENCES) - PER_REQUEST + 1, PER_REQUEST)]
+BODIES = [
+    workload.json_body(SEQUENCES[i : i + PER_REQUEST]) for i in range(0, len(SEQUENCES) - PER_REQUEST + 1, PER_REQUEST)
+]
 
 
 @events.test_start.add_listener
@@ -39,8 +40,10 @@ def check_target(environment, **_: object) -> None:  # noqa: ANN001
     longest = max(len(s) for s in SEQUENCES)
     meta = json.loads(__import__("urllib.request").request.urlopen(environment.host + "/metadata").read())
     if meta["max_length"] < longest:
-        raise SystemExit(f"profile {PROFILE!r} sends up to {longest} steps but the model accepts {meta['max_length']}"
-                         f": export with --max-length {longest} (or use LOADTEST_PROFILE=jv)")
+        raise SystemExit(
+            f"profile {PROFILE!r} sends up to {longest} steps but the model accepts {meta['max_length']}"
+            f": export with --max-length {longest} (or use LOADTEST_PROFILE=jv)"
+        )
 
 
 class SeqUser(FastHttpUser):
@@ -49,8 +52,13 @@ class SeqUser(FastHttpUser):
     @task
     def predict(self) -> None:
         body = random.choice(BODIES)
-        with self.client.post("/predict", data=body, headers={"content-type": "application/json"},
-                              catch_response=True, name=f"/predict [{PROFILE}]") as r:
+        with self.client.post(
+            "/predict",
+            data=body,
+            headers={"content-type": "application/json"},
+            catch_response=True,
+            name=f"/predict [{PROFILE}]",
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
             elif len(r.json()) != PER_REQUEST:

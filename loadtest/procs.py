@@ -35,8 +35,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
 
 
-def start_bentoml(root: Path, env: dict[str, str], log: Path, port: int | None = None,
-                  timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_bentoml(
+    root: Path, env: dict[str, str], log: Path, port: int | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen, str]:
     """``bentoml serve service.service:SeqServe`` on 127.0.0.1; returns (process, base url) once ready."""
     port = port or free_port()
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
@@ -44,7 +45,11 @@ def start_bentoml(root: Path, env: dict[str, str], log: Path, port: int | None =
     fh = log.open("w")
     proc = subprocess.Popen(
         [str(bentoml), "serve", "service.service:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=root, env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=root,
+        env=full_env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

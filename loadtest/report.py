@@ -42,8 +42,7 @@ def plot_history(history_csv: str | Path, png: str | Path) -> int:
 
 
 def _find(runs: list[dict], system: str, profile: str, c: int | None) -> dict | None:
-    return next((r for r in runs if r["system"] == system and r["profile"] == profile and r["concurrency"] == c),
-                None)
+    return next((r for r in runs if r["system"] == system and r["profile"] == profile and r["concurrency"] == c), None)
 
 
 def targets(runs: list[dict], c_high: int) -> list[str]:
@@ -56,24 +55,30 @@ def targets(runs: list[dict], c_high: int) -> list[str]:
             best = max(peers, key=lambda r: r["seq_per_s"])
             ratio = ss["seq_per_s"] / best["seq_per_s"] if best["seq_per_s"] else float("inf")
             ok = ratio >= 1.3 and ss["p99_ms"] <= best["p99_ms"]
-            lines.append(f"- `{profile}`, c={c_high}: seqserve {ss['seq_per_s']:.0f} seq/s vs best peer "
-                         f"{best['system']} {best['seq_per_s']:.0f} = **{ratio:.2f}x** (target >= 1.3x); p99 "
-                         f"{ss['p99_ms']:.0f} vs {best['p99_ms']:.0f} ms: **{'met' if ok else 'MISSED'}**")
+            lines.append(
+                f"- `{profile}`, c={c_high}: seqserve {ss['seq_per_s']:.0f} seq/s vs best peer "
+                f"{best['system']} {best['seq_per_s']:.0f} = **{ratio:.2f}x** (target >= 1.3x); p99 "
+                f"{ss['p99_ms']:.0f} vs {best['p99_ms']:.0f} ms: **{'met' if ok else 'MISSED'}**"
+            )
         nb = _find(runs, "seqserve-nobatch", profile, c_high)
         if ss and nb:
             ratio = ss["seq_per_s"] / nb["seq_per_s"] if nb["seq_per_s"] else float("inf")
-            lines.append(f"- `{profile}`, c={c_high}: batching on vs off {ss['seq_per_s']:.0f} / "
-                         f"{nb['seq_per_s']:.0f} = **{ratio:.2f}x** (target >= 3x): "
-                         f"**{'met' if ratio >= 3 else 'MISSED'}**")
+            lines.append(
+                f"- `{profile}`, c={c_high}: batching on vs off {ss['seq_per_s']:.0f} / "
+                f"{nb['seq_per_s']:.0f} = **{ratio:.2f}x** (target >= 3x): "
+                f"**{'met' if ratio >= 3 else 'MISSED'}**"
+            )
         lim = _find(runs, "limit", profile, None)
         http = [r for r in runs if r["system"] == "seqserve" and r["profile"] == profile]
         if lim and http:
             best = max(http, key=lambda r: r["seq_per_s"])
             frac = best["seq_per_s"] / lim["seq_per_s"]
-            lines.append(f"- `{profile}`: HTTP seqserve (best, c={best['concurrency']}) "
-                         f"{best['seq_per_s']:.0f} seq/s = "
-                         f"**{frac:.0%}** of the in-process limit {lim['seq_per_s']:.0f} (target >= 50%): "
-                         f"**{'met' if frac >= 0.5 else 'MISSED'}**")
+            lines.append(
+                f"- `{profile}`: HTTP seqserve (best, c={best['concurrency']}) "
+                f"{best['seq_per_s']:.0f} seq/s = "
+                f"**{frac:.0%}** of the in-process limit {lim['seq_per_s']:.0f} (target >= 50%): "
+                f"**{'met' if frac >= 0.5 else 'MISSED'}**"
+            )
     return lines
 
 
@@ -102,18 +107,22 @@ def render_report(results: dict) -> str:
         "",
     ]
     for profile in dict.fromkeys(r["profile"] for r in runs):
-        out += [f"## Profile `{profile}`", "",
-                "| system | concurrency | req/s | seq/s | p50 ms | p95 ms | p99 ms | errors | padding eff. "
-                "| mean batch |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            f"## Profile `{profile}`",
+            "",
+            "| system | concurrency | req/s | seq/s | p50 ms | p95 ms | p99 ms | errors | padding eff. | mean batch |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in runs:
             if r["profile"] != profile:
                 continue
             c = "-" if r["concurrency"] is None else r["concurrency"]
             eff = "-" if r.get("padding_efficiency") is None else f"{r['padding_efficiency']:.2f}"
             mb = "-" if r.get("mean_batch") is None else f"{r['mean_batch']:.1f}"
-            out.append(f"| {r['system']} | {c} | {r['req_per_s']:.0f} | {r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | "
-                       f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {eff} | {mb} |")
+            out.append(
+                f"| {r['system']} | {c} | {r['req_per_s']:.0f} | {r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | "
+                f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {eff} | {mb} |"
+            )
         out.append("")
     for system, why in results.get("skipped", {}).items():
         out += [f"**{system} was skipped**: {why}", ""]

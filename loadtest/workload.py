@@ -28,8 +28,7 @@ def stretch(seq: np.ndarray, factor: int) -> np.ndarray:
     """Resample ``seq`` [T, F] to ``T * factor`` steps by linear interpolation per channel."""
     T = len(seq)
     src = np.linspace(0.0, T - 1, T * factor)
-    return np.stack([np.interp(src, np.arange(T), seq[:, f]) for f in range(seq.shape[1])], axis=1).astype(
-        np.float32)
+    return np.stack([np.interp(src, np.arange(T), seq[:, f]) for f in range(seq.shape[1])], axis=1).astype(np.float32)
 
 
 def sequences(profile: str, seed: int = 0, path: Path = JV_TEST) -> list[np.ndarray]:

@@ -122,8 +122,14 @@ class Engine:
         out = []
         for p, a in zip(probs.tolist(), attention):
             best = max(range(len(p)), key=p.__getitem__)
-            out.append({"label": self.classes[best], "probabilities": dict(zip(self.classes, p)),
-                        "attention": a.tolist(), "model_version": self.model_version})
+            out.append(
+                {
+                    "label": self.classes[best],
+                    "probabilities": dict(zip(self.classes, p)),
+                    "attention": a.tolist(),
+                    "model_version": self.model_version,
+                }
+            )
         return out
 
     def predict(self, seqs: list[np.ndarray]) -> tuple[list[dict], BatchStats]:

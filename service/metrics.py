@@ -39,26 +39,49 @@ SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SEQUENCES = Counter("seqserve_sequences", "Sequences answered by the model", ["model_version", "outcome"])
 REJECTED = Counter("seqserve_rejected_requests", "Requests rejected with HTTP 400, by reason", ["reason"])
 LENGTH = Histogram("seqserve_sequence_length_steps", "Time steps per served sequence", buckets=LENGTH_BUCKETS)
-LENGTH_OUTSIDE = Counter("seqserve_length_outside_training",
-                         "Served sequences shorter or longer than every training sequence", ["model_version", "side"])
-BATCH_SIZE = Histogram("seqserve_batch_size_sequences", "Sequences per model call (executed batch size)",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)",
-                     ["kind"])
+LENGTH_OUTSIDE = Counter(
+    "seqserve_length_outside_training",
+    "Served sequences shorter or longer than every training sequence",
+    ["model_version", "side"],
+)
+BATCH_SIZE = Histogram(
+    "seqserve_batch_size_sequences",
+    "Sequences per model call (executed batch size)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)", ["kind"])
 MODEL_CALLS = Counter("seqserve_model_calls", "ONNX Runtime calls (sub-batches)")
-COMPUTE_SECONDS = Histogram("seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call",
-                            buckets=SECONDS_BUCKETS)
-QUEUE_SECONDS = Histogram("seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model",
-                          buckets=SECONDS_BUCKETS)
-MODEL_INFO = Gauge("seqserve_model_info", "The loaded model (always 1)",
-                   ["model_version", "rnn", "provider", "device_requested"], multiprocess_mode="livemax")
+COMPUTE_SECONDS = Histogram(
+    "seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call", buckets=SECONDS_BUCKETS
+)
+QUEUE_SECONDS = Histogram(
+    "seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model", buckets=SECONDS_BUCKETS
+)
+MODEL_INFO = Gauge(
+    "seqserve_model_info",
+    "The loaded model (always 1)",
+    ["model_version", "rnn", "provider", "device_requested"],
+    multiprocess_mode="livemax",
+)
 PREDICTIONS = Counter("seqserve_predictions", "Predicted class counts", ["model_version", "class"])
-DRIFT = Gauge("seqserve_input_drift_score", "Mean per-feature |recent mean - training mean| / training std",
-              ["model_version"], multiprocess_mode="livemax")
-DRIFT_FEATURE = Gauge("seqserve_input_drift_feature_zshift", "Per-feature |recent mean - training mean| / std",
-                      ["model_version", "feature"], multiprocess_mode="livemax")
-DRIFT_STEPS = Gauge("seqserve_input_drift_window_steps", "Time steps in the drift window", ["model_version"],
-                    multiprocess_mode="livemax")
+DRIFT = Gauge(
+    "seqserve_input_drift_score",
+    "Mean per-feature |recent mean - training mean| / training std",
+    ["model_version"],
+    multiprocess_mode="livemax",
+)
+DRIFT_FEATURE = Gauge(
+    "seqserve_input_drift_feature_zshift",
+    "Per-feature |recent mean - training mean| / std",
+    ["model_version", "feature"],
+    multiprocess_mode="livemax",
+)
+DRIFT_STEPS = Gauge(
+    "seqserve_input_drift_window_steps",
+    "Time steps in the drift window",
+    ["model_version"],
+    multiprocess_mode="livemax",
+)
 MAX_FEATURE_LABELS = 64
 
 
@@ -156,5 +179,5 @@ def rejection_reason(body: bytes) -> str:
     except (ValueError, KeyError, IndexError, TypeError):
         return "other"
     if kind.startswith("seqserve_"):
-        return kind[len("seqserve_"):]
+        return kind[len("seqserve_") :]
     return REASONS.get(kind, "other")

@@ -33,8 +33,10 @@ def _fail(reason: str, msg: str) -> PydanticCustomError:
 def _check_sequence(i: int, seq: Any, feature_dim: int, max_length: int) -> np.ndarray:
     field = f"sequences[{i}]"
     if not isinstance(seq, list):
-        raise _fail("bad_type", f"{field}: must be a list of time steps (each a list of {feature_dim} numbers), "
-                    f"got {type(seq).__name__}")
+        raise _fail(
+            "bad_type",
+            f"{field}: must be a list of time steps (each a list of {feature_dim} numbers), got {type(seq).__name__}",
+        )
     if not seq:
         raise _fail("empty", f"{field}: empty sequence; need at least 1 time step")
     if len(seq) > max_length:
@@ -43,12 +45,14 @@ def _check_sequence(i: int, seq: Any, feature_dim: int, max_length: int) -> np.n
         if not isinstance(step, list):
             raise _fail("bad_type", f"{field}[{t}]: must be a list of {feature_dim} numbers, got {type(step).__name__}")
         if len(step) != feature_dim:
-            raise _fail("feature_count",
-                        f"{field}[{t}]: {len(step)} features, the model expects {feature_dim} (feature_dim)")
+            raise _fail(
+                "feature_count", f"{field}[{t}]: {len(step)} features, the model expects {feature_dim} (feature_dim)"
+            )
     arr = np.array(seq)  # homogeneous now: [T, F]
     if arr.dtype.kind not in "fiu" or any(type(v) is bool for step in seq for v in step):
-        bad = next((t, v) for t, step in enumerate(seq) for v in step
-                   if isinstance(v, bool) or not isinstance(v, (int, float)))
+        bad = next(
+            (t, v) for t, step in enumerate(seq) for v in step if isinstance(v, bool) or not isinstance(v, (int, float))
+        )
         raise _fail("not_a_number", f"{field}[{bad[0]}]: {bad[1]!r} is not a number")
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
@@ -62,8 +66,9 @@ def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_S
 
     def validate(value: Any, handler: Any) -> list[np.ndarray]:
         if not isinstance(value, list):
-            raise _fail("bad_type",
-                        f"sequences: must be a list of 1..{max_sequences} sequences, got {type(value).__name__}")
+            raise _fail(
+                "bad_type", f"sequences: must be a list of 1..{max_sequences} sequences, got {type(value).__name__}"
+            )
         if not 1 <= len(value) <= max_sequences:
             raise _fail("sequence_count", f"sequences: {len(value)} sequences, must be 1..{max_sequences} per request")
         received = time.perf_counter()

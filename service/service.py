@@ -67,31 +67,46 @@ async def metadata(request: Request) -> JSONResponse:
     if engine is None:
         return JSONResponse({"error": "model not loaded"}, status_code=503)
     meta = engine.artifact.meta
-    return JSONResponse({
-        "model_name": meta["model_name"], "model_version": engine.model_version, "classes": engine.classes,
-        "feature_dim": engine.feature_dim, "max_length": engine.max_length, "max_sequences": MAX_SEQUENCES,
-        "training_length_range": meta.get("training_length_range"),
-        "normalisation": meta["normalisation"].get("mode", "global"),
-        "provider": engine.provider, "ort_threads": engine.ort_threads, "rnn": meta["rnn"],
-        "source": engine.artifact.source, "training_metrics": {
-            k: meta["training_metrics"].get(k) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")},
-    })
+    return JSONResponse(
+        {
+            "model_name": meta["model_name"],
+            "model_version": engine.model_version,
+            "classes": engine.classes,
+            "feature_dim": engine.feature_dim,
+            "max_length": engine.max_length,
+            "max_sequences": MAX_SEQUENCES,
+            "training_length_range": meta.get("training_length_range"),
+            "normalisation": meta["normalisation"].get("mode", "global"),
+            "provider": engine.provider,
+            "ort_threads": engine.ort_threads,
+            "rnn": meta["rnn"],
+            "source": engine.artifact.source,
+            "training_metrics": {
+                k: meta["training_metrics"].get(k) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")
+            },
+        }
+    )
 
 
 routes = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
 
 
 @bentoml.asgi_app(routes, path="/")
-@bentoml.service(name="seqserve", workers=WORKERS, traffic={"timeout": 60},
-                 logging={"access": {"enabled": ACCESS_LOG}})
+@bentoml.service(name="seqserve", workers=WORKERS, traffic={"timeout": 60}, logging={"access": {"enabled": ACCESS_LOG}})
 class SeqServe:
     def __init__(self) -> None:
         self.engine = Engine(ARTIFACT, SETTINGS)
-        self.metrics = ServiceMetrics(self.engine, self.engine.settings.device,
-                                      env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096))
+        self.metrics = ServiceMetrics(
+            self.engine, self.engine.settings.device, env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096)
+        )
         _current["engine"] = self.engine
-        log.info("seqserve: model %s (%s) on %s, %d ORT threads", self.engine.model_version,
-                    ARTIFACT.source, self.engine.provider, self.engine.ort_threads)
+        log.info(
+            "seqserve: model %s (%s) on %s, %d ORT threads",
+            self.engine.model_version,
+            ARTIFACT.source,
+            self.engine.provider,
+            self.engine.ort_threads,
+        )
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def predict(self, sequences: Sequences) -> Predictions:

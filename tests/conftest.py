@@ -29,8 +29,26 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.__main__ import main
 
     out = tmp_path_factory.mktemp("run")
-    rc = main(["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(out), "--hidden", "32",
-               "--layers", "1", "--epochs", "8", "--quiet", "--seed", "1"])
+    rc = main(
+        [
+            "train",
+            "--train",
+            str(JV_TRAIN),
+            "--test",
+            str(JV_TEST),
+            "--out",
+            str(out),
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--epochs",
+            "8",
+            "--quiet",
+            "--seed",
+            "1",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -40,8 +58,14 @@ def artifact(small_run: Path, bentoml_home: Path, tmp_path_factory: pytest.TempP
     """Export through the real CLI into a temporary BentoML model store."""
     out = tmp_path_factory.mktemp("artifact")
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
-    proc = subprocess.run([sys.executable, "-m", "export", "--run", str(small_run), "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "--run", str(small_run), "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "stored as seqclassifier:" in proc.stderr
     return out

@@ -13,8 +13,10 @@ from training import data
 ROOT = Path(__file__).resolve().parents[1]
 JV = ROOT / "data/JapaneseVowels"
 
-HEADER = "@problemName t\n@timeStamps false\n@univariate false\n@dimensions 2\n@equalLength false\n" \
-         "@classLabel true a b\n@data\n"
+HEADER = (
+    "@problemName t\n@timeStamps false\n@univariate false\n@dimensions 2\n@equalLength false\n"
+    "@classLabel true a b\n@data\n"
+)
 
 
 def test_japanese_vowels_shapes() -> None:
@@ -40,14 +42,17 @@ def test_ts_variable_length(tmp_path: Path) -> None:
     assert ds.sequences[1].shape == (1, 2)
 
 
-@pytest.mark.parametrize("body, needle", [
-    ("1,2,x:4,5,6:a\n", ":9 dim 0: not a number: 'x'"),
-    ("1,2,3:4,5:a\n", ":9: dimensions have different lengths"),
-    ("1,2,3:a\n", ":9: 1 dimensions, header says 2"),
-    ("1,2:3,4:c\n", ":9: label 'c' not in @classLabel"),
-    ("1,?:3,4:a\n", "missing value '?'"),
-    ("1,nan:3,4:a\n", "non-finite value"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("1,2,x:4,5,6:a\n", ":9 dim 0: not a number: 'x'"),
+        ("1,2,3:4,5:a\n", ":9: dimensions have different lengths"),
+        ("1,2,3:a\n", ":9: 1 dimensions, header says 2"),
+        ("1,2:3,4:c\n", ":9: label 'c' not in @classLabel"),
+        ("1,?:3,4:a\n", "missing value '?'"),
+        ("1,nan:3,4:a\n", "non-finite value"),
+    ],
+)
 def test_ts_malformed_names_file_and_line(tmp_path: Path, body: str, needle: str) -> None:
     p = tmp_path / "bad.ts"
     p.write_text(HEADER + "1,2:3,4:a\n" + body)
@@ -72,15 +77,18 @@ def test_jsonl_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.sequences[0], [[1, 2], [3, 4.5]])
 
 
-@pytest.mark.parametrize("line, needle", [
-    ('{"sequence": [[1, 2]], "label": "a"', "invalid JSON"),
-    ('{"sequence": [[1, 2]]}', "'sequence' and 'label'"),
-    ('{"sequence": [], "label": "a"}', "non-empty list"),
-    ('{"sequence": [[1, 2], [3]], "label": "a"}', "same, non-zero number of features"),
-    ('{"sequence": [[1, "2"]], "label": "a"}', "non-number"),
-    ('{"sequence": [[1, true]], "label": "a"}', "non-number"),
-    ('{"sequence": [[1, NaN]], "label": "a"}', "non-finite"),
-])
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ('{"sequence": [[1, 2]], "label": "a"', "invalid JSON"),
+        ('{"sequence": [[1, 2]]}', "'sequence' and 'label'"),
+        ('{"sequence": [], "label": "a"}', "non-empty list"),
+        ('{"sequence": [[1, 2], [3]], "label": "a"}', "same, non-zero number of features"),
+        ('{"sequence": [[1, "2"]], "label": "a"}', "non-number"),
+        ('{"sequence": [[1, true]], "label": "a"}', "non-number"),
+        ('{"sequence": [[1, NaN]], "label": "a"}', "non-finite"),
+    ],
+)
 def test_jsonl_malformed_names_file_and_line(tmp_path: Path, line: str, needle: str) -> None:
     p = tmp_path / "bad.jsonl"
     p.write_text('{"sequence": [[1, 2]], "label": "a"}\n' + line + "\n")

@@ -12,8 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "True"}
     bentoml = str(Path(os.sys.executable).with_name("bentoml"))
-    proc = subprocess.run([bentoml, "build", "-f", "deploy/bentofile.yaml", "."], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [bentoml, "build", "-f", "deploy/bentofile.yaml", "."],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     bentos = sorted((bentoml_home / "bentos/seqserve").glob("*/bento.yaml"))
     assert bentos, "no bento written"

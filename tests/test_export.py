@@ -33,22 +33,42 @@ def write_run(tmp: Path, seed: int = 0, **kw: object) -> Path:
         bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
     run = tmp / f"run_{'_'.join(str(v) for v in kw.values()).replace(' ', '')}_{seed}"
     run.mkdir()
-    torch.save({"state_dict": model.state_dict(), "model_config": cfg.to_dict(), "classes": train.classes,
-                "max_length": 29, "length_range": [7, 26],
-                "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
-                "train_path": str(JV_TRAIN), "test_path": str(JV_TEST), "args": {}}, run / "checkpoint.pt")
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "model_config": cfg.to_dict(),
+            "classes": train.classes,
+            "max_length": 29,
+            "length_range": [7, 26],
+            "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+            "train_path": str(JV_TRAIN),
+            "test_path": str(JV_TEST),
+            "args": {},
+        },
+        run / "checkpoint.pt",
+    )
     return run
 
 
-@pytest.mark.parametrize("kw", [
-    dict(rnn="lstm", bidirectional=True, attention="additive", stride=1),
-    dict(rnn="gru", bidirectional=True, attention="none", stride=1),
-    dict(rnn="rnn", bidirectional=False, attention="additive", stride=1),
-    dict(rnn="lstm", bidirectional=True, attention="additive", stride=3),
-    dict(rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[16, 32, 16],
-         normalisation="series"),
-    dict(rnn="lstm", bidirectional=True, attention="additive", stride=3, conv_channels=[16, 16, 16]),
-], ids=["bilstm-att", "bigru-last", "rnn-att", "bilstm-stride3", "crnn-series", "crnn-stride3"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(rnn="lstm", bidirectional=True, attention="additive", stride=1),
+        dict(rnn="gru", bidirectional=True, attention="none", stride=1),
+        dict(rnn="rnn", bidirectional=False, attention="additive", stride=1),
+        dict(rnn="lstm", bidirectional=True, attention="additive", stride=3),
+        dict(
+            rnn="gru",
+            bidirectional=True,
+            attention="additive",
+            stride=1,
+            conv_channels=[16, 32, 16],
+            normalisation="series",
+        ),
+        dict(rnn="lstm", bidirectional=True, attention="additive", stride=3, conv_channels=[16, 16, 16]),
+    ],
+    ids=["bilstm-att", "bigru-last", "rnn-att", "bilstm-stride3", "crnn-series", "crnn-stride3"],
+)
 def test_export_passes_parity_gate(tmp_path: Path, kw: dict) -> None:
     run = write_run(tmp_path, **kw)
     meta = export_run(run, tmp_path / "art")
@@ -62,10 +82,16 @@ def test_export_passes_parity_gate(tmp_path: Path, kw: dict) -> None:
     onnx.checker.check_model(proto)
     ops = {n.op_type for n in proto.graph.node}
     assert kw["rnn"].upper() in ops  # a native ONNX LSTM/GRU/RNN op (with sequence_lens), not an unrolled loop
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in list(proto.graph.input) + list(proto.graph.output)}
-    assert dims == {"x": ["batch", "time", 12], "lengths": ["batch"], "probabilities": ["batch", 9],
-                    "attention": ["batch", "time"]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(proto.graph.input) + list(proto.graph.output)
+    }
+    assert dims == {
+        "x": ["batch", "time", 12],
+        "lengths": ["batch"],
+        "probabilities": ["batch", 9],
+        "attention": ["batch", "time"],
+    }
 
 
 def test_metadata_contract(tmp_path: Path) -> None:
@@ -73,8 +99,19 @@ def test_metadata_contract(tmp_path: Path) -> None:
     meta = export_run(run, tmp_path / "art", max_length=40)
     on_disk = json.loads((tmp_path / "art/metadata.json").read_text())
     assert on_disk == meta
-    for key in ("schema_version", "model_name", "model_version", "classes", "feature_dim", "max_length",
-                "normalisation", "rnn", "training_metrics", "opset", "parity"):
+    for key in (
+        "schema_version",
+        "model_name",
+        "model_version",
+        "classes",
+        "feature_dim",
+        "max_length",
+        "normalisation",
+        "rnn",
+        "training_metrics",
+        "opset",
+        "parity",
+    ):
         assert key in meta, key
     assert meta["model_name"] == "seqclassifier" and meta["opset"] == 17
     assert meta["classes"] == [str(i) for i in range(1, 10)] and meta["feature_dim"] == 12

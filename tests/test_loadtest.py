@@ -16,8 +16,18 @@ from loadtest import bench, workload
 from loadtest.report import plot_history
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_KEYS = {"system", "profile", "concurrency", "req_per_s", "seq_per_s", "p50_ms", "p95_ms", "p99_ms", "errors",
-            "padding_efficiency"}
+RUN_KEYS = {
+    "system",
+    "profile",
+    "concurrency",
+    "req_per_s",
+    "seq_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "errors",
+    "padding_efficiency",
+}
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +50,30 @@ def test_workload_profiles() -> None:
 
 def test_bench_smoke(small_run: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "results.json", tmp_path / "benchmarks.md"
-    bench.main(["--systems", "limit,seqserve,seqserve-nobatch", "--profiles", "jv,longtail", "--concurrency", "1,4",
-                "--duration", "1", "--warmup", "0.3", "--server-warmup", "0.5", "--run", str(small_run),
-                "--work", str(tmp_path / "work"), "--out", str(out), "--report", str(report)])
+    bench.main(
+        [
+            "--systems",
+            "limit,seqserve,seqserve-nobatch",
+            "--profiles",
+            "jv,longtail",
+            "--concurrency",
+            "1,4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--server-warmup",
+            "0.5",
+            "--run",
+            str(small_run),
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ]
+    )
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "onnxruntime"} <= set(results["machine"])
     runs = results["runs"]
@@ -59,13 +90,36 @@ def test_bench_smoke(small_run: Path, tmp_path: Path) -> None:
 
 
 def test_locust_headless_smoke(server: str, tmp_path: Path) -> None:
-    env = {**os.environ, "LOADTEST_PROFILE": "jv", "LOADTEST_STEPS": "2", "LOADTEST_STEP_USERS": "2",
-           "LOADTEST_STEP_SECONDS": "2"}
+    env = {
+        **os.environ,
+        "LOADTEST_PROFILE": "jv",
+        "LOADTEST_STEPS": "2",
+        "LOADTEST_STEP_USERS": "2",
+        "LOADTEST_STEP_SECONDS": "2",
+    }
     prefix = tmp_path / "jv"
     locust = str(Path(sys.executable).with_name("locust"))
-    proc = subprocess.run([locust, "-f", "loadtest/locustfile.py", "--headless", "--host", server, "--csv",
-                           str(prefix), "--csv-full-history", "--html", f"{prefix}.html", "--only-summary"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            locust,
+            "-f",
+            "loadtest/locustfile.py",
+            "--headless",
+            "--host",
+            server,
+            "--csv",
+            str(prefix),
+            "--csv-full-history",
+            "--html",
+            f"{prefix}.html",
+            "--only-summary",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
     agg = rows["Aggregated"]
@@ -78,6 +132,12 @@ def test_locust_headless_smoke(server: str, tmp_path: Path) -> None:
 def test_locust_refuses_longtail_against_short_model(server: str, tmp_path: Path) -> None:
     env = {**os.environ, "LOADTEST_PROFILE": "longtail", "LOADTEST_STEPS": "1", "LOADTEST_STEP_SECONDS": "1"}
     locust = str(Path(sys.executable).with_name("locust"))
-    proc = subprocess.run([locust, "-f", "loadtest/locustfile.py", "--headless", "--host", server],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [locust, "-f", "loadtest/locustfile.py", "--headless", "--host", server],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "export with --max-length" in proc.stderr

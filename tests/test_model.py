@@ -20,10 +20,12 @@ CONFIGS = [
     dict(rnn="lstm", bidirectional=True, attention="additive", stride=4),
     dict(rnn="gru", bidirectional=True, attention="none", stride=3),
     dict(rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[8, 16, 8]),
-    dict(rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[8, 16, 8],
-         normalisation="series"),
-    dict(rnn="lstm", bidirectional=True, attention="additive", stride=4, conv_channels=[8, 8, 8],
-         normalisation="series"),
+    dict(
+        rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[8, 16, 8], normalisation="series"
+    ),
+    dict(
+        rnn="lstm", bidirectional=True, attention="additive", stride=4, conv_channels=[8, 8, 8], normalisation="series"
+    ),
 ]
 
 
@@ -42,7 +44,7 @@ def make_model(**kw: object) -> SequenceClassifier:
 def run(model: SequenceClassifier, seqs: list[np.ndarray], garbage: float = 0.0):
     x, lengths = data.pad(seqs)
     for i, s in enumerate(seqs):  # whatever sits in the padding must not matter
-        x[i, len(s):] = garbage
+        x[i, len(s) :] = garbage
     with torch.no_grad():
         logits, att = model(torch.from_numpy(x), torch.from_numpy(lengths))
     return logits.numpy(), att.numpy()
@@ -59,7 +61,7 @@ def test_alone_equals_batched_with_longer(kw: dict) -> None:
         logits, att = run(model, [long[0], s, long[1]], garbage=123.0)
         np.testing.assert_allclose(logits[1], alone_logits[0], atol=1e-5)
         np.testing.assert_allclose(att[1, : len(s)], alone_att[0], atol=1e-6)
-        assert np.all(att[1, len(s):] == 0)  # no attention on padding
+        assert np.all(att[1, len(s) :] == 0)  # no attention on padding
         np.testing.assert_allclose(att.sum(1), 1.0, atol=1e-5)
 
 
@@ -84,8 +86,9 @@ def test_auto_stride() -> None:
 
 def test_series_normalisation_ignores_offset_and_scale() -> None:
     """With per-series normalisation, a sequence shifted and scaled per channel gets the same output."""
-    model = make_model(rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[8, 8, 8],
-                       normalisation="series")
+    model = make_model(
+        rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[8, 8, 8], normalisation="series"
+    )
     rng = np.random.default_rng(1)
     s = rng.normal(size=(17, 5)).astype(np.float32)
     moved = (s * np.float32([3, 0.5, 10, 1, 2]) + np.float32([100, -4, 0.3, 7, 0])).astype(np.float32)

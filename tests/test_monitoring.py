@@ -43,15 +43,24 @@ def need(binary: str) -> str:
 
 def test_promtool_checks_and_rule_unit_tests() -> None:
     promtool = need("promtool")
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "rules/recording.yml", "rules/alerts.yml"],
-                 ["test", "rules", "tests/alerts_test.yml"]):
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "rules/recording.yml", "rules/alerts.yml"],
+        ["test", "rules", "tests/alerts_test.yml"],
+    ):
         proc = subprocess.run([promtool, *args], cwd=PROM_DIR, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     alerts = {r["alert"] for g in _yaml(PROM_DIR / "rules/alerts.yml")["groups"] for r in g["rules"]}
     tested = set(re.findall(r"alertname: (\w+)", (PROM_DIR / "tests/alerts_test.yml").read_text()))
     assert alerts == tested, f"alerts without a promtool test: {alerts - tested}"
-    assert {"SeqserveHighErrorRatio", "SeqserveLatencyP99OverSLO", "SeqserveInputDrift", "SeqserveNoModelLoaded",
-            "SeqserveCudaRequestedButCPU", "SeqserveTargetDown"} <= alerts
+    assert {
+        "SeqserveHighErrorRatio",
+        "SeqserveLatencyP99OverSLO",
+        "SeqserveInputDrift",
+        "SeqserveNoModelLoaded",
+        "SeqserveCudaRequestedButCPU",
+        "SeqserveTargetDown",
+    } <= alerts
 
 
 def _yaml(path: Path) -> dict:
@@ -89,25 +98,49 @@ def stack(artifact: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathF
     """seqserve (2 workers, small drift window) + Prometheus scraping it every second."""
     prometheus = need("prometheus")
     tmp = tmp_path_factory.mktemp("prom")
-    proc, url = start_bentoml(ROOT, {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_WORKERS": "2",
-                                     "SEQSERVE_DRIFT_WINDOW_STEPS": "512", "SEQSERVE_MAX_LATENCY_MS": "20000"},
-                              tmp / "bentoml.log")
+    proc, url = start_bentoml(
+        ROOT,
+        {
+            "BENTOML_HOME": str(bentoml_home),
+            "SEQSERVE_WORKERS": "2",
+            "SEQSERVE_DRIFT_WINDOW_STEPS": "512",
+            "SEQSERVE_MAX_LATENCY_MS": "20000",
+        },
+        tmp / "bentoml.log",
+    )
     drift_fast = tmp / "drift_fast.yml"
     drift_fast.write_text(
         "groups:\n- name: test-only\n  rules:\n  - alert: SeqserveInputDriftFast\n"
-        "    expr: max by (job, model_version) (seqserve_input_drift_score{job=\"seqserve\"}) > 0.5\n"
-        "    for: 2s\n")
+        '    expr: max by (job, model_version) (seqserve_input_drift_score{job="seqserve"}) > 0.5\n'
+        "    for: 2s\n"
+    )
     config = tmp / "prometheus.yml"
-    config.write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(PROM_DIR / "rules/recording.yml"), str(PROM_DIR / "rules/alerts.yml"), str(drift_fast)],
-        "scrape_configs": [{"job_name": "seqserve", "static_configs": [{"targets": [url.split("//")[1]]}]}],
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [
+                    str(PROM_DIR / "rules/recording.yml"),
+                    str(PROM_DIR / "rules/alerts.yml"),
+                    str(drift_fast),
+                ],
+                "scrape_configs": [{"job_name": "seqserve", "static_configs": [{"targets": [url.split("//")[1]]}]}],
+            }
+        )
+    )
     port = free_port()
     log = tmp / "prometheus.log"
-    prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-                             f"--storage.tsdb.path={tmp / 'tsdb'}"], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    prom = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", 60, prom, log)
         yield url, Prom(f"http://127.0.0.1:{port}")
@@ -157,8 +190,10 @@ def test_counts_reach_prometheus(stack) -> None:  # noqa: ANN001
     prom.wait_value('sum(seqserve_rejected_requests_total{job="seqserve",reason="invalid_json"})', lambda v: v == 1)
     for reason, (_, n) in BAD.items():
         assert prom.value(f'sum(seqserve_rejected_requests_total{{job="seqserve",reason="{reason}"}})') == n, reason
-    assert prom.value('sum(bentoml_service_request_total{job="seqserve",endpoint="/predict",'
-                      'http_response_code="400"})') == sum(n for _, n in BAD.values()) + 1
+    assert (
+        prom.value('sum(bentoml_service_request_total{job="seqserve",endpoint="/predict",http_response_code="400"})')
+        == sum(n for _, n in BAD.values()) + 1
+    )
     info = prom.query('seqserve_model_info{job="seqserve"}')
     assert info and info[0]["metric"]["provider"] == "CPUExecutionProvider"
     assert info[0]["metric"]["rnn"] == "gru" and info[0]["metric"]["device_requested"] == "auto"
@@ -173,8 +208,9 @@ def test_counts_reach_prometheus(stack) -> None:  # noqa: ANN001
     eff = prom.wait_value('seqserve:padding_efficiency:ratio1m{job="seqserve"}', lambda v: v > 0)
     assert 0 < eff <= 1
     assert prom.wait_value('seqserve:batch_size_sequences:mean1m{job="seqserve"}', lambda v: v >= 1) <= 64
-    assert prom.wait_value('sum(seqserve:requests:rate1m{job="seqserve",http_response_code="200"})',
-                           lambda v: v > 0) > 0
+    assert (
+        prom.wait_value('sum(seqserve:requests:rate1m{job="seqserve",http_response_code="200"})', lambda v: v > 0) > 0
+    )
     # the shipped "not ready" and "CPU instead of CUDA" alerts see the live series
     assert prom.value('(up{job="seqserve"} == 1) unless on (job, instance) (seqserve_model_info == 1)') is None
     drift = prom.wait_value('max(seqserve_input_drift_score{job="seqserve"})', lambda v: v >= 0)
@@ -218,8 +254,11 @@ def test_dashboard_panels_query_existing_metrics(stack) -> None:  # noqa: ANN001
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
         for target in panel["targets"]:
             expr = target["expr"]
-            names = {n for n in re.findall(r"[a-zA-Z_:][\w:]*", re.sub(r'"[^"]*"', "", expr))
-                     if n.startswith(("seqserve", "bentoml_")) or n == "up"}
+            names = {
+                n
+                for n in re.findall(r"[a-zA-Z_:][\w:]*", re.sub(r'"[^"]*"', "", expr))
+                if n.startswith(("seqserve", "bentoml_")) or n == "up"
+            }
             assert names and names <= known, (panel["title"], names - known)
             mentioned |= names
             concrete = expr.replace("$job", "seqserve").replace("$__rate_interval", "1m")

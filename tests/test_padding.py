@@ -54,8 +54,10 @@ def test_pad_buffer_reuses_memory_and_zeroes_padding() -> None:
 
 
 def test_engine_results_do_not_depend_on_batch_composition(artifact: Path) -> None:
-    engine = Engine(find_artifact(str(artifact)), Settings(device="cpu", ort_threads=1, step_budget=512,
-                                                           max_sub_batch=16, min_efficiency=0.85))
+    engine = Engine(
+        find_artifact(str(artifact)),
+        Settings(device="cpu", ort_threads=1, step_budget=512, max_sub_batch=16, min_efficiency=0.85),
+    )
     test = data.load(ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts")
     rng = np.random.default_rng(0)
     seqs = [test.sequences[i] for i in rng.permutation(370)]

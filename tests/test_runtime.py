@@ -16,8 +16,9 @@ OPEN = "from service.runtime import open_session; import sys; s, p = open_sessio
 
 
 def open_in_subprocess(model: Path, device: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", OPEN, str(model), device], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", OPEN, str(model), device], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def has_cuda(artifact: Path) -> bool:

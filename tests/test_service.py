@@ -65,8 +65,9 @@ def test_metadata(server: str, artifact: Path) -> None:
     assert m["provider"] == "CPUExecutionProvider"  # this machine has no GPU
 
 
-def test_mixed_lengths_in_one_request_match_ort_alone(server: str, test_set: data.Dataset, ort_alone,
-                                                     artifact: Path) -> None:
+def test_mixed_lengths_in_one_request_match_ort_alone(
+    server: str, test_set: data.Dataset, ort_alone, artifact: Path
+) -> None:
     meta = json.loads((artifact / "metadata.json").read_text())
     order = np.argsort(test_set.lengths)
     idx = np.concatenate([order[:20], order[-20:], order[170:180]])  # shortest, longest, middle, mixed
@@ -79,8 +80,9 @@ def test_mixed_lengths_in_one_request_match_ort_alone(server: str, test_set: dat
         check_result(obj, seq, ort_alone, meta["classes"], meta["model_version"])
 
 
-def test_concurrent_requests_are_batched_and_exact(server: str, test_set: data.Dataset, ort_alone,
-                                                   artifact: Path) -> None:
+def test_concurrent_requests_are_batched_and_exact(
+    server: str, test_set: data.Dataset, ort_alone, artifact: Path
+) -> None:
     """Many concurrent single- and multi-sequence requests of different lengths: each gets its own answers."""
     meta = json.loads((artifact / "metadata.json").read_text())
     rng = np.random.default_rng(0)
@@ -138,8 +140,9 @@ def test_raw_bodies(server: str, raw: bytes) -> None:
     assert r.status_code == 400 and "error" in r.json()
 
 
-def test_bad_request_never_fails_its_batch_mates(server: str, test_set: data.Dataset, ort_alone,
-                                                 artifact: Path) -> None:
+def test_bad_request_never_fails_its_batch_mates(
+    server: str, test_set: data.Dataset, ort_alone, artifact: Path
+) -> None:
     meta = json.loads((artifact / "metadata.json").read_text())
     good = [[test_set.sequences[i]] for i in range(40)]
     bad = [{"sequences": [[[0.1] * 11] * 3]}, {"sequences": [[[float("1e39")] * 12]]}] * 20
@@ -169,9 +172,11 @@ def test_bentoml_endpoints(server: str) -> None:
     assert "/predict" in spec["paths"]
 
 
-def test_longer_than_training_is_served_and_counted(server: str, test_set: data.Dataset, ort_alone,
-                                                    artifact: Path) -> None:
+def test_longer_than_training_is_served_and_counted(
+    server: str, test_set: data.Dataset, ort_alone, artifact: Path
+) -> None:
     """An RNN takes any length: a 64-step sequence (training saw 7..26) is answered exactly, and counted."""
+
     def outside() -> dict[str, float]:
         text = httpx.get(f"{server}/metrics").text
         found = re.findall(r'^seqserve_length_outside_training_total\{[^}]*side="(\w+)"[^}]*\} (\S+)', text, re.M)

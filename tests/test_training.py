@@ -65,8 +65,24 @@ def test_tune_writes_leaderboard_and_best(tmp_path: Path) -> None:
 
 def test_time_budget_plans_the_schedule(tmp_path: Path) -> None:
     """A short budget ends training early, with the learning rate already annealed (re-planned each epoch)."""
-    argv = ["train", "--train", JV_TRAIN, "--test", JV_TEST, "--hidden", "16", "--conv-channels", "8,8,8",
-            "--epochs", "60", "--time-budget", "5", "--quiet", "--out", str(tmp_path)]
+    argv = [
+        "train",
+        "--train",
+        JV_TRAIN,
+        "--test",
+        JV_TEST,
+        "--hidden",
+        "16",
+        "--conv-channels",
+        "8,8,8",
+        "--epochs",
+        "60",
+        "--time-budget",
+        "5",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     lrs = [h["lr"] for h in m["history"]]
@@ -84,8 +100,9 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path, capsys) -> N
 def test_eval_suite_short(tmp_path: Path) -> None:
     """CI's short version of `make eval`: one small UCR set, one seed, a short budget; report and JSON."""
     out = tmp_path / "accuracy.md"
-    assert main(["eval", "--datasets", "ItalyPowerDemand", "--seeds", "0", "--time-budget", "8",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["eval", "--datasets", "ItalyPowerDemand", "--seeds", "0", "--time-budget", "8", "--out", str(out)]) == 0
+    )
     report = json.loads(out.with_suffix(".json").read_text())
     row = report["datasets"][0]
     assert row["dataset"] == "ItalyPowerDemand" and row["length_min"] == row["length_max"] == 24

@@ -119,9 +119,7 @@ def read_ts(path: str | Path) -> Dataset:
             channels = fields[:-1]
             if dims is not None and len(channels) != dims:
                 raise DataError(f"{where}: {len(channels)} dimensions, header says {dims}")
-            series = [
-                [_parse_float(t, f"{where} dim {d}") for t in ch.split(",")] for d, ch in enumerate(channels)
-            ]
+            series = [[_parse_float(t, f"{where} dim {d}") for t in ch.split(",")] for d, ch in enumerate(channels)]
             length = len(series[0])
             if any(len(s) != length for s in series):
                 raise DataError(f"{where}: dimensions have different lengths {[len(s) for s in series]}")

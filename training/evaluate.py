@@ -37,8 +37,14 @@ PUBLISHED = {
     "JapaneseVowels": {"rocket": None, "fcn": 0.993, "resnet": 0.992, "source": "F"},
     "ItalyPowerDemand": {"rocket": None, "fcn": 0.970, "resnet": 0.960, "source": "W"},
 }
-TARGETS = {"ACSF1": 0.89, "OSULeaf": 0.94, "ArrowHead": 0.82, "GunPoint": 0.98, "BasicMotions": 0.97,
-           "JapaneseVowels": 0.98}
+TARGETS = {
+    "ACSF1": 0.89,
+    "OSULeaf": 0.94,
+    "ArrowHead": 0.82,
+    "GunPoint": 0.98,
+    "BasicMotions": 0.97,
+    "JapaneseVowels": 0.98,
+}
 
 
 def dataset_files(name: str) -> tuple[Path, Path]:
@@ -53,9 +59,13 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, default=None, help="override the training default (CI: short)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (passed to training)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--epoch-timing", default=None, metavar="DEVICES",
-                   help="instead of the accuracy runs: seconds per epoch on each device (e.g. cpu,cuda) with the "
-                        "default model, written to docs/epoch_timing.json and shown in the report")
+    p.add_argument(
+        "--epoch-timing",
+        default=None,
+        metavar="DEVICES",
+        help="instead of the accuracy runs: seconds per epoch on each device (e.g. cpu,cuda) with the "
+        "default model, written to docs/epoch_timing.json and shown in the report",
+    )
     p.add_argument("--timing-epochs", type=int, default=6, help="epochs per timing run (the first is warm-up)")
 
 
@@ -63,8 +73,15 @@ def describe(name: str) -> dict:
     train_path, test_path = dataset_files(name)
     tr, te = data.load(train_path), data.load(test_path)
     lengths = np.concatenate([tr.lengths, te.lengths])
-    return {"dataset": name, "train": len(tr), "test": len(te), "channels": tr.feature_dim,
-            "classes": len(tr.classes), "length_min": int(lengths.min()), "length_max": int(lengths.max())}
+    return {
+        "dataset": name,
+        "train": len(tr),
+        "test": len(te),
+        "channels": tr.feature_dim,
+        "classes": len(tr.classes),
+        "length_min": int(lengths.min()),
+        "length_max": int(lengths.max()),
+    }
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
@@ -72,8 +89,21 @@ def run_one(name: str, seed: int, args: argparse.Namespace, workdir: Path) -> di
     train_path, test_path = dataset_files(name)
     p = argparse.ArgumentParser()
     add_train_args(p)
-    argv = ["--train", str(train_path), "--test", str(test_path), "--out", str(workdir / f"{name}_{seed}"),
-            "--seed", str(seed), "--quiet", "--device", args.device, "--threads", str(args.threads)]
+    argv = [
+        "--train",
+        str(train_path),
+        "--test",
+        str(test_path),
+        "--out",
+        str(workdir / f"{name}_{seed}"),
+        "--seed",
+        str(seed),
+        "--quiet",
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     if args.time_budget is not None:
         argv += ["--time-budget", str(args.time_budget)]
     m = train(p.parse_args(argv))
@@ -89,17 +119,46 @@ def epoch_timing(args: argparse.Namespace, names: list[str]) -> dict:
             for device in args.epoch_timing.split(","):
                 p = argparse.ArgumentParser()
                 add_train_args(p)
-                a = p.parse_args(["--train", str(train_path), "--test", str(test_path), "--out", f"{tmp}/{n}_{device}",
-                                  "--quiet", "--device", device, "--epochs", str(args.timing_epochs),
-                                  "--threads", str(args.threads), "--time-budget", "1e9"])
+                a = p.parse_args(
+                    [
+                        "--train",
+                        str(train_path),
+                        "--test",
+                        str(test_path),
+                        "--out",
+                        f"{tmp}/{n}_{device}",
+                        "--quiet",
+                        "--device",
+                        device,
+                        "--epochs",
+                        str(args.timing_epochs),
+                        "--threads",
+                        str(args.threads),
+                        "--time-budget",
+                        "1e9",
+                    ]
+                )
                 m = train(a)
                 secs = [h["seconds"] for h in m["history"][1:]] or [m["history"][0]["seconds"]]
-                rows.append({**describe(n), "device": m["device"], "device_name": _device_name(m["device"]),
-                             "threads": torch.get_num_threads(), "batch_size": m["batch_size"],
-                             "epoch_seconds": statistics.median(secs), "test_accuracy": m["test_accuracy"]})
+                rows.append(
+                    {
+                        **describe(n),
+                        "device": m["device"],
+                        "device_name": _device_name(m["device"]),
+                        "threads": torch.get_num_threads(),
+                        "batch_size": m["batch_size"],
+                        "epoch_seconds": statistics.median(secs),
+                        "test_accuracy": m["test_accuracy"],
+                    }
+                )
                 print(f"{n} {device}: {rows[-1]['epoch_seconds']:.3f} s/epoch", file=sys.stderr)
-    return {"written": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "epochs": args.timing_epochs,
-            "host": platform.node(), "rows": rows}
+    return {
+        "written": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "epochs": args.timing_epochs,
+        "host": platform.node(),
+        "rows": rows,
+    }
 
 
 def _device_name(device: str) -> str:
@@ -113,11 +172,19 @@ def summarise(info: dict, runs: list[dict]) -> dict:
     f1 = [r["test_macro_f1"] for r in runs]
     secs = [r["train_seconds"] for r in runs]
     name = info["dataset"]
-    row = {**info, "seeds": [r["seed"] for r in runs], "accuracy_median": statistics.median(acc),
-           "accuracy_min": min(acc), "accuracy_max": max(acc), "macro_f1_median": statistics.median(f1),
-           "train_seconds_median": statistics.median(secs), "epochs": [r["epochs"] for r in runs],
-           "normalisation": runs[0]["normalisation"], "published": PUBLISHED.get(name, {}),
-           "target": TARGETS.get(name)}
+    row = {
+        **info,
+        "seeds": [r["seed"] for r in runs],
+        "accuracy_median": statistics.median(acc),
+        "accuracy_min": min(acc),
+        "accuracy_max": max(acc),
+        "macro_f1_median": statistics.median(f1),
+        "train_seconds_median": statistics.median(secs),
+        "epochs": [r["epochs"] for r in runs],
+        "normalisation": runs[0]["normalisation"],
+        "published": PUBLISHED.get(name, {}),
+        "target": TARGETS.get(name),
+    }
     row["target_met"] = None if row["target"] is None else row["accuracy_median"] >= row["target"]
     return row
 
@@ -143,26 +210,38 @@ def write_report(rows: list[dict], runs: list[dict], path: Path, env: dict) -> N
         pub = r["published"]
         src = f" ({pub['source']})" if pub.get("source") else ""
         target = "-" if r["target"] is None else f">= {r['target']:.2f} {'met' if r['target_met'] else 'MISSED'}"
-        lengths = f"{r['length_min']}" if r["length_min"] == r["length_max"] else \
-            f"{r['length_min']}..{r['length_max']}"
+        lengths = (
+            f"{r['length_min']}" if r["length_min"] == r["length_max"] else f"{r['length_min']}..{r['length_max']}"
+        )
         lines.append(
             f"| {r['dataset']} | {r['train']}/{r['test']} | {r['channels']} | {lengths} | {r['classes']} | "
             f"**{r['accuracy_median']:.3f}** ({r['accuracy_min']:.3f}..{r['accuracy_max']:.3f}) | "
             f"{r['macro_f1_median']:.3f} | {r['train_seconds_median']:.0f} | "
             f"{'/'.join(str(e) for e in r['epochs'])} | {r['normalisation']} | {_fmt(pub.get('rocket'))} | "
-            f"{_fmt(pub.get('fcn'))}{src if pub.get('fcn') else ''} | {_fmt(pub.get('resnet'))} | {target} |")
-    lines += ["", f"Seeds {env['seeds']}; torch {env['torch']}; device {env['device']}; "
-              f"time budget {env['time_budget']}; written {env['written']}.", ""]
+            f"{_fmt(pub.get('fcn'))}{src if pub.get('fcn') else ''} | {_fmt(pub.get('resnet'))} | {target} |"
+        )
+    lines += [
+        "",
+        f"Seeds {env['seeds']}; torch {env['torch']}; device {env['device']}; "
+        f"time budget {env['time_budget']}; written {env['written']}.",
+        "",
+    ]
     timing_path = path.with_name("epoch_timing.json")
     if timing_path.exists():
         t = json.loads(timing_path.read_text())
-        lines += ["## Seconds per training epoch, CPU vs CUDA", "",
-                  f"Default model, median of epochs 2..{t['epochs']}, torch {t['torch']}, measured {t['written']} "
-                  "with `python -m training eval --epoch-timing cpu,cuda` (docs/epoch_timing.json).", "",
-                  "| dataset | lengths | train | device | s/epoch |", "|---|---|---|---|---|"]
+        lines += [
+            "## Seconds per training epoch, CPU vs CUDA",
+            "",
+            f"Default model, median of epochs 2..{t['epochs']}, torch {t['torch']}, measured {t['written']} "
+            "with `python -m training eval --epoch-timing cpu,cuda` (docs/epoch_timing.json).",
+            "",
+            "| dataset | lengths | train | device | s/epoch |",
+            "|---|---|---|---|---|",
+        ]
         for r in t["rows"]:
-            lines.append(f"| {r['dataset']} | {r['length_max']} | {r['train']} | {r['device_name']} | "
-                         f"{r['epoch_seconds']:.3f} |")
+            lines.append(
+                f"| {r['dataset']} | {r['length_max']} | {r['train']} | {r['device_name']} | {r['epoch_seconds']:.3f} |"
+            )
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -191,13 +270,21 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                 t0 = time.perf_counter()
                 r = run_one(n, seed, args, Path(tmp))
                 runs.append({"dataset": n, **r})
-                print(f"{n} seed {seed}: accuracy {r['test_accuracy']:.4f} macro-F1 {r['test_macro_f1']:.4f} "
-                      f"{r['epochs']} epochs {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+                print(
+                    f"{n} seed {seed}: accuracy {r['test_accuracy']:.4f} macro-F1 {r['test_macro_f1']:.4f} "
+                    f"{r['epochs']} epochs {time.perf_counter() - t0:.0f}s",
+                    file=sys.stderr,
+                )
             rows.append(summarise(info, runs))
             all_runs += runs
-    env = {"machine": f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()}",
-           "seeds": seeds, "torch": torch.__version__, "device": all_runs[0]["device"],
-           "time_budget": args.time_budget or "default", "written": time.strftime("%Y-%m-%d")}
+    env = {
+        "machine": f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()}",
+        "seeds": seeds,
+        "torch": torch.__version__,
+        "device": all_runs[0]["device"],
+        "time_budget": args.time_budget or "default",
+        "written": time.strftime("%Y-%m-%d"),
+    }
     write_report(rows, all_runs, Path(args.out), env)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}", file=sys.stderr)
     return rows

@@ -105,7 +105,11 @@ class SequenceClassifier(nn.Module):
         rnn_in = cfg.conv_channels[-1] if cfg.conv_channels else cfg.feature_dim
         self.proj = nn.Conv1d(rnn_in, h, kernel_size=cfg.stride, stride=cfg.stride)
         self.rnn = RNN_TYPES[cfg.rnn](
-            h, h, num_layers=cfg.layers, batch_first=True, bidirectional=cfg.bidirectional,
+            h,
+            h,
+            num_layers=cfg.layers,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
         )
         out = h * (2 if cfg.bidirectional else 1)

@@ -28,9 +28,12 @@ DEFAULT_TEST = "data/JapaneseVowels/JapaneseVowels_TEST.ts"
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", default=DEFAULT_TRAIN, help=".ts or .jsonl training file")
     p.add_argument("--test", default=DEFAULT_TEST, help=".ts or .jsonl test file (never used for selection)")
-    p.add_argument("--val-fraction", default="auto",
-                   help="stratified validation split of --train; auto: 0.15 from 300 sequences up, else 0 "
-                        "(train on all, keep the last, annealed epoch)")
+    p.add_argument(
+        "--val-fraction",
+        default="auto",
+        help="stratified validation split of --train; auto: 0.15 from 300 sequences up, else 0 "
+        "(train on all, keep the last, annealed epoch)",
+    )
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--rnn", choices=["lstm", "gru", "rnn"], default="gru")
     p.add_argument("--hidden", type=int, default=64)
@@ -39,15 +42,25 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", choices=["additive", "none"], default="additive")
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--stride", default="auto", help="time reduction before the RNN: an int, or 'auto' (<=128 steps)")
-    p.add_argument("--conv-channels", default="128,256,128",
-                   help="widths of the convolutional branch beside the RNN, comma-separated; 'none' for no branch")
+    p.add_argument(
+        "--conv-channels",
+        default="128,256,128",
+        help="widths of the convolutional branch beside the RNN, comma-separated; 'none' for no branch",
+    )
     p.add_argument("--conv-kernels", default="7,5,3", help="odd kernel sizes, one per conv channel entry")
-    p.add_argument("--normalisation", choices=["auto", "global", "series"], default="auto",
-                   help="global: training mean/std per channel; series: each sequence z-normalised on its own "
-                        "steps; auto: series if the training sequences already are, else global")
-    p.add_argument("--epochs", type=int, default=200,
-                   help="maximum epochs; the learning-rate schedule is re-planned each epoch to end within "
-                        "--time-budget")
+    p.add_argument(
+        "--normalisation",
+        choices=["auto", "global", "series"],
+        default="auto",
+        help="global: training mean/std per channel; series: each sequence z-normalised on its own "
+        "steps; auto: series if the training sequences already are, else global",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=200,
+        help="maximum epochs; the learning-rate schedule is re-planned each epoch to end within --time-budget",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
@@ -175,9 +188,18 @@ def train(args: argparse.Namespace) -> dict:
     kernels = [int(k) for k in str(args.conv_kernels).split(",")][: len(conv)] if conv else [7, 5, 3]
 
     cfg = ModelConfig(
-        feature_dim=full.feature_dim, num_classes=len(classes), rnn=args.rnn, hidden=args.hidden,
-        layers=args.layers, bidirectional=args.bidirectional, attention=args.attention,
-        dropout=args.dropout, stride=stride, conv_channels=conv, conv_kernels=kernels, normalisation=normalisation,
+        feature_dim=full.feature_dim,
+        num_classes=len(classes),
+        rnn=args.rnn,
+        hidden=args.hidden,
+        layers=args.layers,
+        bidirectional=args.bidirectional,
+        attention=args.attention,
+        dropout=args.dropout,
+        stride=stride,
+        conv_channels=conv,
+        conv_kernels=kernels,
+        normalisation=normalisation,
     )
     model = SequenceClassifier(cfg)
     model.mean.copy_(torch.from_numpy(mean))
@@ -229,16 +251,30 @@ def train(args: argparse.Namespace) -> dict:
         elapsed = time.perf_counter() - t_loop
         left = args.time_budget - (time.perf_counter() - t_start)
         planned = max(epoch + 1, min(args.epochs, epoch + int(left / (elapsed / epoch))))
-        history.append({"epoch": epoch, "train_loss": tot_loss / tot_n, "val_loss": vloss, "val_accuracy": vacc,
-                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": tot_loss / tot_n,
+                "val_loss": vloss,
+                "val_accuracy": vacc,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if show:
-            print(f"epoch {epoch:3d}/{planned}  train_loss {tot_loss / tot_n:.4f}  val_loss {vloss:.4f}  "
-                  f"val_acc {vacc:.4f}  {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            print(
+                f"epoch {epoch:3d}/{planned}  train_loss {tot_loss / tot_n:.4f}  val_loss {vloss:.4f}  "
+                f"val_acc {vacc:.4f}  {time.perf_counter() - t0:.1f}s",
+                file=sys.stderr,
+            )
         # Keep the best validation accuracy; on a tie the later, more annealed epoch. Reaching the best again
         # resets patience, so a plateau at the top does not stop training before the schedule has annealed.
         if vacc >= best["val_accuracy"]:
-            best = {"val_accuracy": vacc, "state": {k: v.detach().to("cpu", copy=True)
-                                                    for k, v in model.state_dict().items()}, "epoch": epoch}
+            best = {
+                "val_accuracy": vacc,
+                "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "epoch": epoch,
+            }
             since_best = 0
         else:
             since_best += 1
@@ -262,9 +298,13 @@ def train(args: argparse.Namespace) -> dict:
         "best_epoch": best["epoch"],
         "epochs": len(history),
         "train_seconds": round(train_seconds, 2),
-        "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test),
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
+        "n_test": len(test),
         "selected_on": "validation" if val_fraction > 0 else "training",
-        "device": device.type, "batch_size": batch_size, "normalisation": normalisation,
+        "device": device.type,
+        "batch_size": batch_size,
+        "normalisation": normalisation,
         "history": history,
     }
     out = Path(args.out)
@@ -275,7 +315,8 @@ def train(args: argparse.Namespace) -> dict:
         "max_length": max_length,
         "length_range": [int(full.lengths.min()), int(full.lengths.max())],
         "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
-        "train_path": str(args.train), "test_path": str(args.test),
+        "train_path": str(args.train),
+        "test_path": str(args.test),
         "args": {k: v for k, v in vars(args).items() if k != "func"},
     }
     torch.save({"state_dict": model.state_dict(), **run_config}, out / "checkpoint.pt")
@@ -283,8 +324,11 @@ def train(args: argparse.Namespace) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_history(history, out / "learning_curves.png")
     if show:
-        print(f"test_accuracy {metrics['test_accuracy']:.4f}  test_macro_f1 {metrics['test_macro_f1']:.4f}  "
-              f"best_epoch {best['epoch']}  {train_seconds:.1f}s  -> {out}", file=sys.stderr)
+        print(
+            f"test_accuracy {metrics['test_accuracy']:.4f}  test_macro_f1 {metrics['test_macro_f1']:.4f}  "
+            f"best_epoch {best['epoch']}  {train_seconds:.1f}s  -> {out}",
+            file=sys.stderr,
+        )
     return metrics
 
 

@@ -41,9 +41,16 @@ def tune(args: argparse.Namespace) -> list[dict]:
         trial_args = argparse.Namespace(**{**vars(args), **params, "out": str(out / f"trial_{trial:03d}")})
         metrics = train(trial_args)
         last_val_loss = min(h["val_loss"] for h in metrics["history"])
-        row = {"trial": trial, **params, "val_accuracy": metrics["val_accuracy"], "val_loss": last_val_loss,
-               "test_accuracy": metrics["test_accuracy"], "epochs": metrics["epochs"],
-               "train_seconds": metrics["train_seconds"], "run": trial_args.out}
+        row = {
+            "trial": trial,
+            **params,
+            "val_accuracy": metrics["val_accuracy"],
+            "val_loss": last_val_loss,
+            "test_accuracy": metrics["test_accuracy"],
+            "epochs": metrics["epochs"],
+            "train_seconds": metrics["train_seconds"],
+            "run": trial_args.out,
+        }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "run"}), file=sys.stderr)
     rows.sort(key=lambda r: (-r["val_accuracy"], r["val_loss"]))

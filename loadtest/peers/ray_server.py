@@ -52,8 +52,15 @@ class SeqModel:
         own = f"{self.stats_path}.{os.getpid()}"  # one file per replica process; the benchmark sums them
         Path(own + ".tmp").write_text(json.dumps(st))
         os.replace(own + ".tmp", own)
-        return [{"label": self.classes[int(p.argmax())], "probabilities": dict(zip(self.classes, p.tolist())),
-                 "attention": a[:n].tolist(), "model_version": self.version} for p, a, n in zip(probs, att, lens)]
+        return [
+            {
+                "label": self.classes[int(p.argmax())],
+                "probabilities": dict(zip(self.classes, p.tolist())),
+                "attention": a[:n].tolist(),
+                "model_version": self.version,
+            }
+            for p, a, n in zip(probs, att, lens)
+        ]
 
     async def __call__(self, request: Request) -> list[dict]:
         body = await request.json()
@@ -74,9 +81,9 @@ def main() -> None:
     args = p.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    app = SeqModel.options(num_replicas=args.replicas, max_ongoing_requests=args.max_ongoing,
-                           ray_actor_options={"num_cpus": 0}).bind(
-        args.model, args.threads, args.stats, args.max_batch, args.wait_ms / 1000)
+    app = SeqModel.options(
+        num_replicas=args.replicas, max_ongoing_requests=args.max_ongoing, ray_actor_options={"num_cpus": 0}
+    ).bind(args.model, args.threads, args.stats, args.max_batch, args.wait_ms / 1000)
     serve.run(app, route_prefix="/predict", blocking=False)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

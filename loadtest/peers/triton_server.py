@@ -66,19 +66,30 @@ def main() -> None:
 
         return infer
 
-    config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1",
-                          grpc_port=args.grpc_port, metrics_address="127.0.0.1", metrics_port=args.metrics_port,
-                          log_verbose=0)
+    config = TritonConfig(
+        http_address="127.0.0.1",
+        http_port=args.port,
+        grpc_address="127.0.0.1",
+        grpc_port=args.grpc_port,
+        metrics_address="127.0.0.1",
+        metrics_port=args.metrics_port,
+        log_verbose=0,
+    )
     with Triton(config=config, workspace=args.workspace) as triton:
         triton.bind(
             model_name="seqclassifier",
             infer_func=[make_infer() for _ in range(args.instances)],
-            inputs=[Tensor(name="x", dtype=np.float32, shape=(-1, F)),
-                    Tensor(name="lengths", dtype=np.int64, shape=(1,))],
-            outputs=[Tensor(name="probabilities", dtype=np.float32, shape=(C,)),
-                     Tensor(name="attention", dtype=np.float32, shape=(-1,))],
-            config=ModelConfig(max_batch_size=args.max_batch,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=args.queue_delay_us)),
+            inputs=[
+                Tensor(name="x", dtype=np.float32, shape=(-1, F)),
+                Tensor(name="lengths", dtype=np.int64, shape=(1,)),
+            ],
+            outputs=[
+                Tensor(name="probabilities", dtype=np.float32, shape=(C,)),
+                Tensor(name="attention", dtype=np.float32, shape=(-1,)),
+            ],
+            config=ModelConfig(
+                max_batch_size=args.max_batch, batcher=DynamicBatcher(max_queue_delay_microseconds=args.queue_delay_us)
+            ),
             strict=False,
         )
         signal.signal(signal.SIGTERM, lambda *_: triton.stop())
