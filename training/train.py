@@ -32,7 +32,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--val-fraction",
         default="auto",
         help="stratified validation split of --train; auto: 0.15 from 300 sequences up, else 0 "
-        "(train on all, keep the last, annealed epoch)",
+        "(train on all and select on training accuracy, later epoch on ties: normally the last, annealed one)",
     )
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--rnn", choices=["lstm", "gru", "rnn"], default="gru")
@@ -163,7 +163,7 @@ def train(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(getattr(args, "device", "cpu"))
+    device = pick_device(args.device)
     seed_everything(args.seed)
     full = data.load(args.train)
     test = data.load(args.test)
