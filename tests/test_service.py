@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -191,6 +192,8 @@ def test_longer_than_training_is_served_and_counted(
     assert r.status_code == 200, r.text
     meta = json.loads((artifact / "metadata.json").read_text())
     check_result(r.json()[0], long, ort_alone, meta["classes"], meta["model_version"])
-    after = outside()
+    deadline = time.monotonic() + 10  # the worker's counter reaches /metrics shortly after the response
+    while (after := outside()).get("longer", 0) == before.get("longer", 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert after.get("longer", 0) - before.get("longer", 0) == 1
     assert after.get("shorter", 0) == before.get("shorter", 0)

@@ -11,6 +11,7 @@ import torch
 
 from training.__main__ import main
 from training.model import load_checkpoint
+from training.train import lr_factor, plan_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 JV_TRAIN = str(ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts")
@@ -63,8 +64,8 @@ def test_tune_writes_leaderboard_and_best(tmp_path: Path) -> None:
     assert best_cfg["hidden"] == int(rows[0]["hidden"]) and best_cfg["rnn"] == rows[0]["rnn"]
 
 
-def test_time_budget_plans_the_schedule(tmp_path: Path) -> None:
-    """A short budget ends training early, with the learning rate already annealed (re-planned each epoch)."""
+def test_time_budget_ends_training(tmp_path: Path) -> None:
+    """With an epoch cap that can never be reached, the wall-clock budget ends training."""
     argv = [
         "train",
         "--train",
@@ -76,18 +77,30 @@ def test_time_budget_plans_the_schedule(tmp_path: Path) -> None:
         "--conv-channels",
         "8,8,8",
         "--epochs",
-        "60",
+        "1000000",
         "--time-budget",
-        "5",
+        "3",
         "--quiet",
         "--out",
         str(tmp_path),
     ]
     assert main(argv) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
-    lrs = [h["lr"] for h in m["history"]]
-    assert 4 <= m["epochs"] < 60 and m["train_seconds"] < 30
-    assert lrs[-1] < 0.2 * max(lrs)
+    assert 1 <= m["epochs"] < 1000000 and m["train_seconds"] < 30
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_schedule_is_planned_from_epoch_time() -> None:
+    # 10 epochs took 20 s and 30 s are left: 15 more fit; never past the cap, always at least one more.
+    assert plan_epochs(10, 20.0, 30.0, 200) == 25
+    assert plan_epochs(10, 20.0, 3000.0, 200) == 200
+    assert plan_epochs(10, 20.0, -5.0, 200) == 11
+    # warm-up rises to the peak, cosine decay ends at 1% on the planned epoch
+    assert lr_factor(1, 100, 5) < lr_factor(5, 100, 5) < 1.0
+    assert lr_factor(6, 100, 5) == pytest.approx(1.0, abs=1e-3)
+    assert lr_factor(100, 100, 5) == pytest.approx(0.01)
+    factors = [lr_factor(e, 100, 5) for e in range(6, 101)]
+    assert factors == sorted(factors, reverse=True)
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path, capsys) -> None:

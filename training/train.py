@@ -158,6 +158,11 @@ def lr_factor(epoch: int, planned: int, warmup: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def plan_epochs(epoch: int, loop_seconds: float, seconds_left: float, max_epochs: int) -> int:
+    """Epochs the schedule should span: as many as the mean epoch time so far fits into the time left."""
+    return max(epoch + 1, min(max_epochs, epoch + int(seconds_left / (loop_seconds / epoch))))
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run one training; return the metrics dict (also written to ``--out/metrics.json``)."""
     t_start = time.perf_counter()
@@ -248,9 +253,8 @@ def train(args: argparse.Namespace) -> dict:
             bar.close()
         vp, vt, vloss = predict(model, val_ds, class_index)
         vacc = float(np.mean(vp == vt))
-        elapsed = time.perf_counter() - t_loop
         left = args.time_budget - (time.perf_counter() - t_start)
-        planned = max(epoch + 1, min(args.epochs, epoch + int(left / (elapsed / epoch))))
+        planned = plan_epochs(epoch, time.perf_counter() - t_loop, left, args.epochs)
         history.append(
             {
                 "epoch": epoch,
