@@ -94,14 +94,18 @@ class Prom:
 
 
 @pytest.fixture(scope="module")
-def stack(artifact: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory):
-    """seqserve (2 workers, small drift window) + Prometheus scraping it every second."""
+def stack(artifact: Path, tmp_path_factory: pytest.TempPathFactory):
+    """seqserve (2 workers, small drift window) + Prometheus scraping it every second.
+
+    It has a BENTOML_HOME of its own (the model by path): every `bentoml serve` start empties the Prometheus
+    multiprocess directory under its home, which would wipe the metrics of the session's other server."""
     prometheus = need("prometheus")
     tmp = tmp_path_factory.mktemp("prom")
     proc, url = start_bentoml(
         ROOT,
         {
-            "BENTOML_HOME": str(bentoml_home),
+            "BENTOML_HOME": str(tmp / "bentoml_home"),
+            "SEQSERVE_MODEL": str(artifact),
             "SEQSERVE_WORKERS": "2",
             "SEQSERVE_DRIFT_WINDOW_STEPS": "512",
             "SEQSERVE_MAX_LATENCY_MS": "20000",
