@@ -34,29 +34,16 @@ SYSTEMS = ("limit", "seqserve", "seqserve-nobatch", "triton", "ray-serve")
 
 
 # ---------------------------------------------------------------- inputs
-def prepare_artifact(work: Path) -> Path:
-    """The default run exported again with a max_length that admits the long-tail profile."""
-    run = ROOT / "runs/default"
-    if not (run / "checkpoint.pt").exists():
-        subprocess.run([PY, "-m", "training", "train", "--out", str(run), "--quiet"], cwd=ROOT, check=True)
+def prepare_artifact(work: Path, run: Path | None = None) -> Path:
+    """Export ``run`` (default: runs/default, trained first if missing) into ``work/artifact``; the explicit
+    max_length pins the accepted lengths to what the long-tail profile needs, whatever the export default."""
+    if run is None:
+        run = ROOT / "runs/default"
+        if not (run / "checkpoint.pt").exists():
+            subprocess.run([PY, "-m", "training", "train", "--out", str(run), "--quiet"], cwd=ROOT, check=True)
     art = work / "artifact"
-    subprocess.run(
-        [
-            PY,
-            "-m",
-            "export",
-            "--run",
-            str(run),
-            "--out",
-            str(art),
-            "--no-store",
-            "--max-length",
-            str(workload.LONGTAIL_MAX_LENGTH),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    argv = ["--run", str(run), "--out", str(art), "--no-store", "--max-length", str(workload.LONGTAIL_MAX_LENGTH)]
+    subprocess.run([PY, "-m", "export", *argv], cwd=ROOT, check=True, capture_output=True)
     return art
 
 
@@ -414,24 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.artifact:
         art = Path(args.artifact)
     elif args.run:
-        art = work / "artifact"
-        subprocess.run(
-            [
-                PY,
-                "-m",
-                "export",
-                "--run",
-                args.run,
-                "--out",
-                str(art),
-                "--no-store",
-                "--max-length",
-                str(workload.LONGTAIL_MAX_LENGTH),
-            ],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+        art = prepare_artifact(work, Path(args.run))
     else:
         art = prepare_artifact(work)
     mixes = {p: workload.sequences(p) for p in args.profiles}
