@@ -126,3 +126,7 @@ def test_series_normalised_data_is_detected() -> None:
     assert data.is_series_normalised(data.load(root / "ucr/GunPoint_TRAIN.ts"))
     assert not data.is_series_normalised(data.load(root / "ucr/BasicMotions_TRAIN.ts"))
     assert not data.is_series_normalised(data.load(root / "JapaneseVowels/JapaneseVowels_TRAIN.ts"))
+    rng = np.random.default_rng(0)
+    short = [rng.normal(size=(8, 2)) for _ in range(20)]  # z-normalised with the sample std, as UCR does
+    short = [((x - x.mean(0)) / x.std(0, ddof=1)).astype(np.float32) for x in short]
+    assert data.is_series_normalised(data.Dataset(short, ["a"] * 20))

@@ -123,3 +123,9 @@ def test_eval_suite_short(tmp_path: Path) -> None:
     assert row["accuracy_median"] > 0.85  # ~0.95 after 8 s; chance is 0.5
     text = out.read_text()
     assert "| ItalyPowerDemand | 67/1029 | 1 | 24 | 2 |" in text and "0.970 (W)" in text
+
+
+def test_options_that_do_not_fit_are_a_clear_error(tmp_path: Path, capsys) -> None:
+    argv = ["train", *SMALL, "--conv-channels", "8,8,8", "--conv-kernels", "4,3,3", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "conv_kernels must be odd" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except DataError as e:
+    except (DataError, ValueError) as e:  # bad data, or options that do not fit together
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
