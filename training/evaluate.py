@@ -116,6 +116,7 @@ def epoch_timing(args: argparse.Namespace, names: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="seqserve-timing-") as tmp:
         for n in names:
             train_path, test_path = dataset_files(n)
+            info = describe(n)
             for device in args.epoch_timing.split(","):
                 p = argparse.ArgumentParser()
                 add_train_args(p)
@@ -142,7 +143,7 @@ def epoch_timing(args: argparse.Namespace, names: list[str]) -> dict:
                 secs = [h["seconds"] for h in m["history"][1:]] or [m["history"][0]["seconds"]]
                 rows.append(
                     {
-                        **describe(n),
+                        **info,
                         "device": m["device"],
                         "device_name": _device_name(m["device"]),
                         "threads": torch.get_num_threads(),
