@@ -84,29 +84,21 @@ def describe(name: str) -> dict:
     }
 
 
-def run_one(name: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
-    """One training run with the CLI's defaults; returns its metrics without the per-epoch history."""
+def train_defaults(name: str, out: Path, threads: int, *flags: str) -> dict:
+    """``python -m training train`` on a shipped dataset with the CLI's defaults plus ``flags``; its metrics."""
     train_path, test_path = dataset_files(name)
     p = argparse.ArgumentParser()
     add_train_args(p)
-    argv = [
-        "--train",
-        str(train_path),
-        "--test",
-        str(test_path),
-        "--out",
-        str(workdir / f"{name}_{seed}"),
-        "--seed",
-        str(seed),
-        "--quiet",
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-    ]
+    argv = ["--train", str(train_path), "--test", str(test_path), "--out", str(out), "--quiet"]
+    return train(p.parse_args([*argv, "--threads", str(threads), *flags]))
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
+    """One training run with the CLI's defaults; returns its metrics without the per-epoch history."""
+    flags = ["--seed", str(seed), "--device", args.device]
     if args.time_budget is not None:
-        argv += ["--time-budget", str(args.time_budget)]
-    m = train(p.parse_args(argv))
+        flags += ["--time-budget", str(args.time_budget)]
+    m = train_defaults(name, workdir / f"{name}_{seed}", args.threads, *flags)
     return {k: v for k, v in m.items() if k != "history"} | {"seed": seed}
 
 
@@ -115,31 +107,10 @@ def epoch_timing(args: argparse.Namespace, names: list[str]) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="seqserve-timing-") as tmp:
         for n in names:
-            train_path, test_path = dataset_files(n)
             info = describe(n)
             for device in args.epoch_timing.split(","):
-                p = argparse.ArgumentParser()
-                add_train_args(p)
-                a = p.parse_args(
-                    [
-                        "--train",
-                        str(train_path),
-                        "--test",
-                        str(test_path),
-                        "--out",
-                        f"{tmp}/{n}_{device}",
-                        "--quiet",
-                        "--device",
-                        device,
-                        "--epochs",
-                        str(args.timing_epochs),
-                        "--threads",
-                        str(args.threads),
-                        "--time-budget",
-                        "1e9",
-                    ]
-                )
-                m = train(a)
+                flags = ["--device", device, "--epochs", str(args.timing_epochs), "--time-budget", "1e9"]
+                m = train_defaults(n, Path(tmp) / f"{n}_{device}", args.threads, *flags)
                 secs = [h["seconds"] for h in m["history"][1:]] or [m["history"][0]["seconds"]]
                 rows.append(
                     {

@@ -190,7 +190,7 @@ def train(args: argparse.Namespace) -> dict:
     max_length = int(max(full.lengths.max(), test.lengths.max()))
     stride = auto_stride(int(full.lengths.max())) if str(args.stride) == "auto" else int(args.stride)
     conv = [] if args.conv_channels in ("", "none") else [int(c) for c in str(args.conv_channels).split(",")]
-    kernels = [int(k) for k in str(args.conv_kernels).split(",")][: len(conv)] if conv else [7, 5, 3]
+    kernels = [int(k) for k in str(args.conv_kernels).split(",")][: len(conv)]
 
     cfg = ModelConfig(
         feature_dim=full.feature_dim,
