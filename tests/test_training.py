@@ -6,12 +6,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from training.__main__ import main
 from training.model import load_checkpoint
-from training.train import lr_factor, plan_epochs
+from training.train import lr_factor, mixup, plan_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 JV_TRAIN = str(ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts")
@@ -101,6 +102,20 @@ def test_schedule_is_planned_from_epoch_time() -> None:
     assert lr_factor(100, 100, 5) == pytest.approx(0.01)
     factors = [lr_factor(e, 100, 5) for e in range(6, 101)]
     assert factors == sorted(factors, reverse=True)
+
+
+def test_mixup_mixes_only_sequences_of_equal_length() -> None:
+    x = torch.stack([torch.full((5, 2), float(i)) for i in range(6)])
+    y = torch.arange(6)
+    lengths = torch.tensor([5, 5, 5, 3, 4, 4])
+    for seed in range(20):
+        mixed, partner, lam = mixup(x, y, lengths, 0.4, np.random.default_rng(seed))
+        assert 0.5 <= lam <= 1.0
+        for i in range(6):
+            j = int(partner[i])
+            assert lengths[j] == lengths[i]  # never mixed with a sequence of another length
+            assert torch.allclose(mixed[i], lam * x[i] + (1 - lam) * x[j])
+        assert int(partner[3]) == 3  # the only length-3 sequence stays itself
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path, capsys) -> None:

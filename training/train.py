@@ -66,6 +66,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
     p.add_argument("--batch-size", type=int, default=0, help="0: auto, n_train // 10 clamped to 8..32")
     p.add_argument("--noise", type=float, default=0.0, help="Gaussian input noise (in std units) while training")
+    p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.4,
+        help="mixup alpha: train on convex mixes of equal-length sequences and their labels (0: off)",
+    )
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=50, help="epochs without reaching best val accuracy again")
@@ -148,6 +154,22 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda":
         raise data.DataError(f"--device cuda: CUDA is not usable here ({why})")
     return torch.device("cpu")
+
+
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor, alpha: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018): mix each sequence with a shuffled batch-mate of the same length.
+
+    Returns (mixed x, partner labels, lam); the loss is ``lam * CE(y) + (1 - lam) * CE(partner)``. Sequences of
+    different lengths are not mixed (their partner is themselves): a mix would put one series' values into the
+    other's padding. ``lam >= 0.5`` keeps the sequence's own label the majority one."""
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.from_numpy(rng.permutation(len(y))).to(y.device)
+    same = lengths.to(y.device)[perm] == lengths.to(y.device)
+    partner = torch.where(same, perm, torch.arange(len(y), device=y.device))
+    return lam * x + (1.0 - lam) * x[partner], y[partner], lam
 
 
 def lr_factor(epoch: int, planned: int, warmup: int) -> float:
@@ -237,10 +259,16 @@ def train(args: argparse.Namespace) -> dict:
             x, y = x.to(device), y.to(device)
             if args.noise > 0:
                 x = x + torch.randn_like(x) * noise_scale * args.noise
+            y2, lam = y, 1.0
+            if args.mixup > 0:
+                x, y2, lam = mixup(x, y, lengths, args.mixup, rng)
             logits, _ = model(x, lengths.to(device))
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
-            for branch in model.branch_logits:  # each branch must also classify on its own
-                loss = loss + nn.functional.cross_entropy(branch, y, label_smoothing=args.label_smoothing)
+            loss = torch.zeros((), device=device)
+            for out in (logits, *model.branch_logits):  # each branch must also classify on its own
+                for target, weight in ((y, lam), (y2, 1.0 - lam)):
+                    if weight > 0:
+                        ce = nn.functional.cross_entropy(out, target, label_smoothing=args.label_smoothing)
+                        loss = loss + weight * ce
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
