@@ -72,6 +72,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=0.4,
         help="mixup alpha: train on convex mixes of equal-length sequences and their labels (0: off)",
     )
+    p.add_argument(
+        "--mixup-until",
+        type=float,
+        default=0.9,
+        help="fraction of the planned epochs that use mixup; the rest fit the clean sequences",
+    )
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=50, help="epochs without reaching best val accuracy again")
@@ -260,7 +266,7 @@ def train(args: argparse.Namespace) -> dict:
             if args.noise > 0:
                 x = x + torch.randn_like(x) * noise_scale * args.noise
             y2, lam = y, 1.0
-            if args.mixup > 0:
+            if args.mixup > 0 and epoch <= args.mixup_until * planned:
                 x, y2, lam = mixup(x, y, lengths, args.mixup, rng)
             logits, _ = model(x, lengths.to(device))
             loss = torch.zeros((), device=device)
