@@ -5,7 +5,9 @@ The artifact directory is the only contract between training and serving:
 * ``model.onnx``: inputs ``x`` float32 [batch, time, features] (raw, un-normalised, zero-padded) and
   ``lengths`` int64 [batch]; outputs ``probabilities`` float32 [batch, classes] and ``attention``
   float32 [batch, time] (zero on padding, sums to 1 over each sequence's own steps).
-* ``metadata.json``: everything the service needs to validate inputs and label outputs (see ``build_metadata``).
+* ``metadata.json``: everything the service needs to validate inputs and label outputs (see ``export_run``).
+* ``reference.npz``: a few held-out sequences (padded ``x``, ``lengths``) and the CPU graph's outputs for them
+  (``probabilities``, ``attention``); the service checks every session it opens against them (runtime.py).
 
 The TorchScript exporter (``dynamo=False``, opset 17) turns packed sequences into native ONNX RNN ops with
 ``sequence_lens``; the dynamo exporter fails on them or silently produces static shapes (see shared notes).
@@ -36,6 +38,7 @@ INVARIANCE_TOLERANCE = 1e-6  # one sequence alone vs batched with longer ones (O
 # otherwise. An RNN takes any length: this is a resource limit (time and memory of one call), not a property
 # of the model. The training length range is recorded beside it for monitoring.
 DEFAULT_MAX_LENGTH = 4096
+REFERENCE_SEQUENCES = 8  # recorded for the service's load-time check: shortest, longest, random
 
 
 class ParityError(RuntimeError):
@@ -144,6 +147,19 @@ def parity_report(
     return report
 
 
+def write_reference(sess: ort.InferenceSession, held_out: data.Dataset, path: Path, seed: int = 0) -> dict:
+    """Record held-out sequences and this (CPU, parity-checked) session's outputs for them."""
+    order = np.argsort(held_out.lengths, kind="stable")
+    rng = np.random.default_rng(seed)
+    k = REFERENCE_SEQUENCES
+    picks = [*order[:2], *order[-2:], *rng.choice(len(order), size=min(k, len(order)), replace=False)]
+    picks = list(dict.fromkeys(int(i) for i in picks))[:k]
+    x, lengths = data.pad([held_out.sequences[i] for i in picks])
+    probs, att = sess.run(None, {"x": x, "lengths": lengths})
+    np.savez_compressed(path, x=x, lengths=lengths, probabilities=probs, attention=att)
+    return {"file": path.name, "sequences": len(picks), "lengths": lengths.tolist()}
+
+
 def content_version(graph_sha256: str, contract: dict) -> str:
     """Version = hash of the graph's hash and the serving contract (classes, limits, normalisation)."""
     h = hashlib.sha256(graph_sha256.encode())
@@ -164,7 +180,9 @@ def export_run(
     export_onnx(model, cfg["feature_dim"], onnx_path)
     export_seconds = time.perf_counter() - t0
     held_out = data.load(held_out_path or ckpt["test_path"])
-    report = parity_report(model, cpu_session(onnx_path), held_out)
+    sess = cpu_session(onnx_path)
+    report = parity_report(model, sess, held_out)
+    reference = write_reference(sess, held_out, out_dir / "reference.npz")
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     contract = {
@@ -207,6 +225,7 @@ def export_run(
         "training_data": {"train": ckpt["train_path"], "test": ckpt["test_path"]},
         "export_seconds": round(export_seconds, 3),
         "parity": report,
+        "reference": reference,
     }
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     return meta

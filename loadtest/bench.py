@@ -100,8 +100,9 @@ def machine() -> dict:
 
 # ---------------------------------------------------------------- systems
 def measure_limit(art: Path, seqs: list[np.ndarray], duration: float, threads: int) -> dict:
-    from service.engine import Engine, Settings
+    from service.engine import Engine
     from service.runtime import find_artifact
+    from service.settings import Settings
 
     engine = Engine(find_artifact(str(art)), Settings(device="cpu", ort_threads=threads))
     order = sorted(seqs, key=len)
@@ -189,7 +190,8 @@ def start_seqserve(art: Path, work: Path, args: argparse.Namespace) -> Server:
         "SEQSERVE_MODEL": str(art),
         "SEQSERVE_DEVICE": "cpu",
         "SEQSERVE_WORKERS": str(args.workers),
-        "SEQSERVE_ORT_THREADS": str(args.ort_threads),
+        "SEQSERVE_MODEL_WORKERS": str(args.model_workers),
+        "SEQSERVE_ORT_THREADS": str(args.seqserve_ort_threads or args.ort_threads),
         "BENTOML_HOME": str(work / "bentoml_home"),
     }
     proc, url = start_bentoml(ROOT, env, work / "seqserve.log")
@@ -375,6 +377,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--server-warmup", type=float, default=4.0, help="unrecorded seconds after each start")
     p.add_argument("--workers", type=int, default=2, help="workers / instances / replicas, for every system")
     p.add_argument("--ort-threads", type=int, default=1, help="ORT intra-op threads per worker, every system")
+    p.add_argument("--model-workers", type=int, default=1, help="seqserve: model service workers (API: --workers)")
+    p.add_argument(
+        "--seqserve-ort-threads", type=int, default=0, help="seqserve: ORT threads per model worker (0: --ort-threads)"
+    )
     p.add_argument("--run", default=None, help="training run to export (default runs/default, trained if missing)")
     p.add_argument("--artifact", default=None, help="use this exported artifact instead")
     p.add_argument("--work", default="bench/work")
@@ -435,6 +441,8 @@ def main(argv: list[str] | None = None) -> dict:
             "warmup_s": args.warmup,
             "workers": args.workers,
             "ort_threads": args.ort_threads,
+            "seqserve_model_workers": args.model_workers,
+            "seqserve_ort_threads": args.seqserve_ort_threads or args.ort_threads,
             "sequences_per_request": 1,
             "model": json.loads((art / "metadata.json").read_text())["rnn"],
             "total_seconds": round(time.perf_counter() - t0, 1),

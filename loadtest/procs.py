@@ -41,10 +41,11 @@ def start_bentoml(
     """``bentoml serve service.service:SeqServe`` on 127.0.0.1; returns (process, base url) once ready."""
     port = port or free_port()
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
-    bentoml = Path(sys.executable).with_name("bentoml")
+    script = Path(sys.executable).with_name("bentoml")  # a venv's entry point, else the module (GPU machine)
+    bentoml = [str(script)] if script.exists() else [sys.executable, "-m", "bentoml"]
     fh = log.open("w")
     proc = subprocess.Popen(
-        [str(bentoml), "serve", "service.service:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
+        [*bentoml, "serve", "service.service:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
         cwd=root,
         env=full_env,
         stdout=fh,

@@ -4,65 +4,21 @@
 by length, cuts it into sub-batches (``service.padding.plan_batches``), pads each into a reused buffer, runs
 ONNX Runtime, and returns results in the order the sequences came in.
 
-Settings come from the environment (documented in README "Configuration"):
-
-=================================  =======  =====================================================
-``SEQSERVE_DEVICE``                auto     auto | cpu | cuda
-``SEQSERVE_WORKERS``               2        BentoML worker processes (2 x 1 thread measured best on 2 cores)
-``SEQSERVE_ORT_THREADS``           0        ORT intra-op threads per worker (0: cores / workers)
-``SEQSERVE_STEP_BUDGET``           8192     max ``B x T_max`` of one model call
-``SEQSERVE_MAX_SUB_BATCH``         128      max sequences in one model call
-``SEQSERVE_MIN_PADDING_EFFICIENCY`` 0.85    split a sub-batch before its real/padded steps drop below
-``SEQSERVE_MAX_LENGTH``            0        longest accepted sequence (0: the artifact's max_length)
-=================================  =======  =====================================================
+Settings: ``service.settings.Settings`` (the ``SEQSERVE_*`` variables). The session is opened and checked
+against the artifact's reference outputs by ``service.runtime.open_checked_session``.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.padding import PadBuffer, plan_batches
-from service.runtime import Artifact, find_artifact, open_session
-
-DEFAULT_WORKERS = 2
-
-
-def env_int(name: str, default: int) -> int:
-    """An integer setting; a bad value is an error that names the variable."""
-    raw = os.environ.get(name)
-    try:
-        return default if raw is None or raw.strip() == "" else int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected an integer") from None
-
-
-def env_float(name: str, default: float) -> float:
-    """A number setting; a bad value is an error that names the variable."""
-    raw = os.environ.get(name)
-    try:
-        return default if raw is None or raw.strip() == "" else float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a number") from None
-
-
-@dataclass
-class Settings:
-    device: str = field(default_factory=lambda: os.environ.get("SEQSERVE_DEVICE", "auto"))
-    ort_threads: int = field(default_factory=lambda: env_int("SEQSERVE_ORT_THREADS", 0))
-    step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 8192))
-    max_sub_batch: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_SUB_BATCH", 128))
-    min_efficiency: float = field(default_factory=lambda: env_float("SEQSERVE_MIN_PADDING_EFFICIENCY", 0.85))
-    max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0))
-
-    def accepted_max_length(self, meta: dict) -> int:
-        """The longest sequence served: SEQSERVE_MAX_LENGTH when set (> 0), else the artifact's max_length."""
-        if self.max_length < 0:
-            raise ValueError(f"SEQSERVE_MAX_LENGTH={self.max_length}: must be >= 1 (or 0 for the artifact's)")
-        return self.max_length or int(meta["max_length"])
+from service.runtime import Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
+from service.schema import predictions_json
+from service.settings import Settings
 
 
 @dataclass
@@ -84,16 +40,16 @@ class BatchStats:
 
 class Engine:
     def __init__(self, artifact: Artifact | None = None, settings: Settings | None = None) -> None:
-        self.artifact = artifact or find_artifact()
         self.settings = settings or Settings()
+        self.artifact = artifact or find_artifact(self.settings.model or None)
         meta = self.artifact.meta
         self.classes: list[str] = list(meta["classes"])
         self.model_version: str = meta["model_version"]
         self.feature_dim: int = int(meta["feature_dim"])
         self.max_length: int = self.settings.accepted_max_length(meta)
-        workers = env_int("SEQSERVE_WORKERS", DEFAULT_WORKERS)
-        threads = self.settings.ort_threads or max(1, (os.cpu_count() or 1) // workers)
-        self.session, self.provider = open_session(self.artifact.onnx_path, self.settings.device, threads)
+        threads = self.settings.ort_threads or max(1, available_cpus() // self.settings.model_workers)
+        self.info: SessionInfo = open_checked_session(self.artifact, self.settings.device, threads)
+        self.session, self.provider = self.info.session, self.info.provider
         self.ort_threads = threads
         self._pad = PadBuffer(self.feature_dim)
 
@@ -117,21 +73,7 @@ class Engine:
             stats.call_sizes.append(len(g))
         return probs, attention, stats
 
-    def format(self, probs: np.ndarray, attention: list[np.ndarray]) -> list[dict]:
-        """The JSON objects /predict returns, one per sequence."""
-        out = []
-        for p, a in zip(probs.tolist(), attention):
-            best = max(range(len(p)), key=p.__getitem__)
-            out.append(
-                {
-                    "label": self.classes[best],
-                    "probabilities": dict(zip(self.classes, p)),
-                    "attention": a.tolist(),
-                    "model_version": self.model_version,
-                }
-            )
-        return out
-
-    def predict(self, seqs: list[np.ndarray]) -> tuple[list[dict], BatchStats]:
+    def predict(self, seqs: list[np.ndarray]) -> tuple[bytes, BatchStats]:
+        """The /predict response body (JSON, one object per sequence) and the batch stats."""
         probs, attention, stats = self.infer(seqs)
-        return self.format(probs, attention), stats
+        return predictions_json(self.classes, self.model_version, probs, attention), stats

@@ -12,10 +12,11 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
 ``seqserve_sequence_length_steps``         histogram of served sequence lengths (time steps)
 ``seqserve_length_outside_training_total`` sequences shorter/longer than any in training (side=shorter|longer)
 ``seqserve_batch_size_sequences``          histogram of sequences per model call (executed batch size)
+``seqserve_batch_api_workers``             histogram of API worker processes sharing one adaptive batch
 ``seqserve_time_steps_total``              time steps run, kind=real|padded: padding efficiency = real/padded
 ``seqserve_model_compute_seconds``         histogram of one ONNX Runtime call
 ``seqserve_queue_wait_seconds``            histogram: request parsed -> its batch starts on the model
-``seqserve_model_info``                    1, labels model_version, rnn, provider, device_requested
+``seqserve_model_info``                    1, labels model_version, rnn, provider, device_requested, gpu_present
 ``seqserve_predictions_total``             predicted class counts, by model_version and class
 ``seqserve_input_drift_score``             mean per-feature z-shift of recent inputs vs training (drift.py)
 ``seqserve_input_drift_feature_zshift``    the same per feature
@@ -26,6 +27,7 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -50,6 +52,11 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)", ["kind"])
+BATCH_SOURCES = Histogram(
+    "seqserve_batch_api_workers",
+    "Distinct API worker processes whose requests share one adaptive batch of the model service",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
 MODEL_CALLS = Counter("seqserve_model_calls", "ONNX Runtime calls (sub-batches)")
 COMPUTE_SECONDS = Histogram(
     "seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call", buckets=SECONDS_BUCKETS
@@ -60,7 +67,7 @@ QUEUE_SECONDS = Histogram(
 MODEL_INFO = Gauge(
     "seqserve_model_info",
     "The loaded model (always 1)",
-    ["model_version", "rnn", "provider", "device_requested"],
+    ["model_version", "rnn", "provider", "device_requested", "gpu_present"],
     multiprocess_mode="livemax",
 )
 PREDICTIONS = Counter("seqserve_predictions", "Predicted class counts", ["model_version", "class"])
@@ -86,7 +93,10 @@ MAX_FEATURE_LABELS = 64
 
 
 class ServiceMetrics:
-    """Everything one worker records about its model; the service calls ``observe`` once per merged batch."""
+    """Everything one model worker records about its model; it calls ``observe`` once per merged batch.
+
+    The model service's processes write these; BentoML's ``/metrics`` on the API port aggregates every
+    process of both services (they share one PROMETHEUS_MULTIPROC_DIR)."""
 
     def __init__(self, engine: Engine, device_requested: str, drift_window_steps: int = 4096) -> None:
         self.version = engine.model_version
@@ -94,7 +104,8 @@ class ServiceMetrics:
         norm = engine.artifact.meta["normalisation"]
         self.drift = DriftMonitor(norm["mean"], norm["std"], window_steps=drift_window_steps)
         rnn = engine.artifact.meta["rnn"]["rnn"]
-        MODEL_INFO.labels(self.version, rnn, engine.provider, device_requested).set(1)
+        gpu = "true" if gpu_present() else "false"
+        MODEL_INFO.labels(self.version, rnn, engine.provider, device_requested, gpu).set(1)
         self._ok = SEQUENCES.labels(self.version, "ok")
         self._error = SEQUENCES.labels(self.version, "error")
         self._predicted = [PREDICTIONS.labels(self.version, c) for c in self.classes]
@@ -105,19 +116,21 @@ class ServiceMetrics:
         self._shorter = LENGTH_OUTSIDE.labels(self.version, "shorter")
         self._longer = LENGTH_OUTSIDE.labels(self.version, "longer")
 
-    def observe(self, seqs: list[np.ndarray], stats: BatchStats, probs: np.ndarray, started: float) -> None:
-        """After a successful model run; ``started`` is the perf_counter time the batch started."""
+    def observe(
+        self, seqs: list[np.ndarray], stats: BatchStats, probs: np.ndarray, started: float, received: list[float]
+    ) -> None:
+        """After a successful model run. ``started``: the perf_counter time the batch started; ``received``: when
+        each sequence's request was parsed (perf_counter, in the API worker: CLOCK_MONOTONIC is system-wide)."""
         self._ok.inc(stats.sequences)
         low, high = self.training_lengths
-        for s in seqs:
+        for s, t in zip(seqs, received):
             LENGTH.observe(len(s))
             if len(s) < low:
                 self._shorter.inc()
             elif len(s) > high:
                 self._longer.inc()
-            received = getattr(s, "received_at", None)
-            if received is not None:
-                QUEUE_SECONDS.observe(max(0.0, started - received))
+            if t > 0:
+                QUEUE_SECONDS.observe(max(0.0, started - t))
         self._real.inc(stats.real_steps)
         self._padded.inc(stats.padded_steps)
         MODEL_CALLS.inc(stats.model_calls)
@@ -137,8 +150,17 @@ class ServiceMetrics:
                     DRIFT_FEATURE.labels(self.version, str(f)).set(z)
         DRIFT_STEPS.labels(self.version).set(self.drift.steps)
 
+    def batch_sources(self, api_workers: int) -> None:
+        BATCH_SOURCES.observe(api_workers)
+
     def failed(self, n: int) -> None:
         self._error.inc(n)
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU device node exists (whether or not CUDA works): the alert's "a GPU is left idle" test."""
+    dev = Path("/dev")
+    return (dev / "nvidiactl").exists() or any(dev.glob("nvidia[0-9]*"))
 
 
 REASONS = {"json_invalid": "invalid_json", "missing": "missing_field"}

@@ -1,9 +1,18 @@
-"""Find the model artifact and open an ONNX Runtime session on the right execution provider.
+"""Find the model artifact and open an ONNX Runtime session on the right execution provider, checked.
 
 ``SEQSERVE_MODEL``: a model store tag (default ``seqclassifier:latest``) or a path to an artifact directory.
-``SEQSERVE_DEVICE``: ``auto`` (CUDA if it really initialises, else CPU), ``cpu``, or ``cuda`` (fail if CUDA
-is not in use). onnxruntime-gpu lists CUDA as *available* even on machines without a GPU, and asking for it
-there only logs an error and falls back to CPU, so the provider in use is read back from the session.
+``SEQSERVE_DEVICE``: ``auto`` (CUDA if it really initialises and passes the check, else CPU), ``cpu``, or
+``cuda`` (fail if CUDA is not in use or fails the check). onnxruntime-gpu lists CUDA as *available* even on
+machines without a GPU, and asking for it there only logs an error and falls back to CPU, so the provider in
+use is read back from the session.
+
+The CUDA provider runs with ``CUDA_OPTIONS``: ORT's defaults (exhaustive cuDNN convolution search, TF32 on
+Hopper) made it slower than the CPU and broke the 1e-5 parity (shared/gpu/README.md).
+
+**Load-time check.** Export stores reference outputs (``reference.npz``: held-out sequences and the CPU
+graph's probabilities and attention). ``open_checked_session`` runs them on the new session, each sequence
+alone and all of them batched together, and refuses a session that is off by more than ``CHECK_TOLERANCE``:
+``auto`` then falls back to CPU and records why (``SessionInfo.fallback_reason``); ``cuda`` and ``cpu`` fail.
 """
 
 from __future__ import annotations
@@ -11,19 +20,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 log = logging.getLogger("seqserve")
 
 DEFAULT_TAG = "seqclassifier:latest"
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0", "do_copy_in_default_stream": "1"}
+CHECK_TOLERANCE = 1e-5  # max abs difference of probabilities/attention vs the recorded CPU outputs
+REFERENCE_FILE = "reference.npz"
 
 
 class ModelNotFound(RuntimeError):
     pass
+
+
+class ReferenceMismatch(RuntimeError):
+    """A session's outputs differ from the artifact's recorded reference outputs."""
 
 
 @dataclass
@@ -35,6 +52,19 @@ class Artifact:
     @property
     def onnx_path(self) -> Path:
         return self.path / "model.onnx"
+
+    @property
+    def reference_path(self) -> Path:
+        return self.path / REFERENCE_FILE
+
+
+@dataclass
+class SessionInfo:
+    session: ort.InferenceSession
+    provider: str  # the provider actually in use
+    provider_options: dict  # as the session reports them for that provider
+    fallback_reason: str | None = None  # why auto is not on CUDA although CUDA was tried
+    check: dict = field(default_factory=dict)  # the load-time reference check
 
 
 def find_artifact(ref: str | None = None) -> Artifact:
@@ -60,35 +90,122 @@ def find_artifact(ref: str | None = None) -> Artifact:
     return Artifact(path, json.loads((path / "metadata.json").read_text()), ref)
 
 
-def open_session(model_path: Path, device: str = "auto", threads: int = 0) -> tuple[ort.InferenceSession, str]:
-    """Return (session, provider in use). ``threads``: ORT intra-op threads (0: ORT default)."""
-    device = device.lower()
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"SEQSERVE_DEVICE must be auto, cpu or cuda, got {device!r}")
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = None
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        q, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota = None if q == "max" else int(q) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            quota = q / period if q > 0 else None
+        except (OSError, ValueError):
+            quota = None
+    if quota:
+        n = min(n, max(1, int(quota)))
+    return max(1, n)
+
+
+def _session_options(threads: int, quiet: bool) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
-        ort.set_default_logger_severity(4)  # the failed-CUDA fallback on a CPU machine is logged as an error
-        opts.log_severity_level = 4
-        try:
-            sess = ort.InferenceSession(str(model_path), opts, providers=[CUDA, CPU])
-        except Exception as e:  # noqa: BLE001 - any CUDA init failure means "no CUDA here"
-            sess, why = None, str(e)
-        else:
-            why = "CUDA did not initialise (no GPU or CUDA/cuDNN libraries)"
-        finally:
-            ort.set_default_logger_severity(2)
-            opts.log_severity_level = 2
-        if sess is not None and sess.get_providers()[0] == CUDA:
+    opts.log_severity_level = 4 if quiet else 2
+    return opts
+
+
+def _try_cuda(model_path: Path, threads: int) -> tuple[ort.InferenceSession | None, str]:
+    """A session on CUDA, or (None, why not). The failed-CUDA fallback on a CPU machine logs errors: hushed."""
+    if CUDA not in ort.get_available_providers():
+        return None, "this onnxruntime build has no CUDAExecutionProvider"
+    ort.set_default_logger_severity(4)
+    try:
+        sess = ort.InferenceSession(
+            str(model_path), _session_options(threads, quiet=True), providers=[(CUDA, CUDA_OPTIONS), CPU]
+        )
+    except Exception as e:  # noqa: BLE001 - any CUDA init failure means "no CUDA here"
+        return None, f"CUDA did not initialise ({str(e).splitlines()[0]})"
+    finally:
+        ort.set_default_logger_severity(2)
+    if sess.get_providers()[0] != CUDA:
+        return None, "CUDA did not initialise (no GPU or CUDA/cuDNN libraries)"
+    return sess, ""
+
+
+def open_session(model_path: Path, device: str = "auto", threads: int = 0) -> tuple[ort.InferenceSession, str]:
+    """Return (session, provider in use), unchecked. ``threads``: ORT intra-op threads (0: ORT default)."""
+    device = device.lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"SEQSERVE_DEVICE must be auto, cpu or cuda, got {device!r}")
+    if device in ("auto", "cuda"):
+        sess, why = _try_cuda(model_path, threads)
+        if sess is not None:
             log.info("seqserve: ONNX Runtime provider in use: %s", CUDA)
             return sess, CUDA
         if device == "cuda":
             raise RuntimeError(f"SEQSERVE_DEVICE=cuda but {why}")
-    elif device == "cuda":
-        raise RuntimeError("SEQSERVE_DEVICE=cuda but this onnxruntime build has no CUDAExecutionProvider")
-    sess = ort.InferenceSession(str(model_path), opts, providers=[CPU])
+    sess = ort.InferenceSession(str(model_path), _session_options(threads, quiet=False), providers=[CPU])
     log.info("seqserve: ONNX Runtime provider in use: %s", sess.get_providers()[0])
     return sess, sess.get_providers()[0]
+
+
+def check_session(sess: ort.InferenceSession, reference_path: Path, tolerance: float = CHECK_TOLERANCE) -> dict:
+    """Run the recorded reference sequences alone and batched; raise ReferenceMismatch beyond ``tolerance``."""
+    ref = np.load(reference_path)
+    x, lengths, probs, att = ref["x"], ref["lengths"], ref["probabilities"], ref["attention"]
+    p_batch, a_batch = sess.run(None, {"x": x, "lengths": lengths})
+    diff_batched = max(float(np.abs(p_batch - probs).max()), float(np.abs(a_batch - att).max()))
+    diff_alone = 0.0
+    for i, n in enumerate(lengths.tolist()):
+        p, a = sess.run(None, {"x": x[i : i + 1, :n], "lengths": lengths[i : i + 1]})
+        diff_alone = max(diff_alone, float(np.abs(p[0] - probs[i]).max()), float(np.abs(a[0] - att[i, :n]).max()))
+    report = {
+        "sequences": len(lengths),
+        "max_abs_diff_batched": diff_batched,
+        "max_abs_diff_alone": diff_alone,
+        "tolerance": tolerance,
+    }
+    if max(diff_batched, diff_alone) > tolerance:
+        raise ReferenceMismatch(
+            f"outputs differ from the artifact's reference outputs by {max(diff_batched, diff_alone):.3g} "
+            f"(batched {diff_batched:.3g}, alone {diff_alone:.3g}) > {tolerance}"
+        )
+    return report
+
+
+def open_checked_session(artifact: Artifact, device: str = "auto", threads: int = 0) -> SessionInfo:
+    """Open a session on ``device`` and check it against the artifact's reference outputs (see module doc)."""
+    device = device.lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"SEQSERVE_DEVICE must be auto, cpu or cuda, got {device!r}")
+    has_reference = artifact.reference_path.exists()
+    if not has_reference:
+        log.warning("seqserve: artifact %s has no %s; load-time check skipped", artifact.path, REFERENCE_FILE)
+    fallback = None
+    if device in ("auto", "cuda"):
+        sess, why = _try_cuda(artifact.onnx_path, threads)
+        if sess is not None:
+            try:
+                check = check_session(sess, artifact.reference_path) if has_reference else {}
+            except ReferenceMismatch as e:
+                why = f"CUDA failed the load-time check: {e}"
+            else:
+                log.info("seqserve: ONNX Runtime provider in use: %s %s", CUDA, sess.get_provider_options()[CUDA])
+                return SessionInfo(sess, CUDA, sess.get_provider_options()[CUDA], None, check)
+        if device == "cuda":
+            raise RuntimeError(f"SEQSERVE_DEVICE=cuda but {why}")
+        fallback = why
+        if CUDA in ort.get_available_providers():
+            log.info("seqserve: auto device: using CPU because %s", why)
+    sess = ort.InferenceSession(str(artifact.onnx_path), _session_options(threads, quiet=False), providers=[CPU])
+    try:
+        check = check_session(sess, artifact.reference_path) if has_reference else {}
+    except ReferenceMismatch as e:
+        raise ReferenceMismatch(f"model {artifact.source}: the CPU session {e}; refusing to serve it") from None
+    log.info("seqserve: ONNX Runtime provider in use: %s", CPU)
+    return SessionInfo(sess, CPU, sess.get_provider_options().get(CPU, {}), fallback, check)

@@ -1,4 +1,4 @@
-"""Request validation for /predict, run per request *before* adaptive batching.
+"""Request validation for /predict (per request, *before* batching) and the response's JSON.
 
 BentoML validates each request body against the pydantic type of the API parameter before it joins the
 batch, so a bad request is rejected alone (HTTP 400) and never fails the requests batched with it. The
@@ -6,18 +6,28 @@ validator converts each sequence to a float32 ``[T, F]`` array once, here, and n
 limit in every error: ``sequences[3][7]: 11 features, the model expects 12``. The error ``type`` names the
 reason (``seqserve_feature_count``, ``seqserve_too_long``, ...); ``service.metrics`` counts rejections by it.
 Each validated sequence remembers when it was parsed (``received_at``) for the queue-wait metric.
+
+The common case (a well-formed sequence) takes a vectorised path: one ``np.array(seq, float32)``, one scan of
+the value types, one ``isfinite``. Anything it does not accept goes through the step-by-step checks, which
+find and name the first problem, so the error messages do not depend on the path. The limits are declared
+in the parameter's JSON schema (``/docs.json``): sequences 1..max_sequences, time steps 1..max_length,
+exactly feature_dim numbers per step.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from itertools import chain
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import WrapValidator
+from annotated_types import Len
+from pydantic import BaseModel, Field, WrapValidator
 from pydantic_core import PydanticCustomError
 
 MAX_SEQUENCES = 64
+NUMBER_TYPES = frozenset((float, int))  # what JSON numbers decode to (bool, a subclass of int, is not here)
 
 
 class ReceivedSequence(np.ndarray):
@@ -61,6 +71,20 @@ def _check_sequence(i: int, seq: Any, feature_dim: int, max_length: int) -> np.n
     return arr
 
 
+def _fast_sequence(seq: Any, feature_dim: int, max_length: int) -> np.ndarray | None:
+    """The array for a well-formed sequence, or None (the slow path then names the problem)."""
+    if type(seq) is not list or not 0 < len(seq) <= max_length:
+        return None
+    try:
+        arr = np.array(seq, dtype=np.float32)
+        types = set(map(type, chain.from_iterable(seq)))
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if arr.ndim != 2 or arr.shape[1] != feature_dim or not types <= NUMBER_TYPES or not np.isfinite(arr).all():
+        return None
+    return arr
+
+
 def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_SEQUENCES) -> Any:
     """The annotated parameter type: JSON schema of nested float lists, validated into float32 arrays."""
 
@@ -74,9 +98,39 @@ def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_S
         received = time.perf_counter()
         out = []
         for i, s in enumerate(value):
-            arr = _check_sequence(i, s, feature_dim, max_length).view(ReceivedSequence)
+            arr = _fast_sequence(s, feature_dim, max_length)
+            if arr is None:
+                arr = _check_sequence(i, s, feature_dim, max_length)
+            arr = arr.view(ReceivedSequence)
             arr.received_at = received
             out.append(arr)
         return out
 
-    return Annotated[list[list[list[float]]], WrapValidator(validate)]
+    step = Annotated[list[float], Len(feature_dim, feature_dim)]
+    sequence = Annotated[list[step], Len(1, max_length)]
+    return Annotated[list[sequence], Len(1, max_sequences), WrapValidator(validate)]
+
+
+class Prediction(BaseModel):
+    """One sequence's answer (the documented response schema; responses are written by ``predictions_json``)."""
+
+    label: str = Field(description="the most probable class")
+    probabilities: dict[str, float] = Field(description="class -> probability, in the model's class order")
+    attention: list[float] = Field(description="attention weight per input time step (sums to 1)")
+    model_version: str = Field(description="content hash of the model that answered")
+
+
+def predictions_json(classes: list[str], version: str, probs: np.ndarray, attention: list[np.ndarray]) -> bytes:
+    """The /predict response body: a JSON list of ``Prediction`` objects, one per sequence, in order."""
+    out = []
+    for p, a in zip(probs.tolist(), attention):
+        best = max(range(len(p)), key=p.__getitem__)
+        out.append(
+            {
+                "label": classes[best],
+                "probabilities": dict(zip(classes, p)),
+                "attention": a.tolist(),
+                "model_version": version,
+            }
+        )
+    return json.dumps(out, separators=(",", ":")).encode()

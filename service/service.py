@@ -1,46 +1,60 @@
-"""The BentoML service: ``bentoml serve service.service:SeqServe --host 127.0.0.1 --port 3000``.
+"""The BentoML services: ``bentoml serve service.service:SeqServe --host 127.0.0.1 --port 3000``.
 
-* ``POST /predict`` (adaptive batching): ``{"sequences": [[[f x F] x T1], ...]}`` -> one object per sequence.
-* ``GET /metadata``: model name, version, classes, feature_dim, max_length, provider in use.
-* BentoML's own ``/healthz /livez /readyz /metrics`` and OpenAPI docs at ``/docs``.
+Two services, one topology on CPU and GPU:
 
-The artifact is resolved when this module is imported (``SEQSERVE_MODEL``, default ``seqclassifier:latest``)
-because the request type carries its limits (feature_dim, max_length); each worker then opens its own
-ONNX Runtime session in ``__init__``.
+* ``SeqServe`` (the API service, ``SEQSERVE_WORKERS`` processes, no model): HTTP, per-request validation
+  (``service.schema``), the response JSON. Routes:
+
+  - ``POST /predict``: ``{"sequences": [[[f x F] x T1], ...]}`` -> one object per sequence (adaptive batching);
+  - ``POST /predict_nobatch``: the same, one request per model call (for comparison);
+  - ``GET /metadata``: model name, version, classes, limits, provider in use (and why, if not CUDA);
+  - ``GET /docs``: the OpenAPI UI (``/docs.json`` the document); BentoML's ``/healthz /livez /readyz /metrics``.
+
+* ``SeqModel`` (the model service, ``SEQSERVE_MODEL_WORKERS`` processes, one per GPU): owns the ONNX Runtime
+  session (checked against the artifact's reference outputs at load) and BentoML's adaptive batcher. Every API
+  worker calls it over a local socket (``bentoml.depends``; pickled float32 arrays), so one batcher sees the
+  sequences of all API workers: on a GPU, batches of the whole load instead of load / workers. An API worker
+  sends concurrent requests in one call (``service.coalesce``).
+
+Settings: ``service.settings`` (read once, here). The artifact's metadata is read when this module is imported
+because the request type declares its limits (feature_dim, max_length) in the OpenAPI document; the model
+session is opened by the model service's workers only.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
+import aiohttp
 import bentoml
+import numpy as np
 from bentoml.validators import ContentType
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service.batcher import cap_learned_wait
-from service.engine import DEFAULT_WORKERS, Engine, Settings, env_float, env_int
+from service.coalesce import Coalescer
+from service.engine import Engine
 from service.metrics import RejectionCounter, ServiceMetrics
+from service.openapi import OpenAPIPatch
 from service.runtime import find_artifact
-from service.schema import MAX_SEQUENCES, sequences_type
+from service.schema import MAX_SEQUENCES, Prediction, predictions_json, sequences_type
+from service.settings import Settings
 
 log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
 
-ARTIFACT = find_artifact()
 SETTINGS = Settings()
+ARTIFACT = find_artifact(SETTINGS.model or None)
 MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta)
 Sequences = sequences_type(int(ARTIFACT.meta["feature_dim"]), MAX_LENGTH, MAX_SEQUENCES)
-WORKERS = env_int("SEQSERVE_WORKERS", DEFAULT_WORKERS)
-MAX_BATCH_SIZE = env_int("SEQSERVE_MAX_BATCH_SIZE", 256)  # sequences per adaptive batch (BentoML counts items)
-MAX_LATENCY_MS = env_int("SEQSERVE_MAX_LATENCY_MS", 2000)
-ACCESS_LOG = env_int("SEQSERVE_ACCESS_LOG", 0) == 1  # one INFO line per request: ~8% of peak throughput
-cap_learned_wait(env_float("SEQSERVE_BATCH_WAIT_MS", 2.0) / 1000)  # see service/batcher.py
 
 
 class ClientErrorFilter(logging.Filter):
@@ -54,33 +68,91 @@ class ClientErrorFilter(logging.Filter):
         return True
 
 
-logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+@bentoml.service(
+    name="seqserve-model",
+    workers=SETTINGS.model_workers,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    # BentoML's client replaces its connection pool every 100 requests by default and closes the old one
+    # with calls still running on it (~1% of requests failed with "Server disconnected" under load).
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class SeqModel:
+    """Owns the session and the adaptive batcher. Items: ``(received_at, API worker pid, float32 [T, F])``."""
 
-# Declaring the media type spares BentoML from building the output's JSON schema on every response.
-Predictions = Annotated[list[dict], ContentType("application/json")]
+    def __init__(self) -> None:
+        cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/batcher.py
+        self.engine = Engine(ARTIFACT, SETTINGS)
+        self.metrics = ServiceMetrics(self.engine, SETTINGS.device, SETTINGS.drift_window_steps)
+        info = self.engine.info
+        log.info(
+            "seqserve: model %s (%s) on %s %s, %d ORT threads%s",
+            self.engine.model_version,
+            ARTIFACT.source,
+            info.provider,
+            info.provider_options,
+            self.engine.ort_threads,
+            f"; not on CUDA because {info.fallback_reason}" if info.fallback_reason else "",
+        )
 
-_current: dict[str, Engine] = {}  # this worker's engine, for the plain ASGI routes
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def infer(self, items: list[Any]) -> list[Any]:
+        return self._run(items)
+
+    @bentoml.api
+    def infer_nobatch(self, items: list[Any]) -> list[Any]:
+        return self._run(items)
+
+    @bentoml.api
+    def info(self) -> dict:
+        """What /metadata reports about the loaded model and its session."""
+        e, info = self.engine, self.engine.info
+        return {
+            "model_version": e.model_version,
+            "classes": e.classes,
+            "provider": info.provider,
+            "provider_options": info.provider_options,
+            "provider_fallback": info.fallback_reason,
+            "load_check": info.check or None,
+            "device_requested": SETTINGS.device,
+            "ort_threads": e.ort_threads,
+            "model_workers": SETTINGS.model_workers,
+            "source": e.artifact.source,
+        }
+
+    def _run(self, items: list[Any]) -> list[Any]:
+        started = time.perf_counter()
+        seqs = [x for _, _, x in items]
+        try:
+            probs, attention, stats = self.engine.infer(seqs)
+        except Exception:
+            self.metrics.failed(len(seqs))
+            raise
+        self.metrics.observe(seqs, stats, probs, started, [t for t, _, _ in items])
+        self.metrics.batch_sources(len({pid for _, pid, _ in items}))
+        version = self.engine.model_version
+        return [(p, a, version) for p, a in zip(probs, attention)]
 
 
 async def metadata(request: Request) -> JSONResponse:
-    engine = _current.get("engine")
-    if engine is None:
-        return JSONResponse({"error": "model not loaded"}, status_code=503)
-    meta = engine.artifact.meta
+    """``GET /metadata``: the artifact's contract and what the model service reports about its session."""
+    meta = ARTIFACT.meta
+    try:
+        info = await bentoml.get_current_service().model.to_async.info()
+    except Exception as e:  # noqa: BLE001 - the model service is starting or gone
+        return JSONResponse({"error": f"model service not available: {e}"}, status_code=503)
     return JSONResponse(
         {
             "model_name": meta["model_name"],
-            "model_version": engine.model_version,
-            "classes": engine.classes,
-            "feature_dim": engine.feature_dim,
-            "max_length": engine.max_length,
+            "model_version": info["model_version"],
+            "classes": info["classes"],
+            "feature_dim": int(meta["feature_dim"]),
+            "max_length": MAX_LENGTH,
             "max_sequences": MAX_SEQUENCES,
             "training_length_range": meta.get("training_length_range"),
             "normalisation": meta["normalisation"].get("mode", "global"),
-            "provider": engine.provider,
-            "ort_threads": engine.ort_threads,
+            **{k: v for k, v in info.items() if k not in ("model_version", "classes")},
             "rnn": meta["rnn"],
-            "source": engine.artifact.source,
             "training_metrics": {
                 k: meta["training_metrics"].get(k) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")
             },
@@ -88,47 +160,76 @@ async def metadata(request: Request) -> JSONResponse:
     )
 
 
-routes = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
+async def docs(request: Request) -> RedirectResponse:
+    return RedirectResponse("/", status_code=307)  # BentoML serves the OpenAPI UI at /
+
+
+routes = Starlette(routes=[Route("/metadata", metadata, methods=["GET"]), Route("/docs", docs, methods=["GET"])])
+# The response is written by predictions_json; the annotation documents its schema in /docs.json.
+PredictionsDoc = Annotated[list[Prediction], ContentType("application/json")]
 
 
 @bentoml.asgi_app(routes, path="/")
-@bentoml.service(name="seqserve", workers=WORKERS, traffic={"timeout": 60}, logging={"access": {"enabled": ACCESS_LOG}})
+@bentoml.service(
+    name="seqserve",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)
 class SeqServe:
-    def __init__(self) -> None:
-        self.engine = Engine(ARTIFACT, SETTINGS)
-        self.metrics = ServiceMetrics(
-            self.engine, self.engine.settings.device, env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096)
-        )
-        _current["engine"] = self.engine
-        log.info(
-            "seqserve: model %s (%s) on %s, %d ORT threads",
-            self.engine.model_version,
-            ARTIFACT.source,
-            self.engine.provider,
-            self.engine.ort_threads,
-        )
+    """Variable-length sequence classification: validation and JSON here, the model in ``SeqModel``."""
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, sequences: Sequences) -> Predictions:
-        return self._run(sequences)
+    model = bentoml.depends(SeqModel)
+
+    def __init__(self) -> None:
+        meta = ARTIFACT.meta
+        self.classes: list[str] = list(meta["classes"])
+        self.version: str = meta["model_version"]
+        self.coalescer: Coalescer | None = None  # made on the first request (it needs the running loop)
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+
+    @bentoml.api
+    async def predict(self, sequences: Sequences) -> PredictionsDoc:
+        """Classify 1..64 sequences, each [T][F] numbers (T <= max_length, F = feature_dim); batched with
+        other requests' sequences on the model service."""
+        if SETTINGS.api_in_flight == 0:
+            return self._respond(await self._call("infer", _items(sequences)))
+        if self.coalescer is None:
+            infer = functools.partial(self._call, "infer")
+            self.coalescer = Coalescer(infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size)
+        return self._respond(await self.coalescer.submit(_items(sequences)))
 
     @bentoml.api(route="/predict_nobatch")
-    def predict_nobatch(self, sequences: Sequences) -> Predictions:
-        """The same engine without adaptive batching: one request per engine call (for comparison)."""
-        return self._run(sequences)
+    async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
+        """The same answers without adaptive batching: one request per model call (for comparison)."""
+        return self._respond(await self._call("infer_nobatch", _items(sequences)))
 
-    def _run(self, sequences: list) -> list[dict]:
-        started = time.perf_counter()
+    async def _call(self, api: str, items: list[Any]) -> list[Any]:
+        """Call the model service; once more if the connection broke (a keep-alive connection the model
+        service closed as it was reused). Inference has no side effects, so a repeat is safe."""
+        method = getattr(self.model.to_async, api)
         try:
-            probs, attention, stats = self.engine.infer(sequences)
-        except Exception:
-            self.metrics.failed(len(sequences))
-            raise
-        self.metrics.observe(sequences, stats, probs, started)
-        return self.engine.format(probs, attention)
+            return await method(items)
+        except aiohttp.ClientConnectionError as e:
+            log.info("seqserve: model service connection lost (%s); calling again", type(e).__name__)
+            return await method(items)
+
+    def _respond(self, results: list[Any]) -> Response:
+        version = results[0][2]
+        if version != self.version:  # the model service swapped models: label with the one that answered
+            raise RuntimeError(f"model service answered with model {version}, this API serves {self.version}")
+        probs = np.stack([p for p, _, _ in results])
+        body = predictions_json(self.classes, version, probs, [a for _, a, _ in results])
+        return Response(body, media_type="application/json")
+
+
+def _items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray]]:
+    pid = os.getpid()
+    return [(getattr(s, "received_at", 0.0), pid, np.asarray(s)) for s in sequences]
 
 
 SeqServe.add_asgi_middleware(RejectionCounter)
+SeqServe.add_asgi_middleware(OpenAPIPatch, limits={"max_length": MAX_LENGTH, "max_sequences": MAX_SEQUENCES})
 
 
-__all__ = ["SeqServe"]
+__all__ = ["SeqServe", "SeqModel"]

@@ -82,6 +82,18 @@ def test_export_passes_parity_gate(tmp_path: Path, kw: dict) -> None:
     onnx.checker.check_model(proto)
     ops = {n.op_type for n in proto.graph.node}
     assert kw["rnn"].upper() in ops  # a native ONNX LSTM/GRU/RNN op (with sequence_lens), not an unrolled loop
+    # A graph that suits the GPU: the strided input projection is a MatMul, not a Conv whose kernel equals its
+    # stride; no sort (TopK) or un-sort (Scatter*) of the batch around the RNN.
+    for n in proto.graph.node:
+        if n.op_type == "Conv":
+            attrs = {a.name: list(a.ints) for a in n.attribute}
+            assert attrs.get("kernel_shape") != attrs.get("strides", [1]), f"strided projection left as Conv: {n}"
+    assert not ops & {"TopK", "ScatterElements", "ScatterND", "Scatter"}, ops
+    convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+    assert convs == len(kw.get("conv_channels", []))  # only the real convolutions stay Conv
+    ref = np.load(tmp_path / "art/reference.npz")
+    assert ref["x"].shape[0] == meta["reference"]["sequences"] == 8
+    assert ref["probabilities"].shape == (8, 9) and ref["attention"].shape == ref["x"].shape[:2]
     dims = {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in list(proto.graph.input) + list(proto.graph.output)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from export.onnx_export import cpu_session
-from service.engine import Engine, Settings
+from service.engine import Engine
 from service.padding import PadBuffer, padding_efficiency, plan_batches
 from service.runtime import find_artifact
+from service.settings import Settings
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,5 +70,6 @@ def test_engine_results_do_not_depend_on_batch_composition(artifact: Path) -> No
         p, a = sess.run(None, {"x": seqs[i][None], "lengths": np.array([len(seqs[i])], np.int64)})
         np.testing.assert_allclose(probs[i], p[0], atol=1e-6)
         np.testing.assert_allclose(att[i], a[0], atol=1e-6)
-    out, _ = engine.predict(seqs[:3])
+    body, _ = engine.predict(seqs[:3])
+    out = json.loads(body)
     assert [len(o["attention"]) for o in out] == [len(s) for s in seqs[:3]]

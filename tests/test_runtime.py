@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loadtest.procs import start_bentoml
+from service import runtime
+from service.runtime import (
+    CPU,
+    CUDA_OPTIONS,
+    ReferenceMismatch,
+    available_cpus,
+    find_artifact,
+    open_checked_session,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPEN = "from service.runtime import open_session; import sys; s, p = open_session(sys.argv[1], sys.argv[2]); print(p)"
@@ -63,3 +74,55 @@ def test_model_from_directory(artifact: Path, tmp_path: Path) -> None:
     env = {**os.environ, "SEQSERVE_MODEL": str(artifact)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and len(proc.stdout.strip()) == 12, proc.stderr
+
+
+def copy_artifact(artifact: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for f in artifact.iterdir():
+        shutil.copy2(f, dest / f.name)
+    return dest
+
+
+def test_load_check_passes_and_reports_the_session(artifact: Path) -> None:
+    info = open_checked_session(find_artifact(str(artifact)), "auto", threads=1)
+    assert info.check["sequences"] == 8
+    assert info.check["max_abs_diff_alone"] <= 1e-5 and info.check["max_abs_diff_batched"] <= 1e-5
+    assert info.provider_options == info.session.get_provider_options()[info.provider]  # read back, not assumed
+    if info.provider == CPU:  # auto tried CUDA first and says why it is not in use
+        assert info.fallback_reason
+    else:
+        assert info.provider_options["cudnn_conv_algo_search"] == CUDA_OPTIONS["cudnn_conv_algo_search"]
+        assert info.provider_options["use_tf32"] == "0"
+
+
+def test_load_check_refuses_edited_reference_outputs(artifact: Path, tmp_path: Path) -> None:
+    edited = copy_artifact(artifact, tmp_path / "edited")
+    ref = dict(np.load(edited / "reference.npz"))
+    ref["probabilities"] = ref["probabilities"] + 1e-3
+    np.savez(edited / "reference.npz", **ref)
+    with pytest.raises(ReferenceMismatch) as e:
+        open_checked_session(find_artifact(str(edited)), "cpu", threads=1)
+    assert "differ from the artifact's reference outputs by 0.001" in str(e.value) and "refusing" in str(e.value)
+
+
+def test_auto_falls_back_to_cpu_when_the_gpu_session_fails_the_check(
+    artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first-choice session (on a GPU machine, CUDA) computes something else: auto serves CPU and says why.
+    Here a real session of another model stands in for a CUDA session that drifted."""
+    from test_export import write_run
+
+    from export.onnx_export import cpu_session, export_run
+
+    other = tmp_path / "other"
+    export_run(write_run(tmp_path, seed=5, rnn="gru", bidirectional=True, attention="additive", stride=1), other)
+    monkeypatch.setattr(runtime, "_try_cuda", lambda path, threads: (cpu_session(other / "model.onnx"), ""))
+    info = open_checked_session(find_artifact(str(artifact)), "auto", threads=1)
+    assert info.provider == CPU
+    assert info.fallback_reason.startswith("CUDA failed the load-time check: outputs differ")
+    with pytest.raises(RuntimeError, match="SEQSERVE_DEVICE=cuda but CUDA failed the load-time check"):
+        open_checked_session(find_artifact(str(artifact)), "cuda", threads=1)
+
+
+def test_available_cpus_is_within_the_affinity_mask() -> None:
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))

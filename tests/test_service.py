@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import time
@@ -64,6 +65,8 @@ def test_metadata(server: str, artifact: Path) -> None:
     assert m["training_length_range"] == meta["training_length_range"] == [7, 26]
     assert m["normalisation"] == meta["normalisation"]["mode"] == "global"
     assert m["provider"] == "CPUExecutionProvider"  # this machine has no GPU
+    assert m["device_requested"] == "auto" and m["provider_fallback"]  # auto tried CUDA and says why not
+    assert m["load_check"]["sequences"] == 8 and m["load_check"]["max_abs_diff_alone"] <= 1e-5
 
 
 def test_mixed_lengths_in_one_request_match_ort_alone(
@@ -98,6 +101,10 @@ def test_concurrent_requests_are_batched_and_exact(
     m = httpx.get(f"{server}/metrics").text
     sizes = [line for line in m.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_count")]
     assert sizes, "adaptive batching metrics missing"
+    # One batcher in the model service: requests that reached different API workers share batches.
+    single = float(re.search(r'^seqserve_batch_api_workers_bucket\{le="1.0"\} (\S+)', m, re.M).group(1))
+    batches = float(re.search(r"^seqserve_batch_api_workers_count (\S+)", m, re.M).group(1))
+    assert batches > single, "no adaptive batch ever held requests from two API workers"
 
 
 def test_nobatch_endpoint_gives_the_same_answers(server: str, test_set: data.Dataset) -> None:
@@ -169,8 +176,26 @@ def test_bad_request_never_fails_its_batch_mates(
 def test_bentoml_endpoints(server: str) -> None:
     for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
         assert httpx.get(server + path).status_code == 200, path
+    r = httpx.get(server + "/docs")
+    assert r.status_code == 307 and r.headers["location"].endswith("/")  # the UI BentoML serves at /
+
+
+def test_openapi_document_declares_routes_limits_and_schemas(server: str) -> None:
     spec = httpx.get(server + "/docs.json").json()
-    assert "/predict" in spec["paths"]
+    assert spec["info"]["version"] == importlib.metadata.version("seqserve") and spec["info"]["title"] == "seqserve"
+    assert spec["info"]["x-seqserve-limits"] == {"max_length": 64, "max_sequences": 64}
+    assert {"/predict", "/predict_nobatch", "/metadata", "/docs"} <= set(spec["paths"])
+    assert not any("infer" in p for p in spec["paths"])  # the model service's internal API is not public
+    body = spec["components"]["schemas"]["predict__Input"]["properties"]["sequences"]
+    assert (body["minItems"], body["maxItems"]) == (1, 64)
+    assert (body["items"]["minItems"], body["items"]["maxItems"]) == (1, 64)
+    assert body["items"]["items"]["minItems"] == body["items"]["items"]["maxItems"] == 12
+    ok = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["items"]["$ref"].endswith("/Prediction")
+    props = spec["components"]["schemas"]["Prediction"]["properties"]
+    assert set(props) == {"label", "probabilities", "attention", "model_version"}
+    meta = spec["paths"]["/metadata"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {"provider", "provider_fallback", "max_length", "feature_dim"} <= set(meta["properties"])
 
 
 def test_longer_than_training_is_served_and_counted(

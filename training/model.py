@@ -5,9 +5,10 @@ A convolutional-recurrent network in the LSTM-FCN family (Karim et al. 2017/2019
 * **convolutional blocks** (FCN): ``conv_channels`` x (Conv1d with "same" padding and odd kernels
   ``conv_kernels`` -> batch norm -> ReLU) over the full-resolution input. Their features feed two heads:
 * a **conv head**: masked global average pool over each sequence's own steps -> linear -> logits;
-* the **recurrent head**: a strided Conv1d projection (kernel = stride = ``stride``; shortens long sequences
-  to at most ~128 RNN steps) -> packed (bi)RNN/LSTM/GRU -> additive attention (or the last valid state) ->
-  linear -> logits. The attention weights are the model's explanation, mapped back onto the input steps.
+* the **recurrent head**: a strided projection (kernel = stride = ``stride``, computed as reshape + MatMul;
+  shortens long sequences to at most ~128 RNN steps) -> packed (bi)RNN/LSTM/GRU -> additive attention (or the
+  last valid state) -> linear -> logits. The attention weights are the model's explanation, mapped back onto
+  the input steps.
 
 The two heads' logits add up (late fusion); training also gives each head its own loss (``branch_logits``).
 With ``conv_channels=[]`` the model is the plain RNN with attention over the raw input.
@@ -153,13 +154,12 @@ class SequenceClassifier(nn.Module):
         if self.cfg.conv_channels:
             x = self.conv_features(x, in_mask)
             pooled_conv = x.sum(1) / lengths.to(x.dtype).unsqueeze(1)  # masked global average pool
-        rlen = lengths
-        if s > 1:
-            x = F.pad(x, (0, 0, 0, s - 1))  # conv then yields ceil(T / s) steps
-            rlen = torch.div(lengths + (s - 1), s, rounding_mode="floor")
-        z = torch.relu(self.proj(x.transpose(1, 2))).transpose(1, 2)  # [B, T', H]
+        z, rlen = self.project(x, lengths)  # [B, T', H]
         Tr = z.shape[1]
-        packed = pack_padded_sequence(z, rlen.cpu(), batch_first=True, enforce_sorted=False)
+        # The ONNX RNN ops take unsorted ``sequence_lens``: the sort that packing needs in torch is left out of
+        # the graph (the example batch is sorted), so the graph has no TopK/Gather/Scatter around the RNN.
+        sort = not torch.onnx.is_in_onnx_export()
+        packed = pack_padded_sequence(z, rlen.cpu(), batch_first=True, enforce_sorted=not sort)
         packed_out, _ = self.rnn(packed)
         hseq, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=Tr)  # [B, T', D]
         mask = torch.arange(Tr, device=x.device).unsqueeze(0) < rlen.unsqueeze(1)
@@ -180,6 +180,21 @@ class SequenceClassifier(nn.Module):
             self.branch_logits = (logits, conv_logits)
             logits = logits + conv_logits
         return logits, self._spread(att, s, T, in_mask)
+
+    def project(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RNN head's input projection: ``proj`` (a Conv1d whose kernel equals its stride) computed as
+        reshape + MatMul over ceil(T / s) windows of s steps, which is what the ONNX graph gets (a MatMul runs
+        well on every provider; cuDNN ran this Conv in a slow fallback). Returns (z [B, T', H], lengths')."""
+        s = self.cfg.stride
+        B, T, C = x.shape
+        Tr = (T + s - 1) // s
+        rlen = torch.div(lengths + (s - 1), s, rounding_mode="floor") if s > 1 else lengths
+        if s > 1:
+            x = F.pad(x, (0, 0, 0, s - 1))[:, : Tr * s]
+        w = self.proj.weight  # [H, C, s] -> [s * C, H], matching x's [.., s, C] window layout
+        w = w.permute(2, 1, 0).reshape(s * C, w.shape[0])
+        z = torch.matmul(x.reshape(B, Tr, s * C), w) + self.proj.bias
+        return torch.relu(z), rlen
 
     @staticmethod
     def _spread(att: torch.Tensor, s: int, T: int, in_mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""Every ``SEQSERVE_*`` setting, read once from the environment into one object; a bad value names its variable.
+
+=====================================  =======  ==================================================================
+``SEQSERVE_MODEL``                     latest   model store tag or artifact directory (runtime.find_artifact)
+``SEQSERVE_DEVICE``                    auto     auto | cpu | cuda
+``SEQSERVE_WORKERS``                   2        API service workers (HTTP, validation, JSON; no model)
+``SEQSERVE_MODEL_WORKERS``             1        model service workers, each with its own ORT session and batcher
+``SEQSERVE_API_IN_FLIGHT``             2        model calls in flight per API worker; more requests join the next
+                                                call (service/coalesce.py); 0: one call per request
+``SEQSERVE_ORT_THREADS``               0        ORT intra-op threads per model worker (0: usable CPUs / model workers)
+``SEQSERVE_MAX_BATCH_SIZE``            256      sequences per adaptive batch of the model service
+``SEQSERVE_MAX_LATENCY_MS``            2000     adaptive batching deadline (requests beyond it get a 503)
+``SEQSERVE_BATCH_WAIT_MS``             2        cap on the batcher's learned idle wait (service/batcher.py)
+``SEQSERVE_STEP_BUDGET``               8192     max ``B x T_max`` of one model call
+``SEQSERVE_MAX_SUB_BATCH``             128      max sequences in one model call
+``SEQSERVE_MIN_PADDING_EFFICIENCY``    0.85     split a sub-batch before its real/padded steps drop below
+``SEQSERVE_MAX_LENGTH``                0        longest accepted sequence (0: the artifact's max_length)
+``SEQSERVE_DRIFT_WINDOW_STEPS``        4096     time steps in the input drift window
+``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
+=====================================  =======  ==================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    """An integer setting; a bad value is an error that names the variable."""
+    raw = os.environ.get(name)
+    try:
+        value = default if raw is None or raw.strip() == "" else int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected an integer") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value}: must be >= {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float | None = None) -> float:
+    """A number setting; a bad value is an error that names the variable."""
+    raw = os.environ.get(name)
+    try:
+        value = default if raw is None or raw.strip() == "" else float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value}: must be >= {minimum}")
+    return value
+
+
+def env_device() -> str:
+    value = os.environ.get("SEQSERVE_DEVICE", "auto").strip().lower() or "auto"
+    if value not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"SEQSERVE_DEVICE={value!r}: must be auto, cpu or cuda")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = field(default_factory=lambda: os.environ.get("SEQSERVE_MODEL", ""))
+    device: str = field(default_factory=env_device)
+    workers: int = field(default_factory=lambda: env_int("SEQSERVE_WORKERS", 2, minimum=1))
+    model_workers: int = field(default_factory=lambda: env_int("SEQSERVE_MODEL_WORKERS", 1, minimum=1))
+    api_in_flight: int = field(default_factory=lambda: env_int("SEQSERVE_API_IN_FLIGHT", 2, minimum=0))
+    ort_threads: int = field(default_factory=lambda: env_int("SEQSERVE_ORT_THREADS", 0, minimum=0))
+    max_batch_size: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_BATCH_SIZE", 256, minimum=1))
+    max_latency_ms: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LATENCY_MS", 2000, minimum=1))
+    batch_wait_ms: float = field(default_factory=lambda: env_float("SEQSERVE_BATCH_WAIT_MS", 2.0, minimum=0))
+    step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 8192, minimum=1))
+    max_sub_batch: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_SUB_BATCH", 128, minimum=1))
+    min_efficiency: float = field(default_factory=lambda: env_float("SEQSERVE_MIN_PADDING_EFFICIENCY", 0.85, minimum=0))
+    max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0, minimum=0))
+    drift_window_steps: int = field(default_factory=lambda: env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096, minimum=1))
+    access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
+
+    def accepted_max_length(self, meta: dict) -> int:
+        """The longest sequence served: SEQSERVE_MAX_LENGTH when set (> 0), else the artifact's max_length."""
+        return self.max_length or int(meta["max_length"])
