@@ -154,6 +154,7 @@ def summarise(info: dict, runs: list[dict]) -> dict:
         "train_seconds_median": statistics.median(secs),
         "epochs": [r["epochs"] for r in runs],
         "normalisation": runs[0]["normalisation"],
+        "mixup": [bool(r.get("mixup")) for r in runs],
         "published": PUBLISHED.get(name, {}),
         "target": TARGETS.get(name),
     }
@@ -175,8 +176,8 @@ def write_report(rows: list[dict], runs: list[dict], path: Path, env: dict) -> N
         "or the Fawaz et al. 2019 bake-off (F); '-' where the cited study did not run the dataset.",
         "",
         "| dataset | train/test | channels | lengths | classes | accuracy (min..max) | macro-F1 | train s | "
-        "epochs | norm | ROCKET | FCN | ResNet | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "epochs | norm | mixup | ROCKET | FCN | ResNet | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         pub = r["published"]
@@ -189,7 +190,8 @@ def write_report(rows: list[dict], runs: list[dict], path: Path, env: dict) -> N
             f"| {r['dataset']} | {r['train']}/{r['test']} | {r['channels']} | {lengths} | {r['classes']} | "
             f"**{r['accuracy_median']:.3f}** ({r['accuracy_min']:.3f}..{r['accuracy_max']:.3f}) | "
             f"{r['macro_f1_median']:.3f} | {r['train_seconds_median']:.0f} | "
-            f"{'/'.join(str(e) for e in r['epochs'])} | {r['normalisation']} | {_fmt(pub.get('rocket'))} | "
+            f"{'/'.join(str(e) for e in r['epochs'])} | {r['normalisation']} | "
+            f"{'/'.join('yes' if m else 'no' for m in r['mixup'])} | {_fmt(pub.get('rocket'))} | "
             f"{_fmt(pub.get('fcn'))}{src if pub.get('fcn') else ''} | {_fmt(pub.get('resnet'))} | {target} |"
         )
     lines += [
