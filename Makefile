@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve test lint bench eval loadtest prometheus monitor clean
+.PHONY: venv train export serve test lint bench bench-gpu eval loadtest prometheus monitor clean
 
 venv: $(VENV)/.installed
 
@@ -45,16 +45,27 @@ test: lint
 
 # Against a running service (make serve in another shell): headless Locust, step ramp, stops by itself.
 PROFILE ?= jv
+DATA ?=
 loadtest: venv
 	mkdir -p loadtest/results
-	LOADTEST_PROFILE=$(PROFILE) $(VENV)/bin/locust -f loadtest/locustfile.py --headless --host http://$(HOST):$(PORT) \
+	LOADTEST_PROFILE=$(PROFILE) LOADTEST_DATA=$(DATA) $(VENV)/bin/locust -f loadtest/locustfile.py --headless --host http://$(HOST):$(PORT) \
 	  --csv loadtest/results/$(PROFILE) --csv-full-history --html loadtest/results/$(PROFILE).html --only-summary
 	$(PY) -m loadtest.report loadtest/results/$(PROFILE)_stats_history.csv loadtest/results/$(PROFILE).png
 
 # seqserve vs Triton vs Ray Serve, same model and load: bench/results.json + docs/benchmarks.md (~12 min).
 bench: venv
 	@if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
-	$(PY) -m loadtest.bench
+	$(PY) -m loadtest.bench $(if $(DATA),--data $(DATA)) $(BENCH_ARGS)
+
+# GPU layout vs CPU layout vs in-process GPU engine (bench/results-gpu.json); the recipe for the GPU machine is
+# in loadtest/gpu_visit.sh. Here: make bench-gpu DEVICE=cpu (a dry run of the same script on CPU).
+DEVICE ?= cuda
+bench-gpu: venv
+	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
+	  $(MAKE) --no-print-directory export; \
+	fi
+	DEVICE=$(DEVICE) PY=$(PY) ART=$(ARTIFACT) bash loadtest/gpu_visit.sh
 
 # Accuracy suite: defaults on the shipped UCR/UEA sets, 3 seeds -> docs/accuracy.md + .json (~40 min on 2 cores).
 EVAL_ARGS ?=

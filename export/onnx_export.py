@@ -26,10 +26,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from export.contract import SCHEMA_VERSION, ArtifactMeta
 from training import data
 from training.model import ExportWrapper, load_checkpoint
 
-SCHEMA_VERSION = 1
 OPSET = 17
 MODEL_NAME = "seqclassifier"
 PROB_TOLERANCE = 1e-5  # ORT vs torch, max abs difference of probabilities
@@ -227,5 +227,6 @@ def export_run(
         "parity": report,
         "reference": reference,
     }
+    meta = ArtifactMeta.from_dict(meta, str(out_dir / "metadata.json")).to_dict()  # the contract, checked
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     return meta

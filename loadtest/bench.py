@@ -24,6 +24,7 @@ import numpy as np
 
 from loadtest import workload
 from loadtest.client import run_load
+from loadtest.open_loop import open_loop_pass
 from loadtest.procs import free_port, start_bentoml, stop_process, wait_http
 from loadtest.report import render_report
 
@@ -285,7 +286,8 @@ def start_ray(art: Path, work: Path, args: argparse.Namespace) -> Server:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    body = json.dumps({"sequences": [[[0.0] * 12]]}).encode()
+    features = json.loads((art / "metadata.json").read_text())["feature_dim"]
+    body = json.dumps({"sequences": [[[0.0] * features]]}).encode()
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -327,6 +329,7 @@ def run_system(name: str, art: Path, work: Path, args: argparse.Namespace, mixes
                     run = {
                         "system": system,
                         "profile": profile,
+                        "mode": "closed",
                         "concurrency": c,
                         **res.summary(),
                         "padding_efficiency": round(d["real_steps"] / d["padded_steps"], 3)
@@ -382,10 +385,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--seqserve-ort-threads", type=int, default=0, help="seqserve: ORT threads per model worker (0: --ort-threads)"
     )
     p.add_argument("--run", default=None, help="training run to export (default runs/default, trained if missing)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a .ts/.jsonl file to send (default: JapaneseVowels if the model takes 12 features, else sequences "
+        "generated from the model's metadata)",
+    )
     p.add_argument("--artifact", default=None, help="use this exported artifact instead")
     p.add_argument("--work", default="bench/work")
     p.add_argument("--out", default="bench/results.json")
     p.add_argument("--report", default="docs/benchmarks.md")
+    p.add_argument(
+        "--open-loop",
+        default="0.5,0.8",
+        help="open-loop runs at these fractions of the lower seqserve/Triton capacity ('' for none)",
+    )
+    p.add_argument("--open-duration", type=float, default=8.0, help="measured seconds per open-loop run")
+    p.add_argument("--open-repeats", type=int, default=3, help="open-loop runs per rate (median reported)")
     p.add_argument("--inside-netns", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--partial", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -395,6 +411,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
     args.profiles = [s for s in args.profiles.split(",") if s]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.open_loop = [float(f) for f in args.open_loop.split(",") if f]
     return args
 
 
@@ -410,7 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
         art = prepare_artifact(work, Path(args.run))
     else:
         art = prepare_artifact(work)
-    mixes = {p: workload.sequences(p) for p in args.profiles}
+    meta = json.loads((art / "metadata.json").read_text())
+    mixes = {p: workload.sequences(p, meta=meta, data=args.data) for p in args.profiles}
     runs: list[dict] = []
     if "limit" in args.systems:
         for profile, seqs in mixes.items():
@@ -431,6 +449,8 @@ def main(argv: list[str] | None = None) -> dict:
         except (OSError, RuntimeError, TimeoutError, subprocess.CalledProcessError) as e:
             skipped[peer] = f"{type(e).__name__}: {str(e)[-500:]}"
             print(f"bench: {peer} skipped: {skipped[peer]}", file=sys.stderr, flush=True)
+    if args.open_loop and not args.inside_netns:
+        runs += open_loop_pass(lambda name: STARTERS[name](art, work, args), args, mixes, runs)
     if args.partial:
         Path(args.partial).write_text(json.dumps(runs))
         return {"runs": runs}
@@ -444,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seqserve_model_workers": args.model_workers,
             "seqserve_ort_threads": args.seqserve_ort_threads or args.ort_threads,
             "sequences_per_request": 1,
+            "data": workload.source(meta, args.data)[0],
             "model": json.loads((art / "metadata.json").read_text())["rnn"],
             "total_seconds": round(time.perf_counter() - t0, 1),
         },
@@ -455,7 +476,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(results, indent=2))
     report = ROOT / args.report
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_report(results))
+    gpu_results = ROOT / "bench/results-gpu.json"
+    gpu = json.loads(gpu_results.read_text()) if gpu_results.exists() else None
+    report.write_text(render_report(results, gpu))
     print(f"bench: wrote {out} and {report} in {results['settings']['total_seconds']} s", file=sys.stderr)
     return results
 

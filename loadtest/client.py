@@ -24,6 +24,16 @@ class Result:
     statuses: dict[int, int] = field(default_factory=dict)
     first_error: str = ""
 
+    def record(self, status: int, body: bytes, n_seq: int, seconds: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status == 200:
+            self.requests += 1
+            self.sequences += n_seq
+            self.latencies_ms.append(seconds * 1000)
+        else:
+            self.errors += 1
+            self.first_error = self.first_error or f"{status}: {body[:200]!r}"
+
     def summary(self) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
         return {
@@ -96,14 +106,7 @@ async def _worker(
                 reader, writer = await asyncio.open_connection(host, port)
             t1 = time.perf_counter()
             if t0 >= t_measure and t1 <= t_end:
-                res.statuses[status] = res.statuses.get(status, 0) + 1
-                if status == 200:
-                    res.requests += 1
-                    res.sequences += n_seq
-                    res.latencies_ms.append((t1 - t0) * 1000)
-                else:
-                    res.errors += 1
-                    res.first_error = res.first_error or f"{status}: {body[:200]!r}"
+                res.record(status, body, n_seq, t1 - t0)
     finally:
         writer.close()
 
@@ -134,6 +137,64 @@ def run_load(
         await asyncio.gather(
             *(_worker(i, host, port, requests, concurrency, t_measure, t_end, res) for i in range(concurrency))
         )
+
+    asyncio.run(main())
+    res.seconds = duration
+    return res
+
+
+def run_open_loop(
+    port: int,
+    path: str,
+    bodies: list[tuple[bytes, int]],
+    rate: float,
+    duration: float,
+    warmup: float = 2.0,
+    host: str = "127.0.0.1",
+    max_connections: int = 1024,
+) -> Result:
+    """Open loop: request k is due at ``k / rate`` seconds, whether or not earlier answers have arrived.
+
+    Latency counts from the due time, so time spent waiting for a free connection counts too: a slow server
+    cannot hide its queue by slowing the client down (no coordinated omission). Connections are reused
+    while idle and opened on demand, up to ``max_connections``."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("load tests hit loopback only")
+    requests = encode_requests(host, port, path, bodies)
+    res = Result()
+
+    async def main() -> None:
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        slots = asyncio.Semaphore(max_connections)
+        t_start = time.perf_counter()
+        t_measure, t_end = t_start + warmup, t_start + warmup + duration
+
+        async def one(k: int, due: float) -> None:
+            raw, n_seq = requests[k % len(requests)]
+            async with slots:
+                conn = idle.pop() if idle else await asyncio.open_connection(host, port)
+                try:
+                    conn[1].write(raw)
+                    await conn[1].drain()
+                    status, body = await _read_response(conn[0])
+                    idle.append(conn)
+                except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
+                    status, body = 0, str(e).encode()
+                    conn[1].close()
+            t1 = time.perf_counter()
+            if due >= t_measure:  # every request due in the window, answered late or not
+                res.record(status, body, n_seq, t1 - due)
+
+        tasks, k = [], 0
+        while (due := t_start + k / rate) < t_end:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(k, due)))
+            k += 1
+        await asyncio.gather(*tasks)
+        for _, writer in idle:
+            writer.close()
 
     asyncio.run(main())
     res.seconds = duration

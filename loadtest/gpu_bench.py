@@ -135,8 +135,9 @@ def inprocess(art: Path, mixes: dict, args: argparse.Namespace) -> list[dict]:
         settings = Settings(device=args.device, step_budget=batch * 2048, max_sub_batch=batch)
         engine = Engine(find_artifact(str(art)), settings)
         for profile, seqs in mixes.items():
-            order = sorted(seqs, key=len)
-            chunks = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)] or [order]
+            pool = seqs * -(-4 * batch // len(seqs))  # repeated: at least 4 full batches of any size
+            order = sorted(pool, key=len)
+            chunks = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
             engine.infer(chunks[0])
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < args.duration / 2:
@@ -155,6 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtest.gpu_bench", description=__doc__)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the same script")
     p.add_argument("--artifact", required=True, help="exported artifact directory (make export)")
+    p.add_argument("--data", default=None, help=".ts/.jsonl to send (default: see loadtest/workload.py)")
     p.add_argument("--layouts", default=",".join(LAYOUTS))
     p.add_argument("--profiles", default=",".join(workload.PROFILES))
     p.add_argument("--concurrency", default="1,64,256")
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = (ROOT / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     art = Path(args.artifact).resolve()
-    mixes = {p: workload.sequences(p) for p in args.profiles}
+    meta = json.loads((art / "metadata.json").read_text())
+    mixes = {p: workload.sequences(p, meta=meta, data=args.data) for p in args.profiles}
     results = {"machine": gpu_machine(args.device), "settings": {k: v for k, v in vars(args).items()}, "runs": []}
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)

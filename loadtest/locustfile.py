@@ -1,7 +1,9 @@
 """Locust load test for a running seqserve: ``make loadtest`` (headless, 127.0.0.1 only, bounded in time).
 
 Environment:
-  LOADTEST_PROFILE   jv (real JapaneseVowels test sequences) | longtail (a tenth stretched 10-40x); default jv
+  LOADTEST_PROFILE   jv (the sequences as they are) | longtail (a tenth stretched 10-40x); default jv
+  LOADTEST_DATA      a .ts/.jsonl file to send; default: JapaneseVowels if the served model takes 12 features,
+                     else sequences generated from the model's /metadata (loadtest/workload.py)
   LOADTEST_STEPS     number of user steps in the ramp (default 4)
   LOADTEST_STEP_USERS users added per step (default 16)
   LOADTEST_STEP_SECONDS seconds per step (default 10); the test stops by itself after STEPS x STEP_SECONDS
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import urllib.request
 from urllib.parse import urlparse
 
 from locust import LoadTestShape, events, task
@@ -25,11 +28,8 @@ STEPS = int(os.environ.get("LOADTEST_STEPS", 4))
 STEP_USERS = int(os.environ.get("LOADTEST_STEP_USERS", 16))
 STEP_SECONDS = float(os.environ.get("LOADTEST_STEP_SECONDS", 10))
 PER_REQUEST = int(os.environ.get("LOADTEST_SEQS_PER_REQUEST", 1))
-
-SEQUENCES = workload.sequences(PROFILE)
-BODIES = [
-    workload.json_body(SEQUENCES[i : i + PER_REQUEST]) for i in range(0, len(SEQUENCES) - PER_REQUEST + 1, PER_REQUEST)
-]
+DATA = os.environ.get("LOADTEST_DATA") or None
+BODIES: list[bytes] = []  # built at test start, once the served model's /metadata is known
 
 
 @events.test_start.add_listener
@@ -37,13 +37,22 @@ def check_target(environment, **_: object) -> None:  # noqa: ANN001
     host = urlparse(environment.host or "").hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"load tests hit loopback only; --host is {environment.host!r}")
-    longest = max(len(s) for s in SEQUENCES)
-    meta = json.loads(__import__("urllib.request").request.urlopen(environment.host + "/metadata").read())
+    with urllib.request.urlopen(environment.host + "/metadata", timeout=30) as r:
+        meta = json.loads(r.read())
+    try:
+        seqs = workload.sequences(PROFILE, meta=meta, data=DATA)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    longest = max(len(s) for s in seqs)
     if meta["max_length"] < longest:
         raise SystemExit(
             f"profile {PROFILE!r} sends up to {longest} steps but the model accepts {meta['max_length']}"
             f": export with --max-length {longest} (or use LOADTEST_PROFILE=jv)"
         )
+    BODIES[:] = [
+        workload.json_body(seqs[i : i + PER_REQUEST]) for i in range(0, len(seqs) - PER_REQUEST + 1, PER_REQUEST)
+    ]
+    print(f"loadtest: {workload.source(meta, DATA)[0]}, profile {PROFILE}, {len(BODIES)} request bodies")
 
 
 class SeqUser(FastHttpUser):

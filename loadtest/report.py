@@ -82,8 +82,64 @@ def targets(runs: list[dict], c_high: int) -> list[str]:
     return lines
 
 
-def render_report(results: dict) -> str:
-    m, s, runs = results["machine"], results["settings"], results["runs"]
+def open_loop_table(runs: list[dict]) -> list[str]:
+    """Open-loop rows: the same offered load for each system, median of repeats, p99 of every repeat."""
+    rows = [r for r in runs if r.get("mode") == "open"]
+    if not rows:
+        return []
+    out = [
+        "## Open loop: tails at equal offered load",
+        "",
+        "Requests arrive at a fixed rate (a fraction of the lower closed-loop capacity of seqserve and Triton at the",
+        "highest concurrency); latency counts from each request's due time, so queueing is not hidden.",
+        "",
+        "| profile | offered seq/s | system | answered seq/s | p50 ms | p95 ms | p99 ms (median) | p99 ms per run |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["profile"], r["offered_per_s"], r["system"])):
+        per_run = ", ".join(f"{v:.0f}" for v in r["p99_ms_runs"])
+        out.append(
+            f"| {r['profile']} | {r['offered_per_s']:.0f} ({r['offered_fraction']:.0%}) | {r['system']} | "
+            f"{r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {per_run} |"
+        )
+    return [*out, ""]
+
+
+def gpu_section(gpu: dict | None) -> list[str]:
+    """The GPU layouts from ``bench/results-gpu.json`` (``make bench-gpu`` on the GPU machine), or why not."""
+    out = ["## GPU (`make bench-gpu`, `bench/results-gpu.json`)", ""]
+    if not gpu or gpu.get("machine", {}).get("device") != "cuda":
+        return out + [
+            "GPU figures pending: no GPU run has been recorded from this code. On the GPU machine, one command",
+            "(`loadtest/gpu_visit.sh`, recipe inside) runs the CPU layout, the GPU layout and the in-process GPU",
+            "engine and writes `bench/results-gpu.json`; `make bench-gpu DEVICE=cpu` is the same script on CPU.",
+            "",
+        ]
+    m = gpu["machine"]
+    out += [
+        f"- {m.get('gpu')} ({m.get('gpu_memory')}), driver {m.get('driver')}, CUDA {m.get('cuda')}, cuDNN "
+        f"{m.get('cudnn')}, ONNX Runtime {m.get('onnxruntime')}, {m.get('cpus')} CPUs",
+        "",
+        "| layout | profile | seqs/request | concurrency | seq/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in gpu["runs"]:
+        if r.get("mode") == "inprocess":
+            continue
+        out.append(
+            f"| {r['layout']} | {r['profile']} | {r['sequences_per_request']} | {r['concurrency']} | "
+            f"{r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+        )
+    inproc = [r for r in gpu["runs"] if r.get("mode") == "inprocess"]
+    if inproc:
+        out += ["", "| in-process engine | profile | batch | seq/s |", "|---|---|---:|---:|"]
+        out += [f"| {r['provider']} | {r['profile']} | {r['batch']} | {r['seq_per_s']:.0f} |" for r in inproc]
+    return out + [""]
+
+
+def render_report(results: dict, gpu: dict | None = None) -> str:
+    m, s, all_runs = results["machine"], results["settings"], results["runs"]
+    runs = [r for r in all_runs if r.get("mode") != "open"]
     out = [
         "# Benchmarks",
         "",
@@ -95,7 +151,9 @@ def render_report(results: dict) -> str:
         f"- model: {s['model']['layers']}-layer {'bidirectional ' if s['model']['bidirectional'] else ''}"
         f"{s['model']['rnn'].upper()}, hidden {s['model']['hidden']}, {s['model']['attention']} attention "
         "(the default JapaneseVowels model), the same model.onnx for every system",
-        f"- every system: {s['workers']} workers/instances/replicas x {s['ort_threads']} ORT thread(s); one sequence "
+        f"- every system: {s['workers']} workers/instances/replicas x {s['ort_threads']} ORT thread(s) (seqserve: "
+        f"{s['workers']} API workers + {s.get('seqserve_model_workers', 1)} model worker(s) x "
+        f"{s.get('seqserve_ort_threads', s['ort_threads'])} ORT thread(s)); one sequence "
         f"per request; closed-loop client on the same 2 cores (`loadtest/client.py`), {s['warmup_s']:.0f} s warm-up "
         f"+ {s['duration_s']:.0f} s measured per row; whole run {s['total_seconds']:.0f} s",
         "- profiles: `jv` = the 370 JapaneseVowels test sequences (7..29 steps); `longtail` = the same with a tenth "
@@ -126,6 +184,8 @@ def render_report(results: dict) -> str:
         out.append("")
     for system, why in results.get("skipped", {}).items():
         out += [f"**{system} was skipped**: {why}", ""]
+    out += open_loop_table(all_runs)
+    out += gpu_section(gpu)
     c_high = max((r["concurrency"] for r in runs if r["concurrency"]), default=64)
     out += ["## Targets", "", *targets(runs, c_high), ""]
     return "\n".join(out)

@@ -1,8 +1,17 @@
-"""Request mixes for load tests and benchmarks, built from the real JapaneseVowels test set.
+"""Request mixes for load tests and benchmarks: real sequences, shaped to fit the served model.
 
-* ``jv``: the test sequences as they are (lengths 7..29), shuffled.
-* ``longtail``: the same sequences, but a tenth of them stretched 10-40x in time by linear resampling
-  (lengths up to ~1160): most requests short, a few very long, as in production traffic.
+Where the sequences come from (``source``):
+
+* a data file of the user's (``DATA=file.ts`` or ``.jsonl`` for ``make loadtest``/``make bench``);
+* else, when the served model takes JapaneseVowels' 12 features, the bundled JapaneseVowels test set;
+* else sequences generated from the model's ``/metadata``: its feature count, lengths drawn from its training
+  length range, values from its training mean and std, so every request fits the model.
+
+Profiles:
+
+* ``jv``: the sequences as they are, shuffled.
+* ``longtail``: the same, but a tenth of them stretched 10-40x in time by linear resampling (most requests
+  short, a few very long, as in production traffic).
 
 Deterministic for a seed, so every system in a benchmark sees the same requests in the same order.
 """
@@ -31,12 +40,42 @@ def stretch(seq: np.ndarray, factor: int) -> np.ndarray:
     return np.stack([np.interp(src, np.arange(T), seq[:, f]) for f in range(seq.shape[1])], axis=1).astype(np.float32)
 
 
-def sequences(profile: str, seed: int = 0, path: Path = JV_TEST) -> list[np.ndarray]:
+JV_FEATURES = 12
+
+
+def synthetic(meta: dict, n: int = 370, seed: int = 0) -> list[np.ndarray]:
+    """Sequences that fit a model's /metadata: its features, its training lengths, its training statistics."""
+    rng = np.random.default_rng(seed)
+    low, high = meta.get("training_length_range") or (1, min(int(meta["max_length"]), 64))
+    high = min(int(high), int(meta["max_length"]))
+    norm = meta.get("normalisation") if isinstance(meta.get("normalisation"), dict) else {}
+    F = int(meta["feature_dim"])
+    mean = np.asarray(norm.get("mean", np.zeros(F)), np.float32)
+    std = np.asarray(norm.get("std", np.ones(F)), np.float32)
+    lengths = rng.integers(int(low), high + 1, size=n)
+    return [(rng.standard_normal((int(T), F)) * std + mean).astype(np.float32) for T in lengths]
+
+
+def source(meta: dict | None = None, data: str | Path | None = None) -> tuple[str, list[np.ndarray]]:
+    """(description, sequences) to build a load from: ``data`` if given, else JV or ``synthetic(meta)``."""
+    if data:
+        seqs = load(data).sequences
+        if meta and seqs and seqs[0].shape[1] != int(meta["feature_dim"]):
+            raise ValueError(f"{data}: {seqs[0].shape[1]} features, the served model expects {meta['feature_dim']}")
+        return str(data), seqs
+    if meta is None or int(meta["feature_dim"]) == JV_FEATURES:
+        return "JapaneseVowels test set", load(JV_TEST).sequences
+    return f"generated from the model's metadata ({meta['feature_dim']} features)", synthetic(meta)
+
+
+def sequences(
+    profile: str, seed: int = 0, meta: dict | None = None, data: str | Path | None = None
+) -> list[np.ndarray]:
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     rng = np.random.default_rng(seed)
-    test_set = load(path).sequences
-    seqs = [test_set[i] for i in rng.permutation(len(test_set))]
+    _, base = source(meta, data)
+    seqs = [base[i] for i in rng.permutation(len(base))]
     if profile == "longtail":
         long = rng.random(len(seqs)) < LONGTAIL_FRACTION
         factors = rng.integers(STRETCH[0], STRETCH[1] + 1, size=len(seqs))

@@ -43,12 +43,14 @@ class Engine:
         self.settings = settings or Settings()
         self.artifact = artifact or find_artifact(self.settings.model or None)
         meta = self.artifact.meta
-        self.classes: list[str] = list(meta["classes"])
-        self.model_version: str = meta["model_version"]
-        self.feature_dim: int = int(meta["feature_dim"])
-        self.max_length: int = self.settings.accepted_max_length(meta)
+        self.classes: list[str] = meta.classes
+        self.model_version: str = meta.model_version
+        self.feature_dim: int = meta.feature_dim
+        self.max_length: int = self.settings.accepted_max_length(meta.max_length)
         threads = self.settings.ort_threads or max(1, available_cpus() // self.settings.model_workers)
-        self.info: SessionInfo = open_checked_session(self.artifact, self.settings.device, threads)
+        self.info: SessionInfo = open_checked_session(
+            self.artifact, self.settings.device, threads, spin=self.settings.ort_spin
+        )
         self.session, self.provider = self.info.session, self.info.provider
         self.ort_threads = threads
         self._pad = PadBuffer(self.feature_dim)

@@ -101,9 +101,9 @@ class ServiceMetrics:
     def __init__(self, engine: Engine, device_requested: str, drift_window_steps: int = 4096) -> None:
         self.version = engine.model_version
         self.classes = engine.classes
-        norm = engine.artifact.meta["normalisation"]
-        self.drift = DriftMonitor(norm["mean"], norm["std"], window_steps=drift_window_steps)
-        rnn = engine.artifact.meta["rnn"]["rnn"]
+        meta = engine.artifact.meta
+        self.drift = DriftMonitor(meta.normalisation.mean, meta.normalisation.std, window_steps=drift_window_steps)
+        rnn = meta.rnn["rnn"]
         gpu = "true" if gpu_present() else "false"
         MODEL_INFO.labels(self.version, rnn, engine.provider, device_requested, gpu).set(1)
         self._ok = SEQUENCES.labels(self.version, "ok")
@@ -111,7 +111,7 @@ class ServiceMetrics:
         self._predicted = [PREDICTIONS.labels(self.version, c) for c in self.classes]
         self._real, self._padded = TIME_STEPS.labels("real"), TIME_STEPS.labels("padded")
         self._drift_features = engine.feature_dim <= MAX_FEATURE_LABELS
-        low, high = engine.artifact.meta.get("training_length_range") or (1, engine.max_length)
+        low, high = meta.training_length_range
         self.training_lengths = (int(low), int(high))
         self._shorter = LENGTH_OUTSIDE.labels(self.version, "shorter")
         self._longer = LENGTH_OUTSIDE.labels(self.version, "longer")

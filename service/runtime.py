@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from export.contract import ArtifactMeta
+
 log = logging.getLogger("seqserve")
 
 DEFAULT_TAG = "seqclassifier:latest"
@@ -46,7 +48,7 @@ class ReferenceMismatch(RuntimeError):
 @dataclass
 class Artifact:
     path: Path  # directory holding model.onnx and metadata.json
-    meta: dict
+    meta: ArtifactMeta
     source: str  # the tag or path it was found by
 
     @property
@@ -87,7 +89,8 @@ def find_artifact(ref: str | None = None) -> Artifact:
             ) from None
     if not (path / "model.onnx").exists() or not (path / "metadata.json").exists():
         raise ModelNotFound(f"{path} does not hold model.onnx and metadata.json")
-    return Artifact(path, json.loads((path / "metadata.json").read_text()), ref)
+    meta = ArtifactMeta.from_dict(json.loads((path / "metadata.json").read_text()), str(path / "metadata.json"))
+    return Artifact(path, meta, ref)
 
 
 def available_cpus() -> int:
@@ -109,9 +112,11 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def _session_options(threads: int, quiet: bool) -> ort.SessionOptions:
+def _session_options(threads: int, quiet: bool, spin: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if not spin:  # idle intra-op threads sleep instead of spinning (they would take CPU from the API workers)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -119,14 +124,14 @@ def _session_options(threads: int, quiet: bool) -> ort.SessionOptions:
     return opts
 
 
-def _try_cuda(model_path: Path, threads: int) -> tuple[ort.InferenceSession | None, str]:
+def _try_cuda(model_path: Path, threads: int, spin: bool = True) -> tuple[ort.InferenceSession | None, str]:
     """A session on CUDA, or (None, why not). The failed-CUDA fallback on a CPU machine logs errors: hushed."""
     if CUDA not in ort.get_available_providers():
         return None, "this onnxruntime build has no CUDAExecutionProvider"
     ort.set_default_logger_severity(4)
     try:
         sess = ort.InferenceSession(
-            str(model_path), _session_options(threads, quiet=True), providers=[(CUDA, CUDA_OPTIONS), CPU]
+            str(model_path), _session_options(threads, quiet=True, spin=spin), providers=[(CUDA, CUDA_OPTIONS), CPU]
         )
     except Exception as e:  # noqa: BLE001 - any CUDA init failure means "no CUDA here"
         return None, f"CUDA did not initialise ({str(e).splitlines()[0]})"
@@ -178,7 +183,7 @@ def check_session(sess: ort.InferenceSession, reference_path: Path, tolerance: f
     return report
 
 
-def open_checked_session(artifact: Artifact, device: str = "auto", threads: int = 0) -> SessionInfo:
+def open_checked_session(artifact: Artifact, device: str = "auto", threads: int = 0, spin: bool = True) -> SessionInfo:
     """Open a session on ``device`` and check it against the artifact's reference outputs (see module doc)."""
     device = device.lower()
     if device not in ("auto", "cpu", "cuda"):
@@ -188,7 +193,7 @@ def open_checked_session(artifact: Artifact, device: str = "auto", threads: int 
         log.warning("seqserve: artifact %s has no %s; load-time check skipped", artifact.path, REFERENCE_FILE)
     fallback = None
     if device in ("auto", "cuda"):
-        sess, why = _try_cuda(artifact.onnx_path, threads)
+        sess, why = _try_cuda(artifact.onnx_path, threads, spin)
         if sess is not None:
             try:
                 check = check_session(sess, artifact.reference_path) if has_reference else {}
@@ -202,7 +207,8 @@ def open_checked_session(artifact: Artifact, device: str = "auto", threads: int 
         fallback = why
         if CUDA in ort.get_available_providers():
             log.info("seqserve: auto device: using CPU because %s", why)
-    sess = ort.InferenceSession(str(artifact.onnx_path), _session_options(threads, quiet=False), providers=[CPU])
+    opts = _session_options(threads, quiet=False, spin=spin)
+    sess = ort.InferenceSession(str(artifact.onnx_path), opts, providers=[CPU])
     try:
         check = check_session(sess, artifact.reference_path) if has_reference else {}
     except ReferenceMismatch as e:

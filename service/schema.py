@@ -16,12 +16,12 @@ exactly feature_dim numbers per step.
 
 from __future__ import annotations
 
-import json
 import time
 from itertools import chain
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from annotated_types import Len
 from pydantic import BaseModel, Field, WrapValidator
 from pydantic_core import PydanticCustomError
@@ -121,16 +121,16 @@ class Prediction(BaseModel):
 
 
 def predictions_json(classes: list[str], version: str, probs: np.ndarray, attention: list[np.ndarray]) -> bytes:
-    """The /predict response body: a JSON list of ``Prediction`` objects, one per sequence, in order."""
-    out = []
-    for p, a in zip(probs.tolist(), attention):
-        best = max(range(len(p)), key=p.__getitem__)
-        out.append(
-            {
-                "label": classes[best],
-                "probabilities": dict(zip(classes, p)),
-                "attention": a.tolist(),
-                "model_version": version,
-            }
-        )
-    return json.dumps(out, separators=(",", ":")).encode()
+    """The /predict response body: a JSON list of ``Prediction`` objects, one per sequence, in order.
+    float32 values are written as the shortest decimal that reads back as the same float32."""
+    labels = probs.argmax(axis=1).tolist()
+    out = [
+        {
+            "label": classes[best],
+            "probabilities": dict(zip(classes, p)),
+            "attention": a,
+            "model_version": version,
+        }
+        for best, p, a in zip(labels, probs, attention)
+    ]
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -8,6 +8,7 @@
 ``SEQSERVE_API_IN_FLIGHT``             2        model calls in flight per API worker; more requests join the next
                                                 call (service/coalesce.py); 0: one call per request
 ``SEQSERVE_ORT_THREADS``               0        ORT intra-op threads per model worker (0: usable CPUs / model workers)
+``SEQSERVE_ORT_SPIN``                  1        0: idle ORT threads sleep, not spin (leaves CPU to the API workers)
 ``SEQSERVE_MAX_BATCH_SIZE``            256      sequences per adaptive batch of the model service
 ``SEQSERVE_MAX_LATENCY_MS``            2000     adaptive batching deadline (requests beyond it get a 503)
 ``SEQSERVE_BATCH_WAIT_MS``             2        cap on the batcher's learned idle wait (service/batcher.py)
@@ -26,28 +27,25 @@ import os
 from dataclasses import dataclass, field
 
 
-def env_int(name: str, default: int, minimum: int | None = None) -> int:
-    """An integer setting; a bad value is an error that names the variable."""
+def _env_number(name: str, default: float, kind: type, minimum: float | None) -> float:
     raw = os.environ.get(name)
     try:
-        value = default if raw is None or raw.strip() == "" else int(raw)
+        value = default if raw is None or raw.strip() == "" else kind(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected an integer") from None
+        raise ValueError(f"{name}={raw!r}: expected {'an integer' if kind is int else 'a number'}") from None
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}={value}: must be >= {minimum}")
     return value
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    """An integer setting; a bad value is an error that names the variable."""
+    return int(_env_number(name, default, int, minimum))
 
 
 def env_float(name: str, default: float, minimum: float | None = None) -> float:
     """A number setting; a bad value is an error that names the variable."""
-    raw = os.environ.get(name)
-    try:
-        value = default if raw is None or raw.strip() == "" else float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a number") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name}={value}: must be >= {minimum}")
-    return value
+    return float(_env_number(name, default, float, minimum))
 
 
 def env_device() -> str:
@@ -65,6 +63,7 @@ class Settings:
     model_workers: int = field(default_factory=lambda: env_int("SEQSERVE_MODEL_WORKERS", 1, minimum=1))
     api_in_flight: int = field(default_factory=lambda: env_int("SEQSERVE_API_IN_FLIGHT", 2, minimum=0))
     ort_threads: int = field(default_factory=lambda: env_int("SEQSERVE_ORT_THREADS", 0, minimum=0))
+    ort_spin: bool = field(default_factory=lambda: env_int("SEQSERVE_ORT_SPIN", 1, minimum=0) == 1)
     max_batch_size: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_BATCH_SIZE", 256, minimum=1))
     max_latency_ms: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LATENCY_MS", 2000, minimum=1))
     batch_wait_ms: float = field(default_factory=lambda: env_float("SEQSERVE_BATCH_WAIT_MS", 2.0, minimum=0))
@@ -75,6 +74,6 @@ class Settings:
     drift_window_steps: int = field(default_factory=lambda: env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096, minimum=1))
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
 
-    def accepted_max_length(self, meta: dict) -> int:
+    def accepted_max_length(self, artifact_max_length: int) -> int:
         """The longest sequence served: SEQSERVE_MAX_LENGTH when set (> 0), else the artifact's max_length."""
-        return self.max_length or int(meta["max_length"])
+        return self.max_length or artifact_max_length

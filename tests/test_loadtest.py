@@ -48,6 +48,21 @@ def test_workload_profiles() -> None:
     np.testing.assert_allclose(st[0], s[0]), np.testing.assert_allclose(st[-1], s[-1])
 
 
+def test_workload_fits_a_users_model(tmp_path: Path) -> None:
+    """Against a model that is not JapaneseVowels: the user's data if given, else sequences built from /metadata."""
+    meta = {"feature_dim": 2, "max_length": 4096, "training_length_range": [30, 90], "normalisation": "series"}
+    what, seqs = workload.source(meta)
+    assert "generated" in what and len(seqs) == 370
+    assert all(s.shape[1] == 2 and 30 <= len(s) <= 90 and s.dtype == np.float32 for s in seqs)
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps({"sequence": [[0.5, 1.0]] * n, "label": "a"}) for n in (3, 5, 8)))
+    what, seqs = workload.source(meta, data)
+    assert what == str(data) and [len(s) for s in seqs] == [3, 5, 8]
+    with pytest.raises(ValueError, match="2 features, the served model expects 12"):
+        workload.source({**meta, "feature_dim": 12}, data)
+    assert len(workload.sequences("longtail", meta=meta)) == 370
+
+
 def test_bench_smoke(small_run: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "results.json", tmp_path / "benchmarks.md"
     bench.main(
@@ -72,6 +87,8 @@ def test_bench_smoke(small_run: Path, tmp_path: Path) -> None:
             str(out),
             "--report",
             str(report),
+            "--open-loop",
+            "",
         ]
     )
     results = json.loads(out.read_text())
@@ -141,3 +158,35 @@ def test_locust_refuses_longtail_against_short_model(server: str, tmp_path: Path
         timeout=60,
     )
     assert proc.returncode != 0 and "export with --max-length" in proc.stderr
+
+
+def test_open_loop_client_keeps_its_arrival_rate(server: str) -> None:
+    """Requests leave at the fixed rate whatever the answers do; latency counts from each due time."""
+    from loadtest.client import run_open_loop
+
+    port = int(server.rsplit(":", 1)[1])
+    bodies = [(workload.json_body([s]), 1) for s in workload.sequences("jv")[:50]]
+    res = run_open_loop(port, "/predict", bodies, rate=80, duration=1.5, warmup=0.3)
+    assert res.errors == 0 and 100 <= res.requests <= 125  # 80/s x 1.5 s, give or take one at the edges
+    s = res.summary()
+    assert 0 < s["p50_ms"] <= s["p99_ms"]
+
+
+def test_gpu_bench_dry_run_on_cpu(artifact: Path, tmp_path: Path) -> None:
+    """The GPU benchmark's one command, run on CPU (a GPU machine runs the same with --device cuda)."""
+    from loadtest import gpu_bench
+
+    out = tmp_path / "results-gpu.json"
+    argv = ["--device", "cpu", "--artifact", str(artifact), "--layouts", "gpu,gpu-inprocess", "--profiles", "jv"]
+    argv += ["--concurrency", "2", "--sequences-per-request", "1,4", "--duration", "0.6", "--warmup", "0.2"]
+    argv += ["--server-warmup", "0.3", "--clients", "2", "--api-workers", "1", "--inprocess-batches", "8"]
+    results = gpu_bench.main([*argv, "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text()) == results and "failed" not in results
+    assert {"device", "onnxruntime", "gpu", "cuda", "cudnn"} <= set(results["machine"])
+    http = [r for r in results["runs"] if r["mode"] == "closed"]
+    assert [(r["layout"], r["sequences_per_request"]) for r in http] == [("gpu", 1), ("gpu", 4)]
+    for r in http:
+        assert r["errors"] == 0 and r["seq_per_s"] > 0 and r["p50_ms"] <= r["p99_ms"]
+        assert r["provider"] == "CPUExecutionProvider" and r["concurrency"] == 2
+    (inproc,) = [r for r in results["runs"] if r["mode"] == "inprocess"]
+    assert inproc["batch"] == 8 and inproc["seq_per_s"] > 0

@@ -70,7 +70,7 @@ def test_missing_model_fails_clearly(tmp_path: Path) -> None:
 
 def test_model_from_directory(artifact: Path, tmp_path: Path) -> None:
     """SEQSERVE_MODEL may point at an artifact directory instead of a store tag."""
-    code = "from service.runtime import find_artifact; a = find_artifact(); print(a.meta['model_version'])"
+    code = "from service.runtime import find_artifact; a = find_artifact(); print(a.meta.model_version)"
     env = {**os.environ, "SEQSERVE_MODEL": str(artifact)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and len(proc.stdout.strip()) == 12, proc.stderr
@@ -116,7 +116,7 @@ def test_auto_falls_back_to_cpu_when_the_gpu_session_fails_the_check(
 
     other = tmp_path / "other"
     export_run(write_run(tmp_path, seed=5, rnn="gru", bidirectional=True, attention="additive", stride=1), other)
-    monkeypatch.setattr(runtime, "_try_cuda", lambda path, threads: (cpu_session(other / "model.onnx"), ""))
+    monkeypatch.setattr(runtime, "_try_cuda", lambda path, threads, spin=True: (cpu_session(other / "model.onnx"), ""))
     info = open_checked_session(find_artifact(str(artifact)), "auto", threads=1)
     assert info.provider == CPU
     assert info.fallback_reason.startswith("CUDA failed the load-time check: outputs differ")

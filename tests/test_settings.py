@@ -12,7 +12,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     s = Settings()
     assert (s.device, s.workers, s.model_workers, s.max_length) == ("auto", 2, 1, 0)
-    assert s.accepted_max_length({"max_length": 4096}) == 4096
+    assert s.accepted_max_length(4096) == 4096
 
 
 def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,7 +22,7 @@ def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SEQSERVE_MAX_LENGTH", "64")
     s = Settings()
     assert (s.device, s.model_workers, s.min_efficiency) == ("cuda", 3, 0.5)
-    assert s.accepted_max_length({"max_length": 4096}) == 64
+    assert s.accepted_max_length(4096) == 64
 
 
 @pytest.mark.parametrize(

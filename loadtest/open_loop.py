@@ -1,0 +1,75 @@
+"""The benchmark's open-loop pass: tail latency of seqserve and Triton at the same offered load.
+
+A closed-loop client slows down with the server, so its p99 hides queueing (coordinated omission) and two
+systems' p99 are compared at different throughputs. Here both get the same fixed arrival rate, a fraction of
+the lower of their closed-loop capacities, several times; the median of each figure is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from loadtest.client import run_load, run_open_loop
+
+FIGURES = ("seq_per_s", "p50_ms", "p95_ms", "p99_ms")
+
+
+OPEN_LOOP_SYSTEMS = ("seqserve", "triton")
+
+
+def open_loop_pass(
+    start: Callable[[str], Any], args: argparse.Namespace, mixes: dict, closed: list[dict]
+) -> list[dict]:
+    """Tails at equal offered load: for each profile, ``args.open_loop`` fractions of the lower closed-loop
+    capacity (at the highest concurrency) of seqserve and Triton; each system ``args.open_repeats`` times per
+    rate, the median of each figure reported (with the spread of p99)."""
+    top = max(args.concurrency)
+    runs = []
+    for name in OPEN_LOOP_SYSTEMS:
+        if name not in args.systems:
+            continue
+        server = start(name)
+        try:
+            path = server.paths[name]
+            warm = server.encode(next(iter(mixes.values())))
+            run_load(server.port, path, warm, 16, args.server_warmup, warmup=0)
+            for profile, seqs in mixes.items():
+                caps = [
+                    r["seq_per_s"]
+                    for r in closed
+                    if r["system"] in OPEN_LOOP_SYSTEMS and r["profile"] == profile and r.get("concurrency") == top
+                ]
+                if not caps:
+                    continue
+                bodies = server.encode(seqs)
+                for fraction in args.open_loop:
+                    rate = round(fraction * min(caps), 1)
+                    reps = [
+                        run_open_loop(server.port, path, bodies, rate, args.open_duration, args.warmup).summary()
+                        for _ in range(args.open_repeats)
+                    ]
+                    med = {
+                        k: float(np.median([r[k] for r in reps])) for k in ("seq_per_s", "p50_ms", "p95_ms", "p99_ms")
+                    }
+                    run = {
+                        "system": name,
+                        "profile": profile,
+                        "mode": "open",
+                        "concurrency": None,
+                        "offered_per_s": rate,
+                        "offered_fraction": fraction,
+                        **med,
+                        "p99_ms_runs": [r["p99_ms"] for r in reps],
+                        "errors": sum(r["errors"] for r in reps),
+                    }
+                    print(f"bench: {json.dumps(run)}", file=sys.stderr, flush=True)
+                    runs.append(run)
+        finally:
+            server.stop()
+    return runs
