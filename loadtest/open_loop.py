@@ -45,7 +45,7 @@ def open_loop_pass(
                     for r in closed
                     if r["system"] in OPEN_LOOP_SYSTEMS and r["profile"] == profile and r.get("concurrency") == top
                 ]
-                if not caps:
+                if not caps or min(caps) <= 0:  # a system that answered nothing has no capacity to share
                     continue
                 bodies = server.encode(seqs)
                 for fraction in args.open_loop:
