@@ -142,23 +142,6 @@ def _try_cuda(model_path: Path, threads: int, spin: bool = True) -> tuple[ort.In
     return sess, ""
 
 
-def open_session(model_path: Path, device: str = "auto", threads: int = 0) -> tuple[ort.InferenceSession, str]:
-    """Return (session, provider in use), unchecked. ``threads``: ORT intra-op threads (0: ORT default)."""
-    device = device.lower()
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"SEQSERVE_DEVICE must be auto, cpu or cuda, got {device!r}")
-    if device in ("auto", "cuda"):
-        sess, why = _try_cuda(model_path, threads)
-        if sess is not None:
-            log.info("seqserve: ONNX Runtime provider in use: %s", CUDA)
-            return sess, CUDA
-        if device == "cuda":
-            raise RuntimeError(f"SEQSERVE_DEVICE=cuda but {why}")
-    sess = ort.InferenceSession(str(model_path), _session_options(threads, quiet=False), providers=[CPU])
-    log.info("seqserve: ONNX Runtime provider in use: %s", sess.get_providers()[0])
-    return sess, sess.get_providers()[0]
-
-
 def check_session(sess: ort.InferenceSession, reference_path: Path, tolerance: float = CHECK_TOLERANCE) -> dict:
     """Run the recorded reference sequences alone and batched; raise ReferenceMismatch beyond ``tolerance``."""
     ref = np.load(reference_path)

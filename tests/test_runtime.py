@@ -23,41 +23,45 @@ from service.runtime import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-OPEN = "from service.runtime import open_session; import sys; s, p = open_session(sys.argv[1], sys.argv[2]); print(p)"
+OPEN = (
+    "import sys; from service.runtime import find_artifact, open_checked_session; "
+    "print(open_checked_session(find_artifact(sys.argv[1]), sys.argv[2]).provider)"
+)
 
 
-def open_in_subprocess(model: Path, device: str) -> subprocess.CompletedProcess:
+def open_in_subprocess(artifact: Path, device: str) -> subprocess.CompletedProcess:
+    """The service's own session opening (provider choice and load-time check) in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-c", OPEN, str(model), device], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", OPEN, str(artifact), device], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
 
 
 def has_cuda(artifact: Path) -> bool:
-    return open_in_subprocess(artifact / "model.onnx", "auto").stdout.strip() == "CUDAExecutionProvider"
+    return open_in_subprocess(artifact, "auto").stdout.strip() == "CUDAExecutionProvider"
 
 
 def test_auto_reports_provider_in_use_without_error_noise(artifact: Path) -> None:
-    proc = open_in_subprocess(artifact / "model.onnx", "auto")
+    proc = open_in_subprocess(artifact, "auto")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() in ("CPUExecutionProvider", "CUDAExecutionProvider")
     assert "[E:" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
 
 
 def test_cpu_is_cpu(artifact: Path) -> None:
-    proc = open_in_subprocess(artifact / "model.onnx", "cpu")
+    proc = open_in_subprocess(artifact, "cpu")
     assert proc.stdout.strip() == "CPUExecutionProvider" and not proc.stderr.strip()
 
 
 def test_cuda_fails_fast_without_gpu(artifact: Path) -> None:
     if has_cuda(artifact):
         pytest.skip("CUDA really works on this machine; the failure path cannot be exercised")
-    proc = open_in_subprocess(artifact / "model.onnx", "cuda")
+    proc = open_in_subprocess(artifact, "cuda")
     assert proc.returncode != 0
     assert "SEQSERVE_DEVICE=cuda but" in proc.stderr
 
 
 def test_bad_device_value(artifact: Path) -> None:
-    proc = open_in_subprocess(artifact / "model.onnx", "tpu")
+    proc = open_in_subprocess(artifact, "tpu")
     assert proc.returncode != 0 and "SEQSERVE_DEVICE must be auto, cpu or cuda" in proc.stderr
 
 
