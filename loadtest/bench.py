@@ -80,14 +80,8 @@ def machine() -> dict:
 
 
 # ---------------------------------------------------------------- systems
-def measure_limit(art: Path, seqs: list[np.ndarray], duration: float, threads: int) -> dict:
-    from service.engine import Engine
-    from service.runtime import find_artifact
-    from service.settings import Settings
-
-    engine = Engine(find_artifact(str(art)), Settings(device="cpu", ort_threads=threads))
-    order = sorted(seqs, key=len)
-    chunks = [order[i : i + 128] for i in range(0, len(order), 128)]
+def time_engine(engine, chunks: list[list[np.ndarray]], duration: float) -> dict:  # noqa: ANN001
+    """``engine.infer`` on each chunk in turn for ``duration`` seconds (after one warm-up call)."""
     engine.infer(chunks[0])
     n = real = padded = calls = 0
     lat: list[float] = []
@@ -109,8 +103,18 @@ def measure_limit(art: Path, seqs: list[np.ndarray], duration: float, threads: i
         "requests": len(lat),
         "padding_efficiency": round(real / padded, 3),
         "mean_batch": round(n / calls, 1),
-        "note": "engine.infer on length-sorted chunks of 128, no HTTP",
     }
+
+
+def measure_limit(art: Path, seqs: list[np.ndarray], duration: float, threads: int) -> dict:
+    from service.engine import Engine
+    from service.runtime import find_artifact
+    from service.settings import Settings
+
+    engine = Engine(find_artifact(str(art)), Settings(device="cpu", ort_threads=threads))
+    order = sorted(seqs, key=len)
+    chunks = [order[i : i + 128] for i in range(0, len(order), 128)]
+    return {**time_engine(engine, chunks, duration), "note": "engine.infer on length-sorted chunks of 128, no HTTP"}
 
 
 def metrics_stats(url: str) -> dict:

@@ -22,13 +22,13 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from loadtest import workload
+from loadtest.bench import time_engine
 from loadtest.client import run_load
 from loadtest.procs import start_bentoml, stop_process
 
@@ -138,14 +138,9 @@ def inprocess(art: Path, mixes: dict, args: argparse.Namespace) -> list[dict]:
             pool = seqs * -(-4 * batch // len(seqs))  # repeated: at least 4 full batches of any size
             order = sorted(pool, key=len)
             chunks = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
-            engine.infer(chunks[0])
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < args.duration / 2:
-                for c in chunks:
-                    engine.infer(c)
-                    n += len(c)
+            seq_per_s = time_engine(engine, chunks, args.duration / 2)["seq_per_s"]
             run = {"layout": "gpu-inprocess", "provider": engine.provider, "profile": profile, "batch": batch}
-            run.update({"seq_per_s": round(n / (time.perf_counter() - t0), 1), "mode": "inprocess"})
+            run.update({"seq_per_s": seq_per_s, "mode": "inprocess"})
             print(f"bench-gpu: {json.dumps(run)}", file=sys.stderr, flush=True)
             runs.append(run)
     return runs
