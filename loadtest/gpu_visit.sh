@@ -13,6 +13,8 @@ ART=${ART:-artifacts/default}
 if [ -f .gpu/bin/device-env.sh ] && [ "$DEVICE" = cuda ]; then source .gpu/bin/device-env.sh; fi
 PY=${PY:-python3}
 mkdir -p "$OUT"
+WORK=${WORK:-/tmp/seqserve-gpu-bench}
+trap 'cp "$WORK"/*.log "$OUT"/ 2>/dev/null || true' EXIT  # the servers' logs come back too, failed or not
 timeout 120 "$PY" - "$ART" "$DEVICE" > "$OUT/provider-check.json" <<'PYEOF'
 import json, sys, time
 from service.runtime import find_artifact, open_checked_session
@@ -25,4 +27,4 @@ print(json.dumps({"provider": info.provider, "provider_options": info.provider_o
 PYEOF
 cat "$OUT/provider-check.json"
 timeout ${BENCH_TIMEOUT:-420} "$PY" -m loadtest.gpu_bench --device "$DEVICE" --artifact "$ART" \
-  --out "$OUT/results-gpu.json" --work /tmp/seqserve-gpu-bench ${GPU_BENCH_ARGS:-}
+  --out "$OUT/results-gpu.json" --work "$WORK" ${GPU_BENCH_ARGS:-}
