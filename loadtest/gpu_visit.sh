@@ -10,7 +10,9 @@ set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-bench}
 ART=${ART:-artifacts/default}
-if [ -f .gpu/bin/device-env.sh ] && [ "$DEVICE" = cuda ]; then source .gpu/bin/device-env.sh; fi
+if [ -f .gpu/bin/device-env.sh ] && [ "$DEVICE" = cuda ]; then  # it is not written for set -e
+  set +e; source .gpu/bin/device-env.sh || exit 1; set -e
+fi
 PY=${PY:-python3}
 mkdir -p "$OUT"
 WORK=${WORK:-/tmp/seqserve-gpu-bench}
