@@ -103,6 +103,8 @@ def http_layout(layout: str, art: Path, work: Path, mixes: dict, args: argparse.
         "SEQSERVE_STEP_BUDGET": str(args.gpu_step_budget if gpu else 8192),
         "BENTOML_HOME": str(work / f"home-{layout}"),
     }
+    if gpu:
+        env.update(kv.split("=", 1) for kv in args.gpu_env.split())
     proc, url = start_bentoml(ROOT, env, work / f"{layout}.log", timeout=300)
     port = int(url.rsplit(":", 1)[1])
     runs = []
@@ -117,9 +119,13 @@ def http_layout(layout: str, art: Path, work: Path, mixes: dict, args: argparse.
                 for c in args.concurrency:
                     r = load(port, "/predict", bodies, c, args)
                     run = {"layout": layout, "provider": meta.get("provider"), "profile": profile}
+                    if gpu and args.gpu_env:
+                        run["gpu_env"] = args.gpu_env
                     run.update({"concurrency": c, "sequences_per_request": spr, "mode": "closed", **r})
                     print(f"bench-gpu: {json.dumps(run)}", file=sys.stderr, flush=True)
                     runs.append(run)
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as r:  # batch sizes, calls, compute seconds
+            (work / f"{layout}{'-' + args.tag if args.tag else ''}.metrics").write_bytes(r.read())
     finally:
         stop_process(proc)
     return runs
@@ -166,6 +172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu-ort-threads", type=int, default=1)
     p.add_argument("--gpu-max-batch", type=int, default=512, help="adaptive batch and sub-batch limit on the GPU")
     p.add_argument("--gpu-step-budget", type=int, default=65536, help="max B x T of one GPU call")
+    p.add_argument("--gpu-env", default="", help="extra settings of the gpu layout: 'SEQSERVE_X=1 SEQSERVE_Y=2'")
+    p.add_argument("--tag", default="", help="names this run's /metrics snapshots (WORK/LAYOUT-TAG.metrics)")
     p.add_argument("--inprocess-batches", default="1,16,128,1024")
     p.add_argument("--work", default="bench/work-gpu")
     p.add_argument("--out", default="bench/results-gpu.json")

@@ -2,22 +2,35 @@
 # One visit to the GPU machine: everything issue 9 measures there, in one command (see ../shared/gpu/README.md).
 #
 # Here, first:  make export  (artifacts/default)  and  bash ../shared/gpu/prepare.sh  (fills .gpu/)
-# There, after the five chunk commands of that README, with carry [.gpu/ort4, .gpu/wheels, .gpu/bin, artifacts]:
+# There, after the five chunk commands of that README, with carry [.gpu/wheels, .gpu/bin, artifacts]:
 #   bash loadtest/gpu_visit.sh
-# Writes under $OUT (or bench/ when OUT is unset): provider-check.json (the load-time check and the CUDA options
-# read back from the session) and results-gpu.json (loadtest/gpu_bench.py). DEVICE=cpu runs the same on CPU.
+# STAGES (default "check bench"), each writing under $OUT (or bench/ when OUT is unset):
+#   check     the load-time check and the CUDA options read back from the session -> provider-check.json
+#   probe     loadtest/gpu_probe.py: where a call's time goes in serving-like use -> gpu-probe.json
+#   variants  the gpu layout at c=256 under each of GPU_VARIANTS ("name:SEQSERVE_A=1 SEQSERVE_B=2;name2:...")
+#             -> variant-NAME.json; the best (geometric mean of seq/s) becomes the bench's gpu settings
+#   bench     loadtest/gpu_bench.py over LAYOUTS -> results-gpu.json
+# The servers' logs and /metrics snapshots come back too. DEVICE=cpu runs the same on CPU (a dry run).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-bench}
 ART=${ART:-artifacts/default}
+STAGES=${STAGES:-check bench}
+LAYOUTS=${LAYOUTS:-cpu,gpu,gpu-inprocess}
+GPU_ENV=${GPU_ENV:-}
 if [ -f .gpu/bin/device-env.sh ] && [ "$DEVICE" = cuda ]; then  # it is not written for set -e
   set +e; source .gpu/bin/device-env.sh || exit 1; set -e
 fi
 PY=${PY:-python3}
 mkdir -p "$OUT"
 WORK=${WORK:-/tmp/seqserve-gpu-bench}
-trap 'cp "$WORK"/*.log "$OUT"/ 2>/dev/null || true' EXIT  # the servers' logs come back too, failed or not
-timeout 120 "$PY" - "$ART" "$DEVICE" > "$OUT/provider-check.json" <<'PYEOF'
+trap 'cp "$WORK"/*.log "$WORK"/*.metrics "$OUT"/ 2>/dev/null || true' EXIT
+
+for stage in $STAGES; do
+  echo "gpu-visit: stage $stage at $(date +%T)" >&2
+  case $stage in
+  check)
+    timeout 120 "$PY" - "$ART" "$DEVICE" > "$OUT/provider-check.json" <<'PYEOF'
 import json, sys, time
 from service.runtime import find_artifact, open_checked_session
 art, device = find_artifact(sys.argv[1]), sys.argv[2]
@@ -27,6 +40,34 @@ print(json.dumps({"provider": info.provider, "provider_options": info.provider_o
                   "fallback_reason": info.fallback_reason, "check": info.check,
                   "open_seconds": round(time.perf_counter() - t0, 2)}, indent=2))
 PYEOF
-cat "$OUT/provider-check.json"
-timeout ${BENCH_TIMEOUT:-420} "$PY" -m loadtest.gpu_bench --device "$DEVICE" --artifact "$ART" \
-  --out "$OUT/results-gpu.json" --work "$WORK" ${GPU_BENCH_ARGS:-}
+    cat "$OUT/provider-check.json" ;;
+  probe)
+    timeout "${PROBE_TIMEOUT:-120}" "$PY" -m loadtest.gpu_probe --device "$DEVICE" --artifact "$ART" \
+      --out "$OUT/gpu-probe.json" ${PROBE_ARGS:-} || echo "gpu-visit: probe did not finish" >&2 ;;
+  variants)
+    IFS=';' read -ra variants <<< "${GPU_VARIANTS:-}"
+    for v in "${variants[@]}"; do
+      name=${v%%:*}
+      timeout "${VARIANT_TIMEOUT:-90}" "$PY" -m loadtest.gpu_bench --device "$DEVICE" --artifact "$ART" \
+        --layouts gpu --concurrency 256 --tag "$name" --gpu-env "${v#*:}" --out "$OUT/variant-$name.json" \
+        --work "$WORK" ${VARIANT_ARGS:-} || echo "gpu-visit: variant $name did not finish" >&2
+    done
+    GPU_ENV=$("$PY" - "$OUT" <<'PYEOF'
+import glob, json, math, sys
+best, score = "", -1.0
+for f in sorted(glob.glob(f"{sys.argv[1]}/variant-*.json")):
+    runs = json.load(open(f))["runs"]
+    if runs:  # a run that answered nothing scores as 1 seq/s
+        s = math.exp(sum(math.log(max(1.0, r["seq_per_s"])) for r in runs) / len(runs))
+        print(f"gpu-visit: {f}: geometric mean {s:.0f} seq/s", file=sys.stderr)
+        if s > score:
+            best, score = runs[0].get("gpu_env", ""), s
+print(best)
+PYEOF
+    )
+    echo "gpu-visit: best gpu settings: '$GPU_ENV'" >&2 ;;
+  bench)
+    timeout "${BENCH_TIMEOUT:-420}" "$PY" -m loadtest.gpu_bench --device "$DEVICE" --artifact "$ART" \
+      --layouts "$LAYOUTS" --gpu-env "$GPU_ENV" --out "$OUT/results-gpu.json" --work "$WORK" ${GPU_BENCH_ARGS:-} ;;
+  esac
+done

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.padding import PadBuffer, plan_batches
-from service.runtime import Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
+from service.runtime import CUDA, Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
 from service.schema import predictions_json
 from service.settings import Settings
 
@@ -54,6 +54,8 @@ class Engine:
         self.session, self.provider = self.info.session, self.info.provider
         self.ort_threads = threads
         self._pad = PadBuffer(self.feature_dim)
+        buckets = self.settings.shape_buckets
+        self.shape_buckets: bool = self.provider == CUDA if buckets == "auto" else buckets == "on"
 
     def infer(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], BatchStats]:
         """Probabilities [N, C] and per-sequence attention (own length), in input order, plus batch stats."""
@@ -64,11 +66,11 @@ class Engine:
         attention: list[np.ndarray] = [None] * len(seqs)  # type: ignore[list-item]
         stats = BatchStats(sequences=len(seqs), real_steps=int(lengths.sum()))
         for g in groups:
-            x, lens = self._pad.pad([seqs[i] for i in g])
+            x, lens = self._pad.pad([seqs[i] for i in g], self.shape_buckets)
             t0 = time.perf_counter()
             p, a = self.session.run(None, {"x": x, "lengths": lens})
             stats.call_seconds.append(time.perf_counter() - t0)
-            probs[g] = p
+            probs[g] = p[: len(g)]
             for k, i in enumerate(g):
                 attention[i] = a[k, : lens[k]]
             stats.padded_steps += x.shape[0] * x.shape[1]

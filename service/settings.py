@@ -15,6 +15,7 @@
 ``SEQSERVE_STEP_BUDGET``               8192     max ``B x T_max`` of one model call
 ``SEQSERVE_MAX_SUB_BATCH``             128      max sequences in one model call
 ``SEQSERVE_MIN_PADDING_EFFICIENCY``    0.85     split a sub-batch before its real/padded steps drop below
+``SEQSERVE_SHAPE_BUCKETS``             auto     on | off | auto (on with CUDA): round call shapes (service/padding.py)
 ``SEQSERVE_MAX_LENGTH``                0        longest accepted sequence (0: the artifact's max_length)
 ``SEQSERVE_DRIFT_WINDOW_STEPS``        4096     time steps in the input drift window
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
@@ -48,11 +49,16 @@ def env_float(name: str, default: float, minimum: float | None = None) -> float:
     return float(_env_number(name, default, float, minimum))
 
 
-def env_device() -> str:
-    value = os.environ.get("SEQSERVE_DEVICE", "auto").strip().lower() or "auto"
-    if value not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"SEQSERVE_DEVICE={value!r}: must be auto, cpu or cuda")
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A setting with a fixed set of values; a bad value is an error that names the variable."""
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: must be {', '.join(choices[:-1])} or {choices[-1]}")
     return value
+
+
+def env_device() -> str:
+    return env_choice("SEQSERVE_DEVICE", "auto", ("auto", "cpu", "cuda"))
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Settings:
     step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 8192, minimum=1))
     max_sub_batch: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_SUB_BATCH", 128, minimum=1))
     min_efficiency: float = field(default_factory=lambda: env_float("SEQSERVE_MIN_PADDING_EFFICIENCY", 0.85, minimum=0))
+    shape_buckets: str = field(
+        default_factory=lambda: env_choice("SEQSERVE_SHAPE_BUCKETS", "auto", ("auto", "on", "off"))
+    )
     max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0, minimum=0))
     drift_window_steps: int = field(default_factory=lambda: env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096, minimum=1))
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)

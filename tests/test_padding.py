@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from export.onnx_export import cpu_session
 from service.engine import Engine
-from service.padding import PadBuffer, padding_efficiency, plan_batches
+from service.padding import PadBuffer, bucket_shape, padding_efficiency, plan_batches
 from service.runtime import find_artifact
 from service.settings import Settings
 from training import data
@@ -55,11 +56,22 @@ def test_pad_buffer_reuses_memory_and_zeroes_padding() -> None:
     assert np.all(x3[0, 1:] == 0)
 
 
-def test_engine_results_do_not_depend_on_batch_composition(artifact: Path) -> None:
-    engine = Engine(
-        find_artifact(str(artifact)),
-        Settings(device="cpu", ort_threads=1, step_budget=512, max_sub_batch=16, min_efficiency=0.85),
-    )
+def test_bucket_shapes_are_few_and_waste_little() -> None:
+    assert bucket_shape(1, 7) == (1, 7) and bucket_shape(3, 16) == (4, 16) and bucket_shape(64, 17) == (64, 18)
+    assert bucket_shape(65, 29) == (128, 30) and bucket_shape(200, 1000) == (256, 1024)
+    shapes = {bucket_shape(1, t)[1] for t in range(1, 1025)}
+    assert len(shapes) < 80  # 16 exact, then 8 per octave
+    assert all(t <= bucket_shape(1, t)[1] <= t * 1.125 for t in range(1, 1025))
+    buf = PadBuffer(2)
+    x, lengths = buf.pad([np.ones((5, 2), np.float32)] * 3, buckets=True)
+    assert x.shape == (4, 5, 2) and lengths.tolist() == [5, 5, 5, 1] and np.all(x[3] == 0)
+
+
+@pytest.mark.parametrize("buckets", ["off", "on"])
+def test_engine_results_do_not_depend_on_batch_composition(artifact: Path, buckets: str) -> None:
+    settings = Settings(device="cpu", ort_threads=1, step_budget=512, max_sub_batch=16, min_efficiency=0.85)
+    engine = Engine(find_artifact(str(artifact)), replace(settings, shape_buckets=buckets))
+    assert engine.shape_buckets == (buckets == "on")
     test = data.load(ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts")
     rng = np.random.default_rng(0)
     seqs = [test.sequences[i] for i in rng.permutation(370)]

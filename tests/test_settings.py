@@ -33,6 +33,7 @@ def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ("SEQSERVE_MAX_LENGTH", "-5", "SEQSERVE_MAX_LENGTH=-5: must be >= 0"),
         ("SEQSERVE_MIN_PADDING_EFFICIENCY", "high", "SEQSERVE_MIN_PADDING_EFFICIENCY='high': expected a number"),
         ("SEQSERVE_DEVICE", "tpu", "SEQSERVE_DEVICE='tpu': must be auto, cpu or cuda"),
+        ("SEQSERVE_SHAPE_BUCKETS", "yes", "SEQSERVE_SHAPE_BUCKETS='yes': must be auto, on or off"),
     ],
 )
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
