@@ -73,17 +73,17 @@ def probe_config(engine: Engine, mixes: dict, rng: np.random.Generator, reps: in
     same = [ms(lambda: run(*padded[0])) for _ in range(3 * reps)]
     alternating = [ms(lambda k=k: run(*padded[k % len(padded)])) for k in range(3 * reps)]
     out["cycle"] = {"same_shape": summary(same), "alternating_6_seen_shapes": summary(alternating)}
-    base = engine.settings
+    base = engine.batching
     for profile, seqs in mixes.items():
         for B in (64, 256):
             merged = [[seqs[i] for i in rng.integers(len(seqs), size=B)] for _ in range(reps)]
             for min_eff, buckets in (
-                (base.min_efficiency, False),
+                (0.85, False),
                 (0.0, False),
                 (0.0, True),
-                (base.min_efficiency, True),
+                (0.85, True),
             ):
-                engine.settings, engine.shape_buckets = replace(base, min_efficiency=min_eff), buckets
+                engine.batching = replace(base, min_efficiency=min_eff, shape_buckets=buckets)
                 times, calls = [], []
                 for m in merged:
                     t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def probe_config(engine: Engine, mixes: dict, rng: np.random.Generator, reps: in
                     calls.append(stats.model_calls)
                 row = {"profile": profile, "batch": B, "min_efficiency": min_eff, "buckets": buckets}
                 out["plans"].append({**row, **summary(times), "calls_per_batch": statistics.fmean(calls)})
-    engine.settings, engine.shape_buckets = base, False
+    engine.batching = base
     x, lens = padded[0]
     out["threads"]["main"] = summary([ms(lambda: run(x, lens)) for _ in range(reps)])
     new = []

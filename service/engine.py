@@ -18,7 +18,7 @@ import numpy as np
 from service.padding import PadBuffer, plan_batches
 from service.runtime import CUDA, Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
 from service.schema import predictions_json
-from service.settings import Settings
+from service.settings import Batching, Settings
 
 
 @dataclass
@@ -54,19 +54,18 @@ class Engine:
         self.session, self.provider = self.info.session, self.info.provider
         self.ort_threads = threads
         self._pad = PadBuffer(self.feature_dim)
-        buckets = self.settings.shape_buckets
-        self.shape_buckets: bool = self.provider == CUDA if buckets == "auto" else buckets == "on"
+        self.batching: Batching = self.settings.batching(cuda=self.provider == CUDA)
 
     def infer(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], BatchStats]:
         """Probabilities [N, C] and per-sequence attention (own length), in input order, plus batch stats."""
-        s = self.settings
+        b = self.batching
         lengths = np.fromiter((len(q) for q in seqs), dtype=np.int64, count=len(seqs))
-        groups = plan_batches(lengths, s.step_budget, s.max_sub_batch, s.min_efficiency)
+        groups = plan_batches(lengths, b.step_budget, b.max_sub_batch, b.min_efficiency)
         probs = np.empty((len(seqs), len(self.classes)), dtype=np.float32)
         attention: list[np.ndarray] = [None] * len(seqs)  # type: ignore[list-item]
         stats = BatchStats(sequences=len(seqs), real_steps=int(lengths.sum()))
         for g in groups:
-            x, lens = self._pad.pad([seqs[i] for i in g], self.shape_buckets)
+            x, lens = self._pad.pad([seqs[i] for i in g], b.shape_buckets)
             t0 = time.perf_counter()
             p, a = self.session.run(None, {"x": x, "lengths": lens})
             stats.call_seconds.append(time.perf_counter() - t0)

@@ -12,14 +12,19 @@
 ``SEQSERVE_MAX_BATCH_SIZE``            256      sequences per adaptive batch of the model service
 ``SEQSERVE_MAX_LATENCY_MS``            2000     adaptive batching deadline (requests beyond it get a 503)
 ``SEQSERVE_BATCH_WAIT_MS``             2        cap on the batcher's learned idle wait (service/batcher.py)
-``SEQSERVE_STEP_BUDGET``               8192     max ``B x T_max`` of one model call
-``SEQSERVE_MAX_SUB_BATCH``             128      max sequences in one model call
-``SEQSERVE_MIN_PADDING_EFFICIENCY``    0.85     split a sub-batch before its real/padded steps drop below
+``SEQSERVE_STEP_BUDGET``               auto     max ``B x T_max`` of one model call (CPU 8192, CUDA 65536)
+``SEQSERVE_MAX_SUB_BATCH``             auto     max sequences in one model call (CPU 128, CUDA 512)
+``SEQSERVE_MIN_PADDING_EFFICIENCY``    auto     split a sub-batch before its real/padded steps drop below (CPU 0.85,
+                                                CUDA 0: one call per batch)
 ``SEQSERVE_SHAPE_BUCKETS``             auto     on | off | auto (on with CUDA): round call shapes (service/padding.py)
 ``SEQSERVE_MAX_LENGTH``                0        longest accepted sequence (0: the artifact's max_length)
 ``SEQSERVE_DRIFT_WINDOW_STEPS``        4096     time steps in the input drift window
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
 =====================================  =======  ==================================================================
+
+"auto" batching values depend on the provider in use (``Settings.batching``): on the CPU, length-sorted
+sub-batches with little padding win; on CUDA a call costs ~1-2 ms whatever its size and each change of input
+shape ~6 ms more (H100, ORT 1.31.1; docs/benchmarks.md), so one call per batch, shapes rounded to buckets.
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ def env_float(name: str, default: float, minimum: float | None = None) -> float:
     return float(_env_number(name, default, float, minimum))
 
 
+def env_optional_float(name: str, minimum: float | None = None) -> float | None:
+    """A number setting whose absence means "choose for me" (None)."""
+    raw = os.environ.get(name, "").strip()
+    return None if raw in ("", "auto") else env_float(name, 0.0, minimum)
+
+
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     """A setting with a fixed set of values; a bad value is an error that names the variable."""
     value = os.environ.get(name, default).strip().lower() or default
@@ -59,6 +70,19 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 def env_device() -> str:
     return env_choice("SEQSERVE_DEVICE", "auto", ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Sub-batch limits and padding for one provider (service/padding.py)."""
+
+    step_budget: int
+    max_sub_batch: int
+    min_efficiency: float
+    shape_buckets: bool
+
+
+BATCHING_DEFAULTS = {False: Batching(8192, 128, 0.85, False), True: Batching(65536, 512, 0.0, True)}  # key: CUDA?
 
 
 @dataclass(frozen=True)
@@ -73,15 +97,27 @@ class Settings:
     max_batch_size: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_BATCH_SIZE", 256, minimum=1))
     max_latency_ms: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LATENCY_MS", 2000, minimum=1))
     batch_wait_ms: float = field(default_factory=lambda: env_float("SEQSERVE_BATCH_WAIT_MS", 2.0, minimum=0))
-    step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 8192, minimum=1))
-    max_sub_batch: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_SUB_BATCH", 128, minimum=1))
-    min_efficiency: float = field(default_factory=lambda: env_float("SEQSERVE_MIN_PADDING_EFFICIENCY", 0.85, minimum=0))
+    step_budget: int = field(default_factory=lambda: env_int("SEQSERVE_STEP_BUDGET", 0, minimum=0))  # 0: auto
+    max_sub_batch: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_SUB_BATCH", 0, minimum=0))  # 0: auto
+    min_efficiency: float | None = field(
+        default_factory=lambda: env_optional_float("SEQSERVE_MIN_PADDING_EFFICIENCY", minimum=0)
+    )
     shape_buckets: str = field(
         default_factory=lambda: env_choice("SEQSERVE_SHAPE_BUCKETS", "auto", ("auto", "on", "off"))
     )
     max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0, minimum=0))
     drift_window_steps: int = field(default_factory=lambda: env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096, minimum=1))
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
+
+    def batching(self, cuda: bool) -> Batching:
+        """How the engine cuts and pads merged batches on the provider in use: the settings, "auto" resolved."""
+        d = BATCHING_DEFAULTS[cuda]
+        return Batching(
+            self.step_budget or d.step_budget,
+            self.max_sub_batch or d.max_sub_batch,
+            d.min_efficiency if self.min_efficiency is None else self.min_efficiency,
+            d.shape_buckets if self.shape_buckets == "auto" else self.shape_buckets == "on",
+        )
 
     def accepted_max_length(self, artifact_max_length: int) -> int:
         """The longest sequence served: SEQSERVE_MAX_LENGTH when set (> 0), else the artifact's max_length."""

@@ -71,7 +71,7 @@ def test_bucket_shapes_are_few_and_waste_little() -> None:
 def test_engine_results_do_not_depend_on_batch_composition(artifact: Path, buckets: str) -> None:
     settings = Settings(device="cpu", ort_threads=1, step_budget=512, max_sub_batch=16, min_efficiency=0.85)
     engine = Engine(find_artifact(str(artifact)), replace(settings, shape_buckets=buckets))
-    assert engine.shape_buckets == (buckets == "on")
+    assert engine.batching.shape_buckets == (buckets == "on")
     test = data.load(ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts")
     rng = np.random.default_rng(0)
     seqs = [test.sequences[i] for i in rng.permutation(370)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import Settings
+from service.settings import BATCHING_DEFAULTS, Batching, Settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,3 +41,17 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, name: s
     with pytest.raises(ValueError) as e:
         Settings()
     assert str(e.value) == message
+
+
+def test_batching_follows_the_provider_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SEQSERVE_STEP_BUDGET", "SEQSERVE_MAX_SUB_BATCH", "SEQSERVE_MIN_PADDING_EFFICIENCY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SEQSERVE_SHAPE_BUCKETS", "auto")
+    s = Settings()
+    assert s.batching(cuda=False) == BATCHING_DEFAULTS[False] == Batching(8192, 128, 0.85, False)
+    assert s.batching(cuda=True) == BATCHING_DEFAULTS[True] == Batching(65536, 512, 0.0, True)
+    monkeypatch.setenv("SEQSERVE_MIN_PADDING_EFFICIENCY", "0")  # an explicit 0 is kept on the CPU too
+    monkeypatch.setenv("SEQSERVE_MAX_SUB_BATCH", "32")
+    monkeypatch.setenv("SEQSERVE_SHAPE_BUCKETS", "off")
+    assert Settings().batching(cuda=True) == Batching(65536, 32, 0.0, False)
+    assert Settings().batching(cuda=False) == Batching(8192, 32, 0.0, False)
