@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve test lint bench bench-gpu eval loadtest prometheus monitor clean
+.PHONY: venv train export serve test lint bench bench-report bench-gpu eval loadtest prometheus monitor clean
 
 venv: $(VENV)/.installed
 
@@ -53,6 +53,10 @@ loadtest: venv
 	$(PY) -m loadtest.report loadtest/results/$(PROFILE)_stats_history.csv loadtest/results/$(PROFILE).png
 
 # seqserve vs Triton vs Ray Serve, same model and load: bench/results.json + docs/benchmarks.md (~12 min).
+# Re-render docs/benchmarks.md from bench/results.json and bench/results-gpu.json (after a GPU visit).
+bench-report: venv
+	$(PY) -m loadtest.gpu_report
+
 bench: venv
 	@if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
 	$(PY) -m loadtest.bench $(if $(DATA),--data $(DATA)) $(BENCH_ARGS)

@@ -9,6 +9,8 @@ import csv
 import sys
 from pathlib import Path
 
+from loadtest.gpu_report import gpu_section
+
 
 def plot_history(history_csv: str | Path, png: str | Path) -> int:
     """Write the PNG; return the number of time points plotted."""
@@ -103,38 +105,6 @@ def open_loop_table(runs: list[dict]) -> list[str]:
             f"{r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {per_run} |"
         )
     return [*out, ""]
-
-
-def gpu_section(gpu: dict | None) -> list[str]:
-    """The GPU layouts from ``bench/results-gpu.json`` (``make bench-gpu`` on the GPU machine), or why not."""
-    out = ["## GPU (`make bench-gpu`, `bench/results-gpu.json`)", ""]
-    if not gpu or gpu.get("machine", {}).get("device") != "cuda":
-        return out + [
-            "GPU figures pending: no GPU run has been recorded from this code. On the GPU machine, one command",
-            "(`loadtest/gpu_visit.sh`, recipe inside) runs the CPU layout, the GPU layout and the in-process GPU",
-            "engine and writes `bench/results-gpu.json`; `make bench-gpu DEVICE=cpu` is the same script on CPU.",
-            "",
-        ]
-    m = gpu["machine"]
-    out += [
-        f"- {m.get('gpu')} ({m.get('gpu_memory')}), driver {m.get('driver')}, CUDA {m.get('cuda')}, cuDNN "
-        f"{m.get('cudnn')}, ONNX Runtime {m.get('onnxruntime')}, {m.get('cpus')} CPUs",
-        "",
-        "| layout | profile | seqs/request | concurrency | seq/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in gpu["runs"]:
-        if r.get("mode") == "inprocess":
-            continue
-        out.append(
-            f"| {r['layout']} | {r['profile']} | {r['sequences_per_request']} | {r['concurrency']} | "
-            f"{r['seq_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
-        )
-    inproc = [r for r in gpu["runs"] if r.get("mode") == "inprocess"]
-    if inproc:
-        out += ["", "| in-process engine | profile | batch | seq/s |", "|---|---|---:|---:|"]
-        out += [f"| {r['provider']} | {r['profile']} | {r['batch']} | {r['seq_per_s']:.0f} |" for r in inproc]
-    return out + [""]
 
 
 def render_report(results: dict, gpu: dict | None = None) -> str:
