@@ -2,15 +2,18 @@
 # One visit to the GPU machine: everything issue 9 measures there, in one command (see ../shared/gpu/README.md).
 #
 # Here, first:  make export  (artifacts/default)  and  bash ../shared/gpu/prepare.sh  (fills .gpu/)
-# There, after the five chunk commands of that README, with carry [.gpu/wheels, .gpu/bin, artifacts]:
+# There, after the five chunk commands of that README (each chunk alone: the tracked tree, ~9 MB, counts
+# against a run's 64 MiB too), with carry [.gpu/wheels, .gpu/bin, artifacts]:
 #   bash loadtest/gpu_visit.sh
+# Measured 2026-11-26: machine start ~30 s, chunk commands ~5 s each, the default STAGES ~190 s; with
+# STAGES="check probe variants bench" and three variants ~350 s.
 # STAGES (default "check bench"), each writing under $OUT (or bench/ when OUT is unset):
 #   check     the load-time check and the CUDA options read back from the session -> provider-check.json
 #   probe     loadtest/gpu_probe.py: where a call's time goes in serving-like use -> gpu-probe.json
 #   variants  the gpu layout at c=256 under each of GPU_VARIANTS ("name:SEQSERVE_A=1 SEQSERVE_B=2;name2:...")
 #             -> variant-NAME.json; the best (geometric mean of seq/s) becomes the bench's gpu settings
 #   bench     loadtest/gpu_bench.py over LAYOUTS -> results-gpu.json
-# The servers' logs and /metrics snapshots come back too. DEVICE=cpu runs the same on CPU (a dry run).
+# DEVICE=cpu runs the same on CPU (a dry run).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-bench}
@@ -24,7 +27,13 @@ fi
 PY=${PY:-python3}
 mkdir -p "$OUT"
 WORK=${WORK:-/tmp/seqserve-gpu-bench}
-trap 'cp "$WORK"/*.log "$WORK"/*.metrics "$OUT"/ 2>/dev/null || true' EXIT
+# A device run brings back only a few files: the servers' logs, /metrics snapshots and the variants travel in
+# one archive beside provider-check.json, gpu-probe.json and results-gpu.json.
+pack() {
+  mkdir -p "$WORK/extras"; cp "$WORK"/*.log "$WORK"/*.metrics "$OUT"/variant-*.json "$WORK/extras/" 2>/dev/null
+  tar -czf "$OUT/extras.tar.gz" -C "$WORK" extras && rm -f "$OUT"/variant-*.json
+}
+trap 'pack || true' EXIT
 
 for stage in $STAGES; do
   echo "gpu-visit: stage $stage at $(date +%T)" >&2
