@@ -142,6 +142,7 @@ def start_seqserve(art: Path, work: Path, args: argparse.Namespace) -> Server:
         "SEQSERVE_MODEL_WORKERS": str(args.model_workers),
         "SEQSERVE_ORT_THREADS": str(args.seqserve_ort_threads or args.ort_threads),
         "BENTOML_HOME": str(work / "bentoml_home"),
+        "SEQSERVE_DATA_DIR": str(work / "data"),
     }
     proc, url = start_bentoml(ROOT, env, work / "seqserve.log")
     return Server(

@@ -102,6 +102,7 @@ def http_layout(layout: str, art: Path, work: Path, mixes: dict, args: argparse.
         "SEQSERVE_MAX_SUB_BATCH": str(args.gpu_max_batch if gpu else 128),
         "SEQSERVE_STEP_BUDGET": str(args.gpu_step_budget if gpu else 8192),
         "BENTOML_HOME": str(work / f"home-{layout}"),
+        "SEQSERVE_DATA_DIR": str(work / f"data-{layout}"),
     }
     if gpu:
         env.update(kv.split("=", 1) for kv in args.gpu_env.split())

@@ -64,6 +64,8 @@ COMPUTE_SECONDS = Histogram(
 QUEUE_SECONDS = Histogram(
     "seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model", buckets=SECONDS_BUCKETS
 )
+FEEDBACK_ITEMS = Counter("seqserve_feedback_items", "Feedback items stored, by split", ["split"])
+FEEDBACK_FULL = Counter("seqserve_feedback_full_requests", "Feedback requests refused because the store is full")
 MODEL_INFO = Gauge(
     "seqserve_model_info",
     "The loaded model (always 1)",
@@ -173,7 +175,7 @@ class RejectionCounter:
     where every rejection (ours and pydantic's, e.g. invalid JSON) can be counted.
     """
 
-    def __init__(self, app, paths: tuple[str, ...] = ("/predict", "/predict_nobatch")) -> None:  # noqa: ANN001
+    def __init__(self, app, paths: tuple[str, ...] = ("/predict", "/predict_nobatch", "/feedback")) -> None:  # noqa: ANN001
         self.app, self.paths = app, paths
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001

@@ -40,8 +40,7 @@ def _fail(reason: str, msg: str) -> PydanticCustomError:
     return PydanticCustomError(f"seqserve_{reason}", msg)
 
 
-def _check_sequence(i: int, seq: Any, feature_dim: int, max_length: int) -> np.ndarray:
-    field = f"sequences[{i}]"
+def _check_sequence(field: str, seq: Any, feature_dim: int, max_length: int) -> np.ndarray:
     if not isinstance(seq, list):
         raise _fail(
             "bad_type",
@@ -100,7 +99,7 @@ def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_S
         for i, s in enumerate(value):
             arr = _fast_sequence(s, feature_dim, max_length)
             if arr is None:
-                arr = _check_sequence(i, s, feature_dim, max_length)
+                arr = _check_sequence(f"sequences[{i}]", s, feature_dim, max_length)
             arr = arr.view(ReceivedSequence)
             arr.received_at = received
             out.append(arr)
@@ -109,6 +108,51 @@ def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_S
     step = Annotated[list[float], Len(feature_dim, feature_dim)]
     sequence = Annotated[list[step], Len(1, max_length)]
     return Annotated[list[sequence], Len(1, max_sequences), WrapValidator(validate)]
+
+
+def feedback_type(feature_dim: int, max_length: int, classes: list[str], max_items: int = MAX_SEQUENCES) -> Any:
+    """``POST /feedback``'s ``items``: 1..max_items ``{"sequence": ..., "label": ...}``, each sequence checked as
+    in /predict (field ``items[i].sequence``), each label one of the model's classes; validated into
+    ``(float32 [T, F] array, label)`` pairs."""
+    known = set(classes)
+
+    def validate(value: Any, handler: Any) -> list[tuple[np.ndarray, str]]:
+        if not isinstance(value, list):
+            raise _fail("bad_type", f"items: must be a list of 1..{max_items} items, got {type(value).__name__}")
+        if not 1 <= len(value) <= max_items:
+            raise _fail("item_count", f"items: {len(value)} items, must be 1..{max_items} per request")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or "sequence" not in item or "label" not in item:
+                raise _fail("bad_item", f"items[{i}]: must be an object with 'sequence' and 'label'")
+            seq, label = item["sequence"], item["label"]
+            arr = _fast_sequence(seq, feature_dim, max_length)
+            if arr is None:
+                arr = _check_sequence(f"items[{i}].sequence", seq, feature_dim, max_length)
+            if type(label) is int:  # JSON clients may send numeric class names as numbers
+                label = str(label)
+            if not isinstance(label, str) or label not in known:
+                raise _fail(
+                    "unknown_label",
+                    f"items[{i}].label: {label!r} is not a class of this model (one of: {', '.join(classes)})",
+                )
+            out.append((arr, label))
+        return out
+
+    class FeedbackItemIn(BaseModel):
+        sequence: Annotated[list[Annotated[list[float], Len(feature_dim, feature_dim)]], Len(1, max_length)]
+        label: str = Field(description=f"one of the model's classes: {', '.join(classes)}")
+
+    return Annotated[list[FeedbackItemIn], Len(1, max_items), WrapValidator(validate)]
+
+
+class FeedbackAck(BaseModel):
+    """``POST /feedback``'s answer, sent after the items are committed to disk."""
+
+    accepted: int = Field(description="items stored")
+    ids: list[str] = Field(description="the stored items' ids, in request order")
+    splits: list[str] = Field(description="train or holdout per item, fixed at insert")
+    model_version: str = Field(description="the model this API worker serves")
 
 
 class Prediction(BaseModel):

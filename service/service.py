@@ -7,6 +7,8 @@ Two services, one topology on CPU and GPU:
 
   - ``POST /predict``: ``{"sequences": [[[f x F] x T1], ...]}`` -> one object per sequence (adaptive batching);
   - ``POST /predict_nobatch``: the same, one request per model call (for comparison);
+  - ``POST /feedback``: ``{"items": [{"sequence": [[f x F] x T], "label": "..."}, ...]}`` -> stored durably for
+    retraining (``service.feedback``) before the 2xx;
   - ``GET /metadata``: model name, version, classes, limits, provider in use (and why, if not CUDA);
   - ``GET /docs``: the OpenAPI UI (``/docs.json`` the document); BentoML's ``/healthz /livez /readyz /metrics``.
 
@@ -23,6 +25,8 @@ session is opened by the model service's workers only.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import gc
 import logging
@@ -43,10 +47,11 @@ from starlette.routing import Route
 from service.batcher import cap_learned_wait
 from service.coalesce import Coalescer
 from service.engine import Engine
-from service.metrics import RejectionCounter, ServiceMetrics
+from service.feedback import FeedbackStore, StoreFull, open_store
+from service.metrics import FEEDBACK_FULL, FEEDBACK_ITEMS, RejectionCounter, ServiceMetrics
 from service.openapi import OpenAPIPatch
 from service.runtime import find_artifact
-from service.schema import MAX_SEQUENCES, Prediction, predictions_json, sequences_type
+from service.schema import MAX_SEQUENCES, FeedbackAck, Prediction, feedback_type, predictions_json, sequences_type
 from service.settings import Settings
 
 log = logging.getLogger("seqserve")
@@ -56,6 +61,7 @@ SETTINGS = Settings()
 ARTIFACT = find_artifact(SETTINGS.model or None)
 MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
 Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES)
+FeedbackItems = feedback_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.meta.classes, MAX_SEQUENCES)
 
 
 class ClientErrorFilter(logging.Filter):
@@ -187,6 +193,11 @@ class SeqServe:
         self.classes: list[str] = ARTIFACT.meta.classes
         self.version: str = ARTIFACT.meta.model_version
         self.coalescer: Coalescer | None = None  # made on the first request (it needs the running loop)
+        # The store opens here so that a data directory without the durability guarantees fails the start.
+        self.feedback_store: FeedbackStore = open_store(
+            SETTINGS.data_dir, SETTINGS.feedback_holdout, SETTINGS.feedback_max_items
+        )
+        self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feedback")
         _tune_gc()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
 
@@ -205,6 +216,25 @@ class SeqServe:
     async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
         """The same answers without adaptive batching: one request per model call (for comparison)."""
         return self._respond(await self._call("infer_nobatch", _items(sequences)))
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, items: FeedbackItems) -> FeedbackAck:
+        """Store 1..64 labelled sequences for retraining (each sequence as in /predict, each label one of the
+        model's classes). The answer comes after the items are committed to disk."""
+        add = functools.partial(self.feedback_store.add, items, self.version)
+        try:
+            stored = await asyncio.get_running_loop().run_in_executor(self._store_thread, add)
+        except StoreFull as e:
+            FEEDBACK_FULL.inc()
+            return JSONResponse({"error": str(e)}, status_code=507)
+        for item in stored:
+            FEEDBACK_ITEMS.labels(item.split).inc()
+        return FeedbackAck(
+            accepted=len(stored),
+            ids=[i.id for i in stored],
+            splits=[i.split for i in stored],
+            model_version=self.version,
+        )
 
     async def _call(self, api: str, items: list[Any]) -> list[Any]:
         """Call the model service; once more if the connection broke (a keep-alive connection the model

@@ -19,6 +19,9 @@
 ``SEQSERVE_SHAPE_BUCKETS``             auto     on | off | auto (on with CUDA): round call shapes (service/padding.py)
 ``SEQSERVE_MAX_LENGTH``                0        longest accepted sequence (0: the artifact's max_length)
 ``SEQSERVE_DRIFT_WINDOW_STEPS``        4096     time steps in the input drift window
+``SEQSERVE_DATA_DIR``                  -        feedback store directory (``feedback.db``; default ``.seqserve``)
+``SEQSERVE_FEEDBACK_HOLDOUT``          0.2      share of feedback items set aside (by id hash) for evaluation only
+``SEQSERVE_FEEDBACK_MAX_ITEMS``        1000000  items the feedback store holds at most (then /feedback answers 507)
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
 =====================================  =======  ==================================================================
 
@@ -107,7 +110,16 @@ class Settings:
     )
     max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0, minimum=0))
     drift_window_steps: int = field(default_factory=lambda: env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096, minimum=1))
+    data_dir: str = field(default_factory=lambda: os.environ.get("SEQSERVE_DATA_DIR", "").strip() or ".seqserve")
+    feedback_holdout: float = field(default_factory=lambda: env_float("SEQSERVE_FEEDBACK_HOLDOUT", 0.2, minimum=0))
+    feedback_max_items: int = field(
+        default_factory=lambda: env_int("SEQSERVE_FEEDBACK_MAX_ITEMS", 1_000_000, minimum=1)
+    )
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
+
+    def __post_init__(self) -> None:
+        if self.feedback_holdout > 1:
+            raise ValueError(f"SEQSERVE_FEEDBACK_HOLDOUT={self.feedback_holdout}: must be <= 1")
 
     def batching(self, cuda: bool) -> Batching:
         """How the engine cuts and pads merged batches on the provider in use: the settings, "auto" resolved."""

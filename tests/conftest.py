@@ -72,12 +72,19 @@ def artifact(small_run: Path, bentoml_home: Path, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="session")
-def server(artifact: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory):
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session server's SEQSERVE_DATA_DIR (its feedback store)."""
+    return tmp_path_factory.mktemp("data_dir")
+
+
+@pytest.fixture(scope="session")
+def server(artifact: Path, bentoml_home: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real ``bentoml serve`` on 127.0.0.1 loading ``seqclassifier:latest`` from the temporary store, accepting
     sequences of up to 64 steps."""
     log = tmp_path_factory.mktemp("logs") / "bentoml.log"
     # SEQSERVE_MAX_LENGTH: the serve-time override of the artifact's (generous) limit, kept small to test it.
     env = {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MAX_LATENCY_MS": "20000", "SEQSERVE_MAX_LENGTH": "64"}
+    env["SEQSERVE_DATA_DIR"] = str(data_dir)
     proc, url = start_bentoml(ROOT, env, log)
     yield url
     stop_process(proc)

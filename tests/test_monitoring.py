@@ -105,6 +105,7 @@ def stack(artifact: Path, tmp_path_factory: pytest.TempPathFactory):
         ROOT,
         {
             "BENTOML_HOME": str(tmp / "bentoml_home"),
+            "SEQSERVE_DATA_DIR": str(tmp / "data"),
             "SEQSERVE_MODEL": str(artifact),
             "SEQSERVE_WORKERS": "2",
             "SEQSERVE_DRIFT_WINDOW_STEPS": "512",
@@ -250,6 +251,8 @@ def test_dashboard_panels_query_existing_metrics(stack) -> None:  # noqa: ANN001
     url, prom = stack
     dash = json.loads(DASHBOARD.read_text())
     assert any(v["type"] == "datasource" and v["query"] == "prometheus" for v in dash["templating"]["list"])
+    feedback = {"items": [{"sequence": [[0.1] * 12] * 3, "label": "1"}]}  # so that the feedback series exist
+    assert httpx.post(f"{url}/feedback", json=feedback, timeout=60).status_code == 200
     exported = {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][\w:]*)", httpx.get(f"{url}/metrics").text, re.M)}
     recorded = {r["record"] for g in _yaml(PROM_DIR / "rules/recording.yml")["groups"] for r in g["rules"]}
     known = exported | recorded | {"up"}

@@ -1,4 +1,4 @@
-"""``python -m training {train,tune,eval} ...``"""
+"""``python -m training {train,tune,eval,feedback} ...``"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from training.evaluate import add_eval_args, evaluate
+    from training.feedback import add_feedback_args, feedback
     from training.train import add_train_args, train
     from training.tune import add_tune_args, tune
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("eval", help="accuracy suite: defaults on UCR/UEA datasets -> docs/accuracy.md")
     add_eval_args(p_eval)
     p_eval.set_defaults(func=evaluate)
+
+    p_feedback = sub.add_parser("feedback", help="the service's feedback store: export it as JSONL")
+    add_feedback_args(p_feedback)
+    p_feedback.set_defaults(func=feedback)
 
     args = parser.parse_args(argv)
     try:
