@@ -31,13 +31,14 @@ train: venv
 export: venv
 	$(PY) -m export --run $(RUN) --out $(ARTIFACT)
 
-# Train only if no exported model exists; (re)store the artifact (idempotent); serve on HOST:PORT.
+# Train only if no exported model exists; store the artifact (idempotent) and promote it to champion (the
+# model the service serves and follows: service/champion.py); serve on HOST:PORT.
 serve: venv
 	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
 	  $(MAKE) --no-print-directory export; \
 	fi
-	$(PY) -m export.store $(ARTIFACT)
+	$(PY) -m export.promote $(ARTIFACT) --store
 	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
 
 test: lint

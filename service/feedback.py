@@ -72,6 +72,26 @@ class FeedbackStore(Protocol):
     def close(self) -> None: ...
 
 
+def connect(path: Path, busy_timeout_ms: int = 10_000) -> tuple[sqlite3.Connection, dict]:
+    """A connection in autocommit mode (explicit BEGIN/COMMIT) with WAL, synchronous=FULL and a busy
+    timeout, and those pragmas as read back; ``StoreError`` if the file does not keep them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
+    c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=FULL")
+    sync = c.execute("PRAGMA synchronous").fetchone()[0]
+    pragmas = {
+        "journal_mode": c.execute("PRAGMA journal_mode").fetchone()[0],
+        "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[sync],
+        "busy_timeout_ms": c.execute("PRAGMA busy_timeout").fetchone()[0],
+    }
+    if pragmas["journal_mode"] != "wal" or pragmas["synchronous"] != "FULL":
+        c.close()
+        raise StoreError(f"{path}: expected journal_mode=wal and synchronous=FULL, got {pragmas}")
+    return c, pragmas
+
+
 def assign_split(item_id: str, holdout: float) -> str:
     """``holdout`` for a ``holdout`` fraction of ids, by their SHA-256; the same id always gets the same split."""
     h = int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "big") / 2**64
@@ -85,25 +105,9 @@ class SQLiteStore:
         self, path: str | Path, holdout: float = 0.2, max_items: int = 1_000_000, busy_timeout_ms: int = 10_000
     ) -> None:
         self.path, self.holdout, self.max_items = Path(path), holdout, max_items
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            self.path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-        )
+        self._conn, self.pragmas = connect(self.path, busy_timeout_ms)
         self._lock = threading.Lock()  # one statement sequence at a time on this connection
-        c = self._conn
-        c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=FULL")
-        self.pragmas = {
-            "journal_mode": c.execute("PRAGMA journal_mode").fetchone()[0],
-            "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
-                c.execute("PRAGMA synchronous").fetchone()[0]
-            ],
-            "busy_timeout_ms": c.execute("PRAGMA busy_timeout").fetchone()[0],
-        }
-        if self.pragmas["journal_mode"] != "wal" or self.pragmas["synchronous"] != "FULL":
-            raise StoreError(f"{self.path}: expected journal_mode=wal and synchronous=FULL, got {self.pragmas}")
-        c.execute(SCHEMA)
+        self._conn.execute(SCHEMA)
 
     def add(self, items: list[tuple[np.ndarray, str]], model_version: str | None = None) -> list[FeedbackItem]:
         """Store ``(sequence, label)`` pairs in one transaction; return them as stored (id, split)."""

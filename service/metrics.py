@@ -17,6 +17,9 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
 ``seqserve_model_compute_seconds``         histogram of one ONNX Runtime call
 ``seqserve_queue_wait_seconds``            histogram: request parsed -> its batch starts on the model
 ``seqserve_model_info``                    1, labels model_version, rnn, provider, device_requested, gpu_present
+                                           (0 for a model swapped out: multiprocess gauges cannot be removed)
+``seqserve_model_swaps_total``             promoted models swapped in; ``..._swap_failures_total`` refused
+``seqserve_feedback_items_total``          feedback items stored, by split; ``..._full_requests_total`` refused
 ``seqserve_predictions_total``             predicted class counts, by model_version and class
 ``seqserve_input_drift_score``             mean per-feature z-shift of recent inputs vs training (drift.py)
 ``seqserve_input_drift_feature_zshift``    the same per feature
@@ -66,6 +69,8 @@ QUEUE_SECONDS = Histogram(
 )
 FEEDBACK_ITEMS = Counter("seqserve_feedback_items", "Feedback items stored, by split", ["split"])
 FEEDBACK_FULL = Counter("seqserve_feedback_full_requests", "Feedback requests refused because the store is full")
+MODEL_SWAPS = Counter("seqserve_model_swaps", "Models swapped in after a promotion (load, check, swap)")
+MODEL_SWAP_FAILURES = Counter("seqserve_model_swap_failures", "Promoted models refused; the old one kept serving")
 MODEL_INFO = Gauge(
     "seqserve_model_info",
     "The loaded model (always 1)",
@@ -107,7 +112,8 @@ class ServiceMetrics:
         self.drift = DriftMonitor(meta.normalisation.mean, meta.normalisation.std, window_steps=drift_window_steps)
         rnn = meta.rnn["rnn"]
         gpu = "true" if gpu_present() else "false"
-        MODEL_INFO.labels(self.version, rnn, engine.provider, device_requested, gpu).set(1)
+        self._info_labels = (self.version, rnn, engine.provider, device_requested, gpu)
+        MODEL_INFO.labels(*self._info_labels).set(1)
         self._ok = SEQUENCES.labels(self.version, "ok")
         self._error = SEQUENCES.labels(self.version, "error")
         self._predicted = [PREDICTIONS.labels(self.version, c) for c in self.classes]
@@ -151,6 +157,10 @@ class ServiceMetrics:
                 for f, z in enumerate(shift.tolist()):
                     DRIFT_FEATURE.labels(self.version, str(f)).set(z)
         DRIFT_STEPS.labels(self.version).set(self.drift.steps)
+
+    def retire(self) -> None:
+        """This model was swapped out: its info series drops to 0 (the new model's is 1)."""
+        MODEL_INFO.labels(*self._info_labels).set(0)
 
     def batch_sources(self, api_workers: int) -> None:
         BATCH_SOURCES.observe(api_workers)

@@ -31,7 +31,9 @@ import functools
 import gc
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import aiohttp
@@ -45,12 +47,20 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service.batcher import cap_learned_wait
+from service.champion import ChampionPointer, served_ref
 from service.coalesce import Coalescer
 from service.engine import Engine
 from service.feedback import FeedbackStore, StoreFull, open_store
-from service.metrics import FEEDBACK_FULL, FEEDBACK_ITEMS, RejectionCounter, ServiceMetrics
+from service.metrics import (
+    FEEDBACK_FULL,
+    FEEDBACK_ITEMS,
+    MODEL_SWAP_FAILURES,
+    MODEL_SWAPS,
+    RejectionCounter,
+    ServiceMetrics,
+)
 from service.openapi import OpenAPIPatch
-from service.runtime import find_artifact
+from service.runtime import Artifact, find_artifact
 from service.schema import MAX_SEQUENCES, FeedbackAck, Prediction, feedback_type, predictions_json, sequences_type
 from service.settings import Settings
 
@@ -58,7 +68,8 @@ log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
 
 SETTINGS = Settings()
-ARTIFACT = find_artifact(SETTINGS.model or None)
+MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.data_dir)
+ARTIFACT = find_artifact(MODEL_REF)
 MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
 Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES)
 FeedbackItems = feedback_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.meta.classes, MAX_SEQUENCES)
@@ -73,6 +84,18 @@ class ClientErrorFilter(logging.Filter):
             record.msg, record.args = "rejected request on %s: %s", (record.args[0], exc.errors()[0]["msg"])
             record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
         return True
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    """What the model service serves: replaced whole, in one assignment, at a swap."""
+
+    engine: Engine
+    metrics: ServiceMetrics
+
+    @property
+    def version(self) -> str:
+        return self.engine.model_version
 
 
 @bentoml.service(
@@ -90,18 +113,65 @@ class SeqModel:
     def __init__(self) -> None:
         _tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/batcher.py
-        self.engine = Engine(ARTIFACT, SETTINGS)
-        self.metrics = ServiceMetrics(self.engine, SETTINGS.device, SETTINGS.drift_window_steps)
-        info = self.engine.info
+        self.slot = self._load(ARTIFACT)
+        self.source = MODEL_SOURCE
+        self._log_loaded(self.slot, f"from {MODEL_SOURCE}")
+        if SETTINGS.model == "" and SETTINGS.reload_interval_s > 0:
+            threading.Thread(target=self._follow_champion, name="champion", daemon=True).start()
+
+    @staticmethod
+    def _load(artifact: Artifact) -> ModelSlot:
+        engine = Engine(artifact, SETTINGS)  # opens the session and runs the load-time check
+        return ModelSlot(engine, ServiceMetrics(engine, SETTINGS.device, SETTINGS.drift_window_steps))
+
+    @staticmethod
+    def _log_loaded(slot: ModelSlot, why: str) -> None:
+        e, info = slot.engine, slot.engine.info
         log.info(
-            "seqserve: model %s (%s) on %s %s, %d ORT threads%s",
-            self.engine.model_version,
-            ARTIFACT.source,
+            "seqserve: model %s (%s, %s) on %s %s, %d ORT threads%s",
+            e.model_version,
+            e.artifact.source,
+            why,
             info.provider,
             info.provider_options,
-            self.engine.ort_threads,
+            e.ort_threads,
             f"; not on CUDA because {info.fallback_reason}" if info.fallback_reason else "",
         )
+
+    def _follow_champion(self) -> None:
+        """Poll the champion pointer; on a new champion, load and check it aside, then swap between batches."""
+        pointer, refused = ChampionPointer(SETTINGS.data_dir), None
+        while True:
+            time.sleep(SETTINGS.reload_interval_s)
+            champion = None
+            try:
+                champion = pointer.get()
+                if champion is None or champion.version == self.slot.version or champion == refused:
+                    continue
+                self.swap(champion.ref, champion.version)
+            except Exception as e:  # noqa: BLE001 - a bad promotion must never stop the serving model
+                refused = champion  # not retried until the pointer moves again
+                MODEL_SWAP_FAILURES.inc()
+                log.warning("seqserve: promoted model %s refused, %s keeps serving: %s", champion, self.slot.version, e)
+
+    def swap(self, ref: str, version: str | None = None) -> None:
+        """Load ``ref``, check it (contract, reference outputs), then make it the model in one assignment.
+        Batches already running finish on the old model; the next batch runs on the new one."""
+        artifact = find_artifact(ref)
+        old = self.slot
+        if version is not None and artifact.meta.model_version != version:
+            raise ValueError(f"{ref} holds model {artifact.meta.model_version}, the pointer says {version}")
+        if (artifact.meta.feature_dim, artifact.meta.classes) != (old.engine.feature_dim, old.engine.classes):
+            raise ValueError(
+                f"its contract differs (feature_dim {artifact.meta.feature_dim}, classes {artifact.meta.classes}; "
+                f"serving {old.engine.feature_dim}, {old.engine.classes}): that needs a restart"
+            )
+        new = self._load(artifact)
+        self.slot = new  # the swap
+        self.source = "champion"
+        old.metrics.retire()
+        MODEL_SWAPS.inc()
+        self._log_loaded(new, f"champion, swapped in for {old.version}")
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, items: list[Any]) -> list[Any]:
@@ -114,7 +184,8 @@ class SeqModel:
     @bentoml.api
     def info(self) -> dict:
         """What /metadata reports about the loaded model and its session."""
-        e, info = self.engine, self.engine.info
+        e = self.slot.engine
+        info = e.info
         return {
             "model_version": e.model_version,
             "classes": e.classes,
@@ -126,19 +197,21 @@ class SeqModel:
             "ort_threads": e.ort_threads,
             "model_workers": SETTINGS.model_workers,
             "source": e.artifact.source,
+            "served_because": self.source,
         }
 
     def _run(self, items: list[Any]) -> list[Any]:
         started = time.perf_counter()
+        slot = self.slot  # read once: a swap during this batch does not mix two models in it
         seqs = [x for _, _, x in items]
         try:
-            probs, attention, stats = self.engine.infer(seqs)
+            probs, attention, stats = slot.engine.infer(seqs)
         except Exception:
-            self.metrics.failed(len(seqs))
+            slot.metrics.failed(len(seqs))
             raise
-        self.metrics.observe(seqs, stats, probs, started, [t for t, _, _ in items])
-        self.metrics.batch_sources(len({pid for _, pid, _ in items}))
-        version = self.engine.model_version
+        slot.metrics.observe(seqs, stats, probs, started, [t for t, _, _ in items])
+        slot.metrics.batch_sources(len({pid for _, pid, _ in items}))
+        version = slot.version
         return [(p, a, version) for p, a in zip(probs, attention)]
 
 
@@ -247,9 +320,8 @@ class SeqServe:
             return await method(items)
 
     def _respond(self, results: list[Any]) -> Response:
-        version = results[0][2]
-        if version != self.version:  # the model service swapped models: label with the one that answered
-            raise RuntimeError(f"model service answered with model {version}, this API serves {self.version}")
+        version = results[0][2]  # the model that answered (after a swap, the new champion)
+        self.version = version
         probs = np.stack([p for p, _, _ in results])
         body = predictions_json(self.classes, version, probs, [a for _, a, _ in results])
         return Response(body, media_type="application/json")

@@ -22,6 +22,7 @@
 ``SEQSERVE_DATA_DIR``                  -        feedback store directory (``feedback.db``; default ``.seqserve``)
 ``SEQSERVE_FEEDBACK_HOLDOUT``          0.2      share of feedback items set aside (by id hash) for evaluation only
 ``SEQSERVE_FEEDBACK_MAX_ITEMS``        1000000  items the feedback store holds at most (then /feedback answers 507)
+``SEQSERVE_RELOAD_INTERVAL_S``         5        how often the model service looks for a new champion (0: never)
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
 =====================================  =======  ==================================================================
 
@@ -115,6 +116,7 @@ class Settings:
     feedback_max_items: int = field(
         default_factory=lambda: env_int("SEQSERVE_FEEDBACK_MAX_ITEMS", 1_000_000, minimum=1)
     )
+    reload_interval_s: float = field(default_factory=lambda: env_float("SEQSERVE_RELOAD_INTERVAL_S", 5.0, minimum=0))
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,50 @@
+"""``python -m export.promote REF [--data-dir DIR]``: make REF the champion every replica serves.
+
+REF is a model store tag (``seqclassifier:<version>``) or an exported artifact directory. The artifact is
+opened and its contract read before the pointer moves (``service.champion``); running services that follow
+the pointer (no ``SEQSERVE_MODEL``) load, check and swap to it within ``SEQSERVE_RELOAD_INTERVAL_S``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from export.contract import ContractError
+from service.champion import Champion, ChampionPointer
+from service.runtime import ModelNotFound, find_artifact
+
+
+def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
+    """Point the champion at ``ref``; return the new pointer. A directory is first put into the BentoML model
+    store when ``store`` (the pointer then names the versioned tag), else pointed at by its absolute path."""
+    art = find_artifact(ref)
+    if Path(ref).is_dir():
+        if store:
+            from export.store import save_to_store
+
+            ref = save_to_store(ref)
+        else:
+            ref = str(Path(ref).resolve())
+    return ChampionPointer(data_dir).set(ref, art.meta.model_version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.promote", description=__doc__)
+    p.add_argument("ref", help="model store tag or artifact directory")
+    p.add_argument("--data-dir", default=os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve")
+    p.add_argument("--store", action="store_true", help="a directory: put it in the model store, point at its tag")
+    args = p.parse_args(argv)
+    try:
+        champion = promote(args.ref, args.data_dir, args.store)
+    except (ModelNotFound, ContractError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"champion: {champion.ref} (model {champion.version})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Hot swap (issue 10): promotions reach a running server, which swaps models between batches under load;
+broken promotions are refused and the old model keeps serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from export.promote import promote
+from loadtest.procs import start_bentoml, stop_process
+from training import data
+
+ROOT = Path(__file__).resolve().parents[1]
+JV_TRAIN = ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
+JV_TEST = ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts"
+
+pytestmark = pytest.mark.integration
+SETTLE_S = 2.0  # a promotion must be served within this (pointer polled every 0.3 s, load + check ~1 s here)
+
+
+@pytest.fixture(scope="module")
+def challenger(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Path:
+    """A second model with the same contract (same data, another seed), exported to a directory."""
+    from training.__main__ import main
+
+    run, out = tmp_path_factory.mktemp("run2"), tmp_path_factory.mktemp("artifact2")
+    args = ["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(run), "--hidden", "32"]
+    assert main([*args, "--layers", "1", "--epochs", "4", "--quiet", "--seed", "2"]) == 0
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
+    cmd = [sys.executable, "-m", "export", "--run", str(run), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def version_of(art: Path) -> str:
+    return json.loads((art / "metadata.json").read_text())["model_version"]
+
+
+def broken_copies(art: Path, tmp: Path) -> tuple[Path, Path]:
+    truncated, wrong_dim = tmp / "truncated", tmp / "wrong_dim"
+    shutil.copytree(art, truncated)
+    onnx = (truncated / "model.onnx").read_bytes()
+    (truncated / "model.onnx").write_bytes(onnx[: len(onnx) // 3])
+    shutil.copytree(art, wrong_dim)
+    meta = json.loads((wrong_dim / "metadata.json").read_text())
+    meta["feature_dim"] += 1  # a valid contract, but not the one being served
+    meta["normalisation"]["mean"].append(0.0)
+    meta["normalisation"]["std"].append(1.0)
+    (wrong_dim / "metadata.json").write_text(json.dumps(meta))
+    return truncated, wrong_dim
+
+
+def test_promotions_swap_models_under_load(artifact: Path, challenger: Path, tmp_path: Path) -> None:
+    a, b = version_of(artifact), version_of(challenger)
+    assert a != b
+    data_dir = tmp_path / "data"
+    promote(str(artifact), data_dir)
+    env = {"BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(data_dir)}
+    env.update({"SEQSERVE_RELOAD_INTERVAL_S": "0.3", "SEQSERVE_MAX_LATENCY_MS": "20000"})
+    proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt")
+    test = data.load(JV_TEST)
+    log: list[tuple[float, float, int, set[str]]] = []  # sent, answered, status, versions in the answer
+    stop = threading.Event()
+
+    def load(k: int) -> None:
+        rng = np.random.default_rng(k)
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                picks = rng.integers(len(test.sequences), size=int(rng.integers(1, 4)))
+                body = {"sequences": [test.sequences[i].tolist() for i in picks]}
+                t0 = time.monotonic()
+                r = client.post(f"{url}/predict", json=body)
+                versions = {o["model_version"] for o in r.json()} if r.status_code == 200 else set()
+                log.append((t0, time.monotonic(), r.status_code, versions))
+
+    try:
+        meta = httpx.get(f"{url}/metadata").json()
+        assert (meta["model_version"], meta["served_because"]) == (a, "champion")
+        threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        promotions = []
+        for k in range(5):  # a -> b -> a -> b -> a -> b
+            target = challenger if k % 2 == 0 else artifact
+            promotions.append((time.monotonic(), version_of(target)))
+            promote(str(target), data_dir)
+            time.sleep(4)
+        for bad in broken_copies(artifact, tmp_path):  # version a, but unloadable / another contract
+            promotions.append((time.monotonic(), b))  # b must keep serving
+            promote(str(bad), data_dir)
+            time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        metrics = httpx.get(f"{url}/metrics").text
+        final = httpx.get(f"{url}/metadata").json()
+    finally:
+        stop.set()
+        stop_process(proc)
+    assert log and all(status == 200 for _, _, status, _ in log), [s for _, _, s, _ in log if s != 200][:5]
+    assert set().union(*(v for *_, v in log)) == {a, b}
+    ends = [t for t, _ in promotions[1:]] + [float("inf")]
+    for (t_promo, expected), t_next in zip(promotions, ends):
+        settled = [v for sent, answered, _, v in log if sent >= t_promo + SETTLE_S and answered <= t_next]
+        assert settled and all(v == {expected} for v in settled), (expected, settled[:3])
+    assert final["model_version"] == b
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith("seqserve_")
+    }
+    assert values["seqserve_model_swaps_total"] == 5 and values["seqserve_model_swap_failures_total"] == 2
+    info = {k: v for k, v in values.items() if k.startswith("seqserve_model_info{")}
+    assert [k for k, v in info.items() if v == 1] == [k for k in info if f'model_version="{b}"' in k]
