@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -229,4 +230,5 @@ def export_run(
     }
     meta = ArtifactMeta.from_dict(meta, str(out_dir / "metadata.json")).to_dict()  # the contract, checked
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
+    shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")  # what retraining fine-tunes from
     return meta

@@ -1,4 +1,5 @@
-"""Put an artifact directory (model.onnx + metadata.json + reference.npz) into the BentoML model store.
+"""Put an artifact directory (model.onnx + metadata.json + reference.npz + checkpoint.pt) into the BentoML
+model store (the checkpoint is what retraining fine-tunes from; the service never reads it).
 
 The tag is ``seqclassifier:<version>``; the version (from metadata.json) hashes the graph and the serving
 contract, so storing the same artifact twice is a no-op.
@@ -13,7 +14,8 @@ from pathlib import Path
 import bentoml
 from bentoml.exceptions import NotFound
 
-ARTIFACT_FILES = ("model.onnx", "metadata.json", "reference.npz")
+ARTIFACT_FILES = ("model.onnx", "metadata.json", "reference.npz", "checkpoint.pt")
+OPTIONAL_FILES = ("reference.npz", "checkpoint.pt")  # absent from artifacts exported by older versions
 
 
 def save_to_store(artifact_dir: str | Path) -> str:
@@ -31,8 +33,8 @@ def save_to_store(artifact_dir: str | Path) -> str:
     summary["test_accuracy"] = meta["training_metrics"].get("test_accuracy")
     with bentoml.models.create(tag, labels=labels, metadata=summary, module="seqserve") as model:
         for name in ARTIFACT_FILES:
-            if name == "reference.npz" and not (artifact_dir / name).exists():
-                continue  # exported before load-time checks existed: served unchecked, with a warning
+            if name in OPTIONAL_FILES and not (artifact_dir / name).exists():
+                continue  # exported before these files existed (unchecked at load / retrained from scratch)
             shutil.copy2(artifact_dir / name, model.path_of(name))
     return tag
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 JV_TRAIN = ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
 JV_TEST = ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts"
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# Every process the tests start gets an empty service database (feedback, champion pointer) unless a test
+# names one: a champion promoted in the checkout's own .seqserve/ must not decide what a test serves.
+os.environ["SEQSERVE_DATA_DIR"] = tempfile.mkdtemp(prefix="seqserve-test-data-")
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def challenger(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> 
     args = ["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(run), "--hidden", "32"]
     assert main([*args, "--layers", "1", "--epochs", "4", "--quiet", "--seed", "2"]) == 0
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
-    cmd = [sys.executable, "-m", "export", "--run", str(run), "--out", str(out)]
+    cmd = [sys.executable, "-m", "export", "--run", str(run), "--out", str(out), "--no-store"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return out

@@ -1,4 +1,4 @@
-"""``python -m training {train,tune,eval,feedback} ...``"""
+"""``python -m training {train,tune,eval,feedback,retrain} ...``"""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.evaluate import add_eval_args, evaluate
     from training.feedback import add_feedback_args, feedback
+    from training.retrain import add_retrain_args, retrain
     from training.train import add_train_args, train
     from training.tune import add_tune_args, tune
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     p_feedback = sub.add_parser("feedback", help="the service's feedback store: export it as JSONL")
     add_feedback_args(p_feedback)
     p_feedback.set_defaults(func=feedback)
+
+    p_retrain = sub.add_parser("retrain", help="challenger from the champion + feedback; gate; promote")
+    add_retrain_args(p_retrain)
+    p_retrain.set_defaults(func=retrain)
 
     args = parser.parse_args(argv)
     try:

@@ -25,6 +25,10 @@ DEFAULT_TRAIN = "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
 DEFAULT_TEST = "data/JapaneseVowels/JapaneseVowels_TEST.ts"
 
 
+class ArchitectureChanged(ValueError):
+    """``--init-from`` names a checkpoint whose model configuration differs from this run's."""
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", default=DEFAULT_TRAIN, help=".ts or .jsonl training file")
     p.add_argument("--test", default=DEFAULT_TEST, help=".ts or .jsonl test file (never used for selection)")
@@ -80,6 +84,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="fraction of the planned epochs that use mixup; the rest fit the clean sequences",
     )
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--init-from", default="", help="checkpoint.pt to fine-tune from (same architecture)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=50, help="epochs without reaching best val accuracy again")
     p.add_argument("--time-budget", type=float, default=290.0, help="wall-clock seconds for the whole training")
@@ -236,6 +241,11 @@ def train(args: argparse.Namespace) -> dict:
         normalisation=normalisation,
     )
     model = SequenceClassifier(cfg)
+    if getattr(args, "init_from", ""):  # warm start (retraining); this data's statistics replace the old ones
+        warm = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        if warm["model_config"] != cfg.to_dict():
+            raise ArchitectureChanged(f"{args.init_from}: another architecture than this run's; cannot fine-tune")
+        model.load_state_dict(warm["state_dict"])
     model.mean.copy_(torch.from_numpy(mean))
     model.std.copy_(torch.from_numpy(std))
     model.to(device)

@@ -1,0 +1,92 @@
+"""Retraining (issue 10): feedback through HTTP -> retrain -> gate -> promotion -> the running server swaps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtest.procs import start_bentoml, stop_process
+from training import data
+
+ROOT = Path(__file__).resolve().parents[1]
+JV_TRAIN = ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
+JV_TEST = ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts"
+
+pytestmark = pytest.mark.integration
+
+
+def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def weak_champion(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Path:
+    """A deliberately weak model: tiny, one epoch."""
+    from training.__main__ import main
+
+    run_dir, out = tmp_path_factory.mktemp("weak_run"), tmp_path_factory.mktemp("weak_artifact")
+    args = ["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(run_dir), "--hidden", "8"]
+    assert main([*args, "--layers", "1", "--epochs", "1", "--quiet", "--seed", "3"]) == 0
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
+    run(["-m", "export", "--run", str(run_dir), "--out", str(out), "--no-store"], env)
+    assert (out / "checkpoint.pt").exists()  # exported beside the graph: what retraining fine-tunes from
+    return out
+
+
+def retrain(out: Path, env: dict, *extra: str) -> dict:
+    data_dir = env["SEQSERVE_DATA_DIR"]
+    args = ["-m", "training", "retrain", "--data-dir", data_dir, "--out", str(out), "--quiet", *extra]
+    run([*args, "--epochs", "15", "--time-budget", "60"], env)
+    return json.loads((out / "report.json").read_text())
+
+
+def test_feedback_retrain_promote_and_swap(weak_champion: Path, tmp_path: Path) -> None:
+    # A model store of its own: a `bentoml serve` start empties its home's Prometheus directory, which would
+    # wipe the metrics of the session's shared server.
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(tmp_path / "data")}
+    run(["-m", "export.promote", str(weak_champion), "--store", "--data-dir", env["SEQSERVE_DATA_DIR"]], env)
+    weak = json.loads((weak_champion / "metadata.json").read_text())["model_version"]
+    server_env = {k: env[k] for k in ("BENTOML_HOME", "SEQSERVE_DATA_DIR")} | {"SEQSERVE_RELOAD_INTERVAL_S": "0.3"}
+    proc, url = start_bentoml(ROOT, server_env, tmp_path / "log.txt")
+    try:
+        assert httpx.get(f"{url}/metadata").json()["model_version"] == weak
+        train = data.load(JV_TRAIN)
+        for start in range(0, 200, 50):
+            items = [{"sequence": s.tolist(), "label": lab} for s, lab in zip(train.sequences, train.labels)]
+            r = httpx.post(f"{url}/feedback", json={"items": items[start : start + 50]}, timeout=60)
+            assert r.status_code == 200, r.text
+
+        skipped = retrain(tmp_path / "r0", env, "--min-new-items", "100000")
+        assert skipped["state"] == "skipped" and "need 100000" in skipped["reason"]
+
+        report = retrain(tmp_path / "r1", env, "--min-new-items", "50", "--cooldown-s", "0")
+        assert report["state"] == "promoted", report
+        assert report["mode"] == "fine-tune from the champion"
+        assert report["feedback"]["new_train"] == report["feedback"]["train"] >= 120
+        assert report["accuracy"]["challenger"] >= report["accuracy"]["champion"]
+        new = report["challenger"]["version"]
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/metadata").json()["model_version"] != new:
+            assert time.monotonic() < deadline, "the promoted model was not served within 10 s"
+            time.sleep(0.3)
+        body = {"sequences": [train.sequences[0].tolist()]}
+        assert httpx.post(f"{url}/predict", json=body).json()[0]["model_version"] == new
+
+        worse = retrain(tmp_path / "r2", env, "--force", "--margin", "1.0", "--from-scratch")
+        assert worse["state"] == "rejected" and "margin" in worse["reason"]
+        assert worse["mode"].startswith("from scratch")
+        assert worse["holdout"] == report["holdout"]  # the second generation reads the original data, not r1's files
+        assert worse["original_data"] == report["original_data"]
+        time.sleep(1)
+        assert httpx.get(f"{url}/metadata").json()["model_version"] == new  # the pointer did not move
+    finally:
+        stop_process(proc)

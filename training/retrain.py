@@ -1,0 +1,198 @@
+"""``python -m training retrain``: a challenger from the champion and the feedback, gated, maybe promoted.
+
+Reading top to bottom:
+
+1. **When.** The champion is whatever the pointer names (``service.champion``). A retrain needs at least
+   ``--min-new-items`` feedback items (train split) stored since the champion was promoted, and
+   ``--cooldown-s`` since that promotion. Otherwise it stops with ``state: skipped``, so a drifting input that
+   keeps firing an alert cannot retrain in a loop. ``--force`` skips both checks.
+2. **Data.** Training data = the champion's original training file + every feedback item of the train split.
+   Holdout = the original test file + every feedback item of the holdout split. An item's split was fixed at
+   insert (``service.feedback``), so no holdout item is ever trained on. The challenger's normalisation
+   statistics come from this training data, and export records them, so drift is measured against what the
+   challenger saw.
+3. **Train.** The champion's training settings are reused. By default the challenger is fine-tuned from the
+   champion's ``checkpoint.pt`` (warm start, learning rate x ``--lr-factor``, fewer epochs).
+   ``--from-scratch`` trains anew. So do a missing checkpoint and a changed architecture, and the report says
+   why.
+4. **Export** through the same export and parity gate as ``make export``, into the model store.
+5. **Gate.** Champion and challenger are scored by ONNX Runtime, as served, on the same holdout. The
+   challenger is promoted only if its accuracy >= the champion's + ``--margin`` and its contract (features,
+   classes) is the same. Promotion moves the pointer in one transaction.
+   A crash at any step before that leaves the champion and the pointer as they were.
+6. **Report.** ``OUT/report.json``, whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training import data
+
+STATES = ("skipped", "promoted", "rejected", "failed")
+
+
+def add_retrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve")
+    p.add_argument("--train", default="", help="original training data (default: the champion's)")
+    p.add_argument("--test", default="", help="original test data, part of the holdout (default: the champion's)")
+    p.add_argument("--out", default="", help="work directory (default runs/retrain-<time>)")
+    p.add_argument("--from-scratch", action="store_true", help="do not warm-start from the champion")
+    p.add_argument("--margin", type=float, default=0.0, help="challenger accuracy must be >= champion's + margin")
+    p.add_argument("--min-new-items", type=int, default=50, help="feedback items since the champion's promotion")
+    p.add_argument("--cooldown-s", type=float, default=3600.0, help="seconds since the champion's promotion")
+    p.add_argument("--force", action="store_true", help="ignore --min-new-items and --cooldown-s")
+    p.add_argument("--lr-factor", type=float, default=0.3, help="fine-tuning learning rate / the champion's")
+    p.add_argument("--epochs", type=int, default=0, help="0: the champion's when from scratch, a third to fine-tune")
+    p.add_argument("--time-budget", type=float, default=0.0, help="0: the champion's training budget")
+    p.add_argument("--quiet", action="store_true")
+
+
+def accuracy(artifact_dir: Path, holdout: data.Dataset) -> float:
+    """Accuracy of an exported artifact on ``holdout``, through the serving engine (ORT, CPU)."""
+    from service.engine import Engine
+    from service.runtime import find_artifact
+    from service.settings import Settings
+
+    engine = Engine(find_artifact(str(artifact_dir)), Settings(device="cpu", ort_threads=1))
+    probs, _, _ = engine.infer(holdout.sequences)
+    pred = [engine.classes[i] for i in probs.argmax(axis=1)]
+    return float(np.mean([p == t for p, t in zip(pred, holdout.labels)]))
+
+
+def write_jsonl(path: Path, sequences: list[np.ndarray], labels: list[str]) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for s, label in zip(sequences, labels):
+            fh.write(json.dumps({"sequence": s.tolist(), "label": label}) + "\n")
+    return path
+
+
+def train_args(
+    champion_ckpt: dict,
+    args: argparse.Namespace,
+    original: dict[str, str],
+    train: Path,
+    test: Path,
+    run: Path,
+    warm: Path | None,
+) -> argparse.Namespace:
+    """The champion's training settings, with this retrain's data, output and schedule."""
+    from training.train import add_train_args
+
+    p = argparse.ArgumentParser()
+    add_train_args(p)
+    targs = p.parse_args([])
+    targs.__dict__.update({k: v for k, v in champion_ckpt["args"].items() if k in targs.__dict__})
+    cfg = champion_ckpt["model_config"]
+    targs.stride, targs.normalisation = str(cfg["stride"]), cfg["normalisation"]  # as resolved for the champion
+    targs.train, targs.test, targs.out, targs.quiet = str(train), str(test), str(run), args.quiet
+    targs.init_from = str(warm) if warm else ""
+    targs.original_train, targs.original_test = str(original["train"]), str(original["test"])  # for the next retrain
+    if warm:
+        targs.lr = targs.lr * args.lr_factor
+        targs.epochs = args.epochs or max(10, targs.epochs // 3)
+    elif args.epochs:
+        targs.epochs = args.epochs
+    if args.time_budget:
+        targs.time_budget = args.time_budget
+    return targs
+
+
+def retrain(args: argparse.Namespace) -> dict:
+    """Run the steps above; write and return the report."""
+    import torch
+
+    from export.onnx_export import export_run
+    from export.store import save_to_store
+    from service.champion import ChampionPointer
+    from service.feedback import open_store
+    from service.runtime import find_artifact
+    from training.train import ArchitectureChanged, train
+
+    out = Path(args.out or f"runs/retrain-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    pointer = ChampionPointer(args.data_dir)
+    champion = pointer.get()
+    if champion is None:
+        raise ValueError(f"no champion promoted in {args.data_dir} (python -m export.promote REF)")
+    champ_art = find_artifact(champion.ref)
+    report: dict = {"champion": {"ref": champion.ref, "version": champion.version}, "started_at": time.time()}
+
+    def finish(state: str, **fields: object) -> dict:
+        report.update(state=state, finished_at=time.time(), **fields)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        if not args.quiet:
+            print(f"retrain: {state} ({out / 'report.json'})")
+        return report
+
+    store = open_store(args.data_dir)
+    items = list(store.items())
+    new = [i for i in items if i.split == "train" and i.created_at > champion.promoted_at]
+    n_holdout = sum(i.split == "holdout" for i in items)
+    report["feedback"] = {"train": len(items) - n_holdout, "holdout": n_holdout, "new_train": len(new)}
+    if not args.force:
+        if len(new) < args.min_new_items:
+            return finish("skipped", reason=f"{len(new)} new feedback items, need {args.min_new_items}")
+        waited = time.time() - champion.promoted_at
+        if waited < args.cooldown_s:
+            return finish("skipped", reason=f"champion promoted {waited:.0f} s ago, cooldown {args.cooldown_s:.0f} s")
+
+    ckpt_path = champ_art.path / "checkpoint.pt"
+    champion_ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    if champion_ckpt is None:
+        return finish("failed", reason=f"{ckpt_path} missing: the champion's training settings are unknown")
+    # The original data, through every generation (a retrained champion's own train/test files already hold
+    # feedback: reading those again would count each feedback item twice).
+    sources = champ_art.meta.extra.get("training_data", {})
+    original = {
+        "train": args.train or champion_ckpt["args"].get("original_train") or sources["train"],
+        "test": args.test or champion_ckpt["args"].get("original_test") or sources["test"],
+    }
+    report["original_data"] = original
+    original_train, original_test = data.load(original["train"]), data.load(original["test"])
+    fb_train = [i for i in items if i.split == "train"]
+    fb_holdout = [i for i in items if i.split == "holdout"]
+    train_file = write_jsonl(
+        out / "train.jsonl",
+        original_train.sequences + [i.sequence for i in fb_train],
+        original_train.labels + [i.label for i in fb_train],
+    )
+    holdout = data.Dataset(
+        original_test.sequences + [i.sequence for i in fb_holdout], original_test.labels + [i.label for i in fb_holdout]
+    )
+    holdout_file = write_jsonl(out / "holdout.jsonl", holdout.sequences, holdout.labels)
+
+    warm = None if args.from_scratch else ckpt_path
+    report["mode"] = "from scratch (--from-scratch)" if args.from_scratch else "fine-tune from the champion"
+    run = out / "run"
+    try:
+        metrics = train(train_args(champion_ckpt, args, original, train_file, holdout_file, run, warm))
+    except ArchitectureChanged as e:
+        report["mode"] = f"from scratch ({e})"
+        metrics = train(train_args(champion_ckpt, args, original, train_file, holdout_file, run, None))
+    artifact = out / "artifact"
+    try:
+        meta = export_run(run, artifact, str(holdout_file))
+    except Exception as e:  # noqa: BLE001 - parity gate or export failure: the champion stays
+        return finish("failed", reason=f"export: {type(e).__name__}: {e}")
+    tag = save_to_store(artifact)
+    scores = {"champion": accuracy(champ_art.path, holdout), "challenger": accuracy(artifact, holdout)}
+    report.update(
+        challenger={"ref": tag, "version": meta["model_version"], "train_seconds": metrics["train_seconds"]},
+        holdout={"sequences": len(holdout), "feedback": len(fb_holdout)},
+        accuracy=scores,
+        margin=args.margin,
+    )
+    same_contract = (meta["feature_dim"], meta["classes"]) == (champ_art.meta.feature_dim, champ_art.meta.classes)
+    if not same_contract:
+        return finish("rejected", reason="the challenger's contract (features, classes) differs: promote by hand")
+    if scores["challenger"] < scores["champion"] + args.margin:
+        return finish("rejected", reason="challenger not better than the champion by the margin")
+    promoted = pointer.set(tag, meta["model_version"])
+    return finish("promoted", promoted_at=promoted.promoted_at)
