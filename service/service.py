@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from service.admin import admin_routes
 from service.batcher import cap_learned_wait
 from service.champion import ChampionPointer, served_ref
 from service.coalesce import Coalescer
@@ -115,6 +116,9 @@ class SeqModel:
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/batcher.py
         self.slot = self._load(ARTIFACT)
         self.source = MODEL_SOURCE
+        self._pointer: ChampionPointer | None = None
+        self._refused = None
+        self._swap_lock = threading.Lock()
         self._log_loaded(self.slot, f"from {MODEL_SOURCE}")
         if SETTINGS.model == "" and SETTINGS.reload_interval_s > 0:
             threading.Thread(target=self._follow_champion, name="champion", daemon=True).start()
@@ -140,19 +144,37 @@ class SeqModel:
 
     def _follow_champion(self) -> None:
         """Poll the champion pointer; on a new champion, load and check it aside, then swap between batches."""
-        pointer, refused = ChampionPointer(SETTINGS.data_dir), None
         while True:
             time.sleep(SETTINGS.reload_interval_s)
+            self.check_champion()
+
+    def check_champion(self) -> str:
+        """Swap to the champion if it is new (one check at a time); say what happened."""
+        if SETTINGS.model:
+            return "not following the champion: SEQSERVE_MODEL names the model"
+        with self._swap_lock:
             champion = None
             try:
-                champion = pointer.get()
-                if champion is None or champion.version == self.slot.version or champion == refused:
-                    continue
+                if self._pointer is None:
+                    self._pointer = ChampionPointer(SETTINGS.data_dir)
+                champion = self._pointer.get()
+                if champion is None or champion.version == self.slot.version:
+                    return "unchanged"
+                if champion == self._refused:
+                    return "refused before"
                 self.swap(champion.ref, champion.version)
+                return "swapped"
             except Exception as e:  # noqa: BLE001 - a bad promotion must never stop the serving model
-                refused = champion  # not retried until the pointer moves again
+                self._refused = champion  # not retried until the pointer moves again
                 MODEL_SWAP_FAILURES.inc()
                 log.warning("seqserve: promoted model %s refused, %s keeps serving: %s", champion, self.slot.version, e)
+                return f"refused: {e}"
+
+    @bentoml.api
+    def reload(self) -> dict:
+        """Look at the champion pointer now (``POST /admin/reload``)."""
+        outcome = self.check_champion()
+        return {"outcome": outcome, "model_version": self.slot.version}
 
     def swap(self, ref: str, version: str | None = None) -> None:
         """Load ``ref``, check it (contract, reference outputs), then make it the model in one assignment.
@@ -245,7 +267,13 @@ async def docs(request: Request) -> RedirectResponse:
     return RedirectResponse("/", status_code=307)  # BentoML serves the OpenAPI UI at /
 
 
-routes = Starlette(routes=[Route("/metadata", metadata, methods=["GET"]), Route("/docs", docs, methods=["GET"])])
+routes = Starlette(
+    routes=[
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+        *admin_routes(SETTINGS.admin_token, SETTINGS.data_dir),
+    ]
+)
 # The response is written by predictions_json; the annotation documents its schema in /docs.json.
 PredictionsDoc = Annotated[list[Prediction], ContentType("application/json")]
 

@@ -38,3 +38,16 @@ def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
     assert imp.returncode == 0, imp.stderr[-2000:]
     text = (bento / "bento.yaml").read_text()
     assert "seqclassifier" in text and "service.service:SeqServe" in text
+
+
+def test_alertmanager_routes_the_drift_alert_to_the_retrain_webhook() -> None:
+    import yaml
+
+    am = yaml.safe_load((ROOT / "deploy/alertmanager/alertmanager.yml").read_text())
+    rules = (ROOT / "deploy/prometheus/rules/alerts.yml").read_text()
+    route = next(r for r in am["route"]["routes"] if 'alertname="SeqserveInputDrift"' in r["matchers"])
+    assert "alert: SeqserveInputDrift" in rules
+    receiver = next(r for r in am["receivers"] if r["name"] == route["receiver"])
+    hook = receiver["webhook_configs"][0]
+    assert hook["url"].endswith("/admin/alert") and hook["http_config"]["authorization"]["type"] == "Bearer"
+    assert "credentials_file" in hook["http_config"]["authorization"]  # the token is not in the file

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -167,3 +168,34 @@ def test_acknowledged_feedback_survives_kill_9(artifact: Path, tmp_path: Path) -
             t.join(60)
     ids = {i.id for i in open_store(tmp_path / "data").items()}
     assert len(acked) >= 120 and set(acked) <= ids
+
+
+def test_jobs_coalesce_and_are_claimed_once(tmp_path: Path) -> None:
+    from service.jobs import JobQueue
+
+    q = JobQueue(tmp_path)
+    assert q.latest() is None and q.claim() is None
+    job, new = q.enqueue("alert")
+    again, new2 = q.enqueue("alert")  # an alert that keeps firing: still one job
+    assert new and not new2 and again.id == job.id and job.state == "queued"
+    other = JobQueue(tmp_path)  # another process/pod: the same database
+    claimed = other.claim()
+    assert claimed is not None and claimed.id == job.id and claimed.state == "running" and claimed.started_at
+    assert q.claim() is None  # nobody else gets it
+    assert q.enqueue("api")[0].id == job.id  # still running: coalesced
+    done = q.finish(job.id, "rejected", "not better", {"accuracy": {"champion": 0.9}})
+    assert other.latest() == done and done.report == {"accuracy": {"champion": 0.9}}
+    nxt, new3 = q.enqueue("api")
+    assert new3 and nxt.id != job.id and q.latest().id == nxt.id
+    stale = q.claim(stale_after_s=0)
+    assert stale is not None and stale.id == nxt.id
+    time.sleep(0.01)
+    assert q.claim(stale_after_s=0) is None and q.get(nxt.id).state == "failed"  # its trainer died
+    with pytest.raises(ValueError):
+        q.finish(nxt.id, "running")
+
+
+@pytest.mark.integration
+def test_admin_routes_are_off_without_a_token(server: str) -> None:
+    for method, path in (("POST", "/admin/retrain"), ("GET", "/admin/retrain"), ("POST", "/admin/reload")):
+        assert httpx.request(method, f"{server}{path}", headers={"Authorization": "Bearer x"}).status_code == 404

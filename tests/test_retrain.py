@@ -20,6 +20,7 @@ JV_TRAIN = ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
 JV_TEST = ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts"
 
 pytestmark = pytest.mark.integration
+TOKEN = "test-admin-token"
 
 
 def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -56,6 +57,7 @@ def test_feedback_retrain_promote_and_swap(weak_champion: Path, tmp_path: Path) 
     run(["-m", "export.promote", str(weak_champion), "--store", "--data-dir", env["SEQSERVE_DATA_DIR"]], env)
     weak = json.loads((weak_champion / "metadata.json").read_text())["model_version"]
     server_env = {k: env[k] for k in ("BENTOML_HOME", "SEQSERVE_DATA_DIR")} | {"SEQSERVE_RELOAD_INTERVAL_S": "0.3"}
+    server_env["SEQSERVE_ADMIN_TOKEN"] = TOKEN
     proc, url = start_bentoml(ROOT, server_env, tmp_path / "log.txt")
     try:
         assert httpx.get(f"{url}/metadata").json()["model_version"] == weak
@@ -68,8 +70,21 @@ def test_feedback_retrain_promote_and_swap(weak_champion: Path, tmp_path: Path) 
         skipped = retrain(tmp_path / "r0", env, "--min-new-items", "100000")
         assert skipped["state"] == "skipped" and "need 100000" in skipped["reason"]
 
-        report = retrain(tmp_path / "r1", env, "--min-new-items", "50", "--cooldown-s", "0")
-        assert report["state"] == "promoted", report
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            assert httpx.post(f"{url}/admin/retrain", headers=headers).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = httpx.post(f"{url}/admin/retrain", headers=auth)
+        assert r.status_code == 202 and r.json()["queued"] and r.json()["job"]["state"] == "queued"
+        drift = {"alerts": [{"status": "firing", "labels": {"alertname": "SeqserveInputDrift"}}]}
+        again = httpx.post(f"{url}/admin/alert", headers=auth, json=drift).json()
+        assert not again["queued"] and again["job"]["id"] == r.json()["job"]["id"]  # one job at a time
+        other = {"alerts": [{"status": "firing", "labels": {"alertname": "SeqserveHighErrorRate"}}]}
+        assert httpx.post(f"{url}/admin/alert", headers=auth, json=other).json()["queued"] is False
+        worker = ["-m", "training", "worker", "--once", "--data-dir", env["SEQSERVE_DATA_DIR"], "--quiet"]
+        run([*worker, "--runs-dir", str(tmp_path / "jobs"), "--epochs", "15", "--time-budget", "60"], env)
+        job = httpx.get(f"{url}/admin/retrain", headers=auth).json()["job"]
+        assert job["state"] == "promoted" and job["trigger"] == "api", job
+        report = job["report"]
         assert report["mode"] == "fine-tune from the champion"
         assert report["feedback"]["new_train"] == report["feedback"]["train"] >= 120
         assert report["accuracy"]["challenger"] >= report["accuracy"]["champion"]
@@ -86,7 +101,7 @@ def test_feedback_retrain_promote_and_swap(weak_champion: Path, tmp_path: Path) 
         assert worse["mode"].startswith("from scratch")
         assert worse["holdout"] == report["holdout"]  # the second generation reads the original data, not r1's files
         assert worse["original_data"] == report["original_data"]
-        time.sleep(1)
-        assert httpx.get(f"{url}/metadata").json()["model_version"] == new  # the pointer did not move
+        reload = httpx.post(f"{url}/admin/reload", headers=auth).json()
+        assert reload == {"outcome": "unchanged", "model_version": new}  # the pointer did not move
     finally:
         stop_process(proc)

@@ -1,4 +1,4 @@
-"""``python -m training {train,tune,eval,feedback,retrain} ...``"""
+"""``python -m training {train,tune,eval,feedback,retrain,worker} ...``"""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.retrain import add_retrain_args, retrain
     from training.train import add_train_args, train
     from training.tune import add_tune_args, tune
+    from training.worker import add_worker_args, worker
 
     p_train = sub.add_parser("train", help="train one model")
     add_train_args(p_train)
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p_retrain = sub.add_parser("retrain", help="challenger from the champion + feedback; gate; promote")
     add_retrain_args(p_retrain)
     p_retrain.set_defaults(func=retrain)
+
+    p_worker = sub.add_parser("worker", help="run queued retraining jobs (service database)")
+    add_worker_args(p_worker)
+    p_worker.set_defaults(func=worker)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,85 @@
+"""Admin routes of the API service (issue 10), on only when ``SEQSERVE_ADMIN_TOKEN`` is set.
+
+* ``POST /admin/retrain``: queue a retraining job (``service.jobs``); 202 with the job, or the job already
+  queued or running (one at a time).
+* ``GET /admin/retrain``: the current or last job (``state``: queued, running, promoted, rejected, skipped,
+  failed; the retrain report), read from the database, so every worker and pod answers the same.
+* ``POST /admin/alert``: the Alertmanager webhook. A firing ``SeqserveInputDrift`` queues a job (trigger
+  ``alert``, which respects the trainer's minimum of new items and cooldown). Other alerts are acknowledged and
+  ignored.
+* ``POST /admin/reload``: the model service looks at the champion pointer now instead of at its next poll
+  (only the model worker that receives it).
+
+Every route needs ``Authorization: Bearer <token>``: 401 when it is missing or wrong (constant-time
+comparison; the token is never logged). Without the variable the routes answer 404, as if absent.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+import bentoml
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.jobs import JobQueue
+
+log = logging.getLogger("seqserve")
+DRIFT_ALERT = "SeqserveInputDrift"
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def admin_routes(token: str, data_dir: str) -> list[Route]:
+    queue = functools.cache(lambda: JobQueue(data_dir))  # one connection per API worker, opened on first use
+
+    def guarded(handler: Handler) -> Handler:
+        async def check(request: Request) -> Response:
+            if not token:
+                return JSONResponse({"error": "not found"}, status_code=404)
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                log.info("seqserve: admin request to %s refused (missing or wrong token)", request.url.path)
+                return JSONResponse(
+                    {"error": "admin routes need 'Authorization: Bearer <SEQSERVE_ADMIN_TOKEN>'"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return await handler(request)
+
+        return check
+
+    def queued(trigger: str) -> JSONResponse:
+        job, new = queue().enqueue(trigger)
+        return JSONResponse({"queued": new, "job": job.to_dict()}, status_code=202)
+
+    async def retrain(request: Request) -> Response:
+        if request.method == "GET":
+            job = queue().latest()
+            return JSONResponse({"job": job.to_dict() if job else None})
+        return queued("api")
+
+    async def alert(request: Request) -> Response:
+        try:
+            body = await request.json()
+            alerts = body.get("alerts", [])
+            drifting = any(
+                a.get("status") == "firing" and a.get("labels", {}).get("alertname") == DRIFT_ALERT for a in alerts
+            )
+        except (ValueError, AttributeError, TypeError):
+            return JSONResponse({"error": "body: expected an Alertmanager webhook payload"}, status_code=400)
+        if not drifting:
+            return JSONResponse({"queued": False, "reason": f"no firing {DRIFT_ALERT} alert"})
+        return queued("alert")
+
+    async def reload(request: Request) -> Response:
+        return JSONResponse(await bentoml.get_current_service().model.to_async.reload())
+
+    return [
+        Route("/admin/retrain", guarded(retrain), methods=["GET", "POST"]),
+        Route("/admin/alert", guarded(alert), methods=["POST"]),
+        Route("/admin/reload", guarded(reload), methods=["POST"]),
+    ]
