@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve test lint bench bench-report bench-gpu eval loadtest prometheus monitor clean
+.PHONY: venv train export serve test lint bench bench-report bench-gpu eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed
 
@@ -81,6 +81,12 @@ eval: venv
 prometheus:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
+# PostgreSQL for the database-backend tests (Debian package; the tests start their own cluster as user postgres).
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	fi
 
 # Prometheus on 127.0.0.1:9090 scraping `make serve` (rules and alerts from deploy/prometheus/).

@@ -34,7 +34,11 @@ def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.promote", description=__doc__)
     p.add_argument("ref", help="model store tag or artifact directory")
-    p.add_argument("--data-dir", default=os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
+        help="service database: a data directory or a postgresql:// URL",
+    )
     p.add_argument("--store", action="store_true", help="a directory: put it in the model store, point at its tag")
     args = p.parse_args(argv)
     try:

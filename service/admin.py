@@ -33,8 +33,8 @@ DRIFT_ALERT = "SeqserveInputDrift"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def admin_routes(token: str, data_dir: str) -> list[Route]:
-    queue = functools.cache(lambda: JobQueue(data_dir))  # one connection per API worker, opened on first use
+def admin_routes(token: str, database: str) -> list[Route]:
+    queue = functools.cache(lambda: JobQueue(database))  # one connection per API worker, opened on first use
 
     def guarded(handler: Handler) -> Handler:
         async def check(request: Request) -> Response:

@@ -1,6 +1,6 @@
 """The champion pointer: which model every replica serves when ``SEQSERVE_MODEL`` names none (issue 10).
 
-One row in the service database (``$SEQSERVE_DATA_DIR/feedback.db``, beside the feedback): the model's
+One row in the service database (``service.database``, beside the feedback): the model's
 reference (a model store tag or an artifact directory), its version, and when it was promoted. Promotion
 (``python -m export.promote REF``) replaces the row in one transaction, so readers see the old pointer or the
 new one, never half of each. The model service polls it (``SEQSERVE_RELOAD_INTERVAL_S``) and swaps models
@@ -9,12 +9,11 @@ between batches (``service.service.SeqModel``).
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.feedback import connect
+from service.database import Database, database_exists
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS champion (
@@ -33,38 +32,34 @@ class Champion:
 
 
 class ChampionPointer:
-    def __init__(self, data_dir: str | Path) -> None:
-        self._conn, _ = connect(Path(data_dir) / "feedback.db")
-        self._lock = threading.Lock()
-        self._conn.execute(SCHEMA)
+    def __init__(self, where: str | Path) -> None:
+        self.db = Database(where)
+        self.db.create(SCHEMA)
 
     def get(self) -> Champion | None:
-        with self._lock:
-            row = self._conn.execute("SELECT ref, version, promoted_at FROM champion WHERE id = 1").fetchone()
+        row = self.db.execute("SELECT ref, version, promoted_at FROM champion WHERE id = 1").fetchone()
         return Champion(*row) if row else None
 
     def set(self, ref: str, version: str) -> Champion:
         champion = Champion(ref, version, time.time())
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO champion VALUES (1, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET ref = excluded.ref, version = excluded.version, "
-                "promoted_at = excluded.promoted_at",
-                (champion.ref, champion.version, champion.promoted_at),
-            )  # autocommit: one statement, one transaction
+        self.db.execute(
+            "INSERT INTO champion VALUES (1, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET ref = excluded.ref, version = excluded.version, "
+            "promoted_at = excluded.promoted_at",
+            (champion.ref, champion.version, champion.promoted_at),
+        )  # autocommit: one statement, one transaction
         return champion
 
     def close(self) -> None:
-        self._conn.close()
+        self.db.close()
 
 
-def served_ref(explicit: str, data_dir: str | Path) -> tuple[str | None, str]:
+def served_ref(explicit: str, where: str | Path) -> tuple[str | None, str]:
     """Which model to serve, and why: ``SEQSERVE_MODEL`` when set; else the promoted champion; else ``None``
     (the store's latest ``seqclassifier``, said so in the log and ``/metadata``)."""
     if explicit:
         return explicit, "SEQSERVE_MODEL"
-    db = Path(data_dir) / "feedback.db"
-    champion = ChampionPointer(data_dir).get() if db.exists() else None
+    champion = ChampionPointer(where).get() if database_exists(where) else None
     if champion:
         return champion.ref, "champion"
     return None, "latest in the model store (no SEQSERVE_MODEL, no champion promoted)"

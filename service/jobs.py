@@ -17,12 +17,11 @@ worker and every pod therefore reads the same state (``GET /admin/retrain``).
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.feedback import connect
+from service.database import Database
 
 STATES = ("queued", "running", "promoted", "rejected", "skipped", "failed")
 SCHEMA = """
@@ -60,76 +59,58 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, data_dir: str | Path) -> None:
-        self._conn, _ = connect(Path(data_dir) / "feedback.db")
-        self._lock = threading.Lock()
-        self._conn.execute(SCHEMA)
+    def __init__(self, where: str | Path) -> None:
+        self.db = Database(where)
+        self.db.create(SCHEMA)
 
     def _one(self, sql: str, args: tuple = ()) -> Job | None:
-        row = self._conn.execute(sql, args).fetchone()
+        row = self.db.execute(sql, args).fetchone()
         return Job.from_row(row) if row else None
 
     def enqueue(self, trigger: str) -> tuple[Job, bool]:
         """A queued job for ``trigger`` and True, or the job already queued/running and False."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                open_job = self._one(
-                    f"SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY id LIMIT 1"
-                )
-                if open_job is None:
-                    cur = self._conn.execute(
-                        "INSERT INTO jobs (state, trigger, created_at) VALUES ('queued', ?, ?)", (trigger, time.time())
-                    )
-                    job = self._one(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (cur.lastrowid,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return (open_job, False) if open_job else (job, True)  # type: ignore[return-value]
+        with self.db.transaction(lock="jobs"):
+            open_job = self._one(f"SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY id LIMIT 1")
+            if open_job is not None:
+                return open_job, False
+            new = self._one(
+                f"INSERT INTO jobs (state, trigger, created_at) VALUES ('queued', ?, ?) RETURNING {COLUMNS}",
+                (trigger, time.time()),
+            )
+        assert new is not None
+        return new, True
 
     def claim(self, stale_after_s: float = 6 * 3600) -> Job | None:
         """The oldest queued job, now ``running`` and owned by the caller; None if nothing is queued."""
         now = time.time()
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "UPDATE jobs SET state = 'failed', finished_at = ?, reason = 'its trainer stopped reporting' "
-                    "WHERE state = 'running' AND started_at < ?",
-                    (now, now - stale_after_s),
-                )
-                job = self._one(f"SELECT {COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1")
-                if job:
-                    self._conn.execute("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, job.id))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self.db.transaction(lock="jobs"):
+            self.db.execute(
+                "UPDATE jobs SET state = 'failed', finished_at = ?, reason = 'its trainer stopped reporting' "
+                "WHERE state = 'running' AND started_at < ?",
+                (now, now - stale_after_s),
+            )
+            job = self._one(f"SELECT {COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1")
+            if job:
+                self.db.execute("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (now, job.id))
         return self.get(job.id) if job else None
 
     def finish(self, job_id: int, state: str, reason: str | None = None, report: dict | None = None) -> Job:
         if state not in STATES[2:]:
             raise ValueError(f"a finished job is one of {STATES[2:]}, not {state!r}")
-        with self._lock:
-            self._conn.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, reason = ?, report = ? WHERE id = ?",
-                (state, time.time(), reason, json.dumps(report) if report is not None else None, job_id),
-            )
+        self.db.execute(
+            "UPDATE jobs SET state = ?, finished_at = ?, reason = ?, report = ? WHERE id = ?",
+            (state, time.time(), reason, json.dumps(report) if report is not None else None, job_id),
+        )
         job = self.get(job_id)
         assert job is not None
         return job
 
     def get(self, job_id: int) -> Job | None:
-        with self._lock:
-            return self._one(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return self._one(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,))
 
     def latest(self) -> Job | None:
         """The current job if one is queued or running, else the last one."""
-        with self._lock:
-            return self._one(
-                f"SELECT {COLUMNS} FROM jobs ORDER BY state IN ('queued', 'running') DESC, id DESC LIMIT 1"
-            )
+        return self._one(f"SELECT {COLUMNS} FROM jobs ORDER BY state IN ('queued', 'running') DESC, id DESC LIMIT 1")
 
     def close(self) -> None:
-        self._conn.close()
+        self.db.close()

@@ -69,7 +69,7 @@ log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
 
 SETTINGS = Settings()
-MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.data_dir)
+MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.database)
 ARTIFACT = find_artifact(MODEL_REF)
 MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
 Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES)
@@ -156,7 +156,7 @@ class SeqModel:
             champion = None
             try:
                 if self._pointer is None:
-                    self._pointer = ChampionPointer(SETTINGS.data_dir)
+                    self._pointer = ChampionPointer(SETTINGS.database)
                 champion = self._pointer.get()
                 if champion is None or champion.version == self.slot.version:
                     return "unchanged"
@@ -271,7 +271,7 @@ routes = Starlette(
     routes=[
         Route("/metadata", metadata, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
-        *admin_routes(SETTINGS.admin_token, SETTINGS.data_dir),
+        *admin_routes(SETTINGS.admin_token, SETTINGS.database),
     ]
 )
 # The response is written by predictions_json; the annotation documents its schema in /docs.json.
@@ -296,7 +296,7 @@ class SeqServe:
         self.coalescer: Coalescer | None = None  # made on the first request (it needs the running loop)
         # The store opens here so that a data directory without the durability guarantees fails the start.
         self.feedback_store: FeedbackStore = open_store(
-            SETTINGS.data_dir, SETTINGS.feedback_holdout, SETTINGS.feedback_max_items
+            SETTINGS.database, SETTINGS.feedback_holdout, SETTINGS.feedback_max_items
         )
         self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feedback")
         _tune_gc()

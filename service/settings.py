@@ -20,6 +20,7 @@
 ``SEQSERVE_MAX_LENGTH``                0        longest accepted sequence (0: the artifact's max_length)
 ``SEQSERVE_DRIFT_WINDOW_STEPS``        4096     time steps in the input drift window
 ``SEQSERVE_DATA_DIR``                  -        feedback store directory (``feedback.db``; default ``.seqserve``)
+``SEQSERVE_DATABASE_URL``              -        postgresql://... : the service database in PostgreSQL, not in DATA_DIR
 ``SEQSERVE_FEEDBACK_HOLDOUT``          0.2      share of feedback items set aside (by id hash) for evaluation only
 ``SEQSERVE_FEEDBACK_MAX_ITEMS``        1000000  items the feedback store holds at most (then /feedback answers 507)
 ``SEQSERVE_RELOAD_INTERVAL_S``         5        how often the model service looks for a new champion (0: never)
@@ -113,6 +114,7 @@ class Settings:
     max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0, minimum=0))
     drift_window_steps: int = field(default_factory=lambda: env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096, minimum=1))
     data_dir: str = field(default_factory=lambda: os.environ.get("SEQSERVE_DATA_DIR", "").strip() or ".seqserve")
+    database_url: str = field(default_factory=lambda: os.environ.get("SEQSERVE_DATABASE_URL", "").strip(), repr=False)
     feedback_holdout: float = field(default_factory=lambda: env_float("SEQSERVE_FEEDBACK_HOLDOUT", 0.2, minimum=0))
     feedback_max_items: int = field(
         default_factory=lambda: env_int("SEQSERVE_FEEDBACK_MAX_ITEMS", 1_000_000, minimum=1)
@@ -122,8 +124,15 @@ class Settings:
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
 
     def __post_init__(self) -> None:
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("SEQSERVE_DATABASE_URL: must be a postgresql:// URL")
         if self.feedback_holdout > 1:
             raise ValueError(f"SEQSERVE_FEEDBACK_HOLDOUT={self.feedback_holdout}: must be <= 1")
+
+    @property
+    def database(self) -> str:
+        """Where the service database lives: the PostgreSQL URL if set, else the data directory."""
+        return self.database_url or self.data_dir
 
     def batching(self, cuda: bool) -> Batching:
         """How the engine cuts and pads merged batches on the provider in use: the settings, "auto" resolved."""

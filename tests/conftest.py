@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.procs import start_bentoml, stop_process
+from loadtest.procs import free_port, start_bentoml, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 JV_TRAIN = ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
@@ -92,3 +93,59 @@ def server(artifact: Path, bentoml_home: Path, data_dir: Path, tmp_path_factory:
     proc, url = start_bentoml(ROOT, env, log)
     yield url
     stop_process(proc)
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(versions[-1]) if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (Debian's ``postgresql``; .ci/run installs it) on 127.0.0.1, in a temporary
+    cluster, stopped at the end. Outside CI, a machine without it skips these tests and says why."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing in CI: .ci/run installs the Debian package postgresql")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql, or run .ci/run")
+    base = Path(tempfile.mkdtemp(prefix="seqserve-pg-"))  # not under pytest's root-only temp directory
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres")
+    data, sock = base / "data", base / "sock"
+    subprocess.run([*as_user, "mkdir", "-p", str(sock)], check=True)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    port = free_port()
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=on -c synchronous_commit=on"
+    log = base / "server.log"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(log), "-w", "start"], check=True)
+    try:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as c:
+            c.execute("CREATE DATABASE seqserve")
+        yield f"postgresql://postgres@127.0.0.1:{port}/seqserve"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a service database lives, once per backend: a data directory, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "data")
+    import psycopg
+
+    url = request.getfixturevalue("postgres_url")
+    name = f"t{abs(hash(str(tmp_path))) % 10**12}"
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from loadtest.procs import start_bentoml
-from service.feedback import SQLiteStore, StoreFull, assign_split, open_store
+from service.feedback import StoreFull, assign_split, open_store
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,20 +27,23 @@ def seqs(n: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.standard_normal((int(rng.integers(1, 30)), 12)).astype(np.float32) for _ in range(n)]
 
 
-def test_store_is_durable_by_construction(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    assert store.pragmas == {"journal_mode": "wal", "synchronous": "FULL", "busy_timeout_ms": 10_000}
+def test_store_is_durable_by_construction(database: str) -> None:
+    store = open_store(database)
+    if store.db.dialect == "sqlite":
+        assert store.durability == {"journal_mode": "wal", "synchronous": "FULL", "busy_timeout_ms": 10_000}
+    else:
+        assert store.durability == {"fsync": "on", "synchronous_commit": "on"}
 
 
-def test_items_keep_their_split_and_values(tmp_path: Path) -> None:
-    store = open_store(tmp_path, holdout=0.2)
+def test_items_keep_their_split_and_values(database: str) -> None:
+    store = open_store(database, holdout=0.2)
     batch = seqs(400)
     stored = store.add([(s, str(i % 9 + 1)) for i, s in enumerate(batch)], "v1")
     assert len({s.id for s in stored}) == 400
     assert all(s.split == assign_split(s.id, 0.2) for s in stored)
     assert 0.12 < sum(s.split == "holdout" for s in stored) / 400 < 0.28
     store.close()
-    again = open_store(tmp_path, holdout=0.9)  # a new holdout share applies to new items only
+    again = open_store(database, holdout=0.9)  # a new holdout share applies to new items only
     by_id = {i.id: i for i in again.items()}
     for s, seq in zip(stored, batch):
         assert by_id[s.id].split == s.split and by_id[s.id].label == s.label and by_id[s.id].model_version == "v1"
@@ -50,8 +53,8 @@ def test_items_keep_their_split_and_values(tmp_path: Path) -> None:
     assert {i.id for i in again.items("holdout")} == {s.id for s in stored if s.split == "holdout"}
 
 
-def test_a_full_store_refuses_the_whole_request(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "f.db", max_items=5)
+def test_a_full_store_refuses_the_whole_request(database: str) -> None:
+    store = open_store(database, max_items=5)
     store.add([(s, "1") for s in seqs(3)])
     with pytest.raises(StoreFull, match="limit is 5"):
         store.add([(s, "1") for s in seqs(3)])
@@ -64,25 +67,26 @@ def _writer(path: str, k: int) -> None:
         store.add([(s, "2")])  # one transaction each: the two processes interleave
 
 
-def test_several_processes_write_to_one_store(tmp_path: Path) -> None:
+def test_several_processes_write_to_one_store(database: str) -> None:
+    open_store(database)  # the schema first
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), k)) for k in range(2)]
+    procs = [ctx.Process(target=_writer, args=(database, k)) for k in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert sum(open_store(tmp_path).counts().values()) == 80
+    assert sum(open_store(database).counts().values()) == 80
 
 
-def test_export_writes_training_jsonl(tmp_path: Path) -> None:
+def test_export_writes_training_jsonl(database: str, tmp_path: Path) -> None:
     from training.__main__ import main
 
     test = data.load(JV_TEST)
-    store = open_store(tmp_path / "d")
+    store = open_store(database)
     store.add(list(zip(test.sequences[:30], test.labels[:30])))
     out = tmp_path / "fb.jsonl"
-    assert main(["feedback", "export", "--out", str(out), "--data-dir", str(tmp_path / "d")]) == 0
+    assert main(["feedback", "export", "--out", str(out), "--data-dir", database]) == 0
     back = data.load(out)
     assert back.labels == test.labels[:30]
     for a, b in zip(back.sequences, test.sequences[:30]):
@@ -135,9 +139,11 @@ def test_bad_feedback_is_a_clear_400_and_stores_nothing(server: str, data_dir: P
 
 
 @pytest.mark.integration
-def test_acknowledged_feedback_survives_kill_9(artifact: Path, tmp_path: Path) -> None:
-    """Requests keep coming; the server is killed with SIGKILL right after a 2xx; every acknowledged item is there."""
-    env = {"SEQSERVE_MODEL": str(artifact), "SEQSERVE_DATA_DIR": str(tmp_path / "data"), "SEQSERVE_WORKERS": "2"}
+def test_acknowledged_feedback_survives_kill_9(artifact: Path, tmp_path: Path, database: str) -> None:
+    """Requests keep coming; the server is killed with SIGKILL right after a 2xx; every acknowledged item is there.
+    Once per backend: the SQLite file, and PostgreSQL (SEQSERVE_DATABASE_URL)."""
+    where = "SEQSERVE_DATABASE_URL" if database.startswith("postgresql://") else "SEQSERVE_DATA_DIR"
+    env = {"SEQSERVE_MODEL": str(artifact), where: database, "SEQSERVE_WORKERS": "2"}
     env["BENTOML_HOME"] = str(tmp_path / "home")
     proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt")
     acked: list[str] = []
@@ -166,19 +172,19 @@ def test_acknowledged_feedback_survives_kill_9(artifact: Path, tmp_path: Path) -
         proc.wait(30)
         for t in senders:
             t.join(60)
-    ids = {i.id for i in open_store(tmp_path / "data").items()}
+    ids = {i.id for i in open_store(database).items()}
     assert len(acked) >= 120 and set(acked) <= ids
 
 
-def test_jobs_coalesce_and_are_claimed_once(tmp_path: Path) -> None:
+def test_jobs_coalesce_and_are_claimed_once(database: str) -> None:
     from service.jobs import JobQueue
 
-    q = JobQueue(tmp_path)
+    q = JobQueue(database)
     assert q.latest() is None and q.claim() is None
     job, new = q.enqueue("alert")
     again, new2 = q.enqueue("alert")  # an alert that keeps firing: still one job
     assert new and not new2 and again.id == job.id and job.state == "queued"
-    other = JobQueue(tmp_path)  # another process/pod: the same database
+    other = JobQueue(database)  # another process/pod: the same database
     claimed = other.claim()
     assert claimed is not None and claimed.id == job.id and claimed.state == "running" and claimed.started_at
     assert q.claim() is None  # nobody else gets it
@@ -199,3 +205,17 @@ def test_jobs_coalesce_and_are_claimed_once(tmp_path: Path) -> None:
 def test_admin_routes_are_off_without_a_token(server: str) -> None:
     for method, path in (("POST", "/admin/retrain"), ("GET", "/admin/retrain"), ("POST", "/admin/reload")):
         assert httpx.request(method, f"{server}{path}", headers={"Authorization": "Bearer x"}).status_code == 404
+
+
+def test_champion_pointer_moves_atomically(database: str) -> None:
+    from service.champion import ChampionPointer, served_ref
+
+    assert served_ref("", database)[0] is None
+    pointer = ChampionPointer(database)
+    assert pointer.get() is None
+    first = pointer.set("seqclassifier:a", "a")
+    assert ChampionPointer(database).get() == first
+    second = pointer.set("/models/b", "b")
+    assert ChampionPointer(database).get() == second and second.promoted_at >= first.promoted_at
+    assert served_ref("", database) == ("/models/b", "champion")
+    assert served_ref("seqclassifier:x", database) == ("seqclassifier:x", "SEQSERVE_MODEL")

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from service.database import database_exists
 from service.feedback import SPLITS, open_store
 
 
@@ -19,15 +20,18 @@ def add_feedback_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="feedback_command", required=True)
     exp = sub.add_parser("export", help="write the stored feedback as JSONL training data")
     exp.add_argument("--out", required=True, help="JSONL file to write")
-    exp.add_argument("--data-dir", default=os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve")
+    exp.add_argument(
+        "--data-dir",
+        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
+        help="service database: a data directory or a postgresql:// URL",
+    )
     exp.add_argument("--split", choices=[*SPLITS, "all"], default="all")
 
 
 def export_feedback(args: argparse.Namespace) -> int:
     """Write the items; return how many were written."""
-    db = Path(args.data_dir) / "feedback.db"
-    if not db.exists():
-        raise ValueError(f"{db}: no feedback store there (--data-dir or SEQSERVE_DATA_DIR)")
+    if not database_exists(args.data_dir):
+        raise ValueError(f"{args.data_dir}: no feedback store there (--data-dir or SEQSERVE_DATA_DIR)")
     store = open_store(args.data_dir)
     n = 0
     out = Path(args.out)
