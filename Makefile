@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve test lint bench bench-report bench-gpu eval loadtest prometheus postgresql monitor clean
+.PHONY: venv train export serve test lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed
 
@@ -82,6 +82,10 @@ prometheus:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
+
+# A Bento of the champion (or MODEL=tag|dir), ready for `bentoml containerize` where a Docker daemon exists.
+bento: venv
+	$(PY) -m export.bento $(MODEL)
 
 # PostgreSQL for the database-backend tests (Debian package; the tests start their own cluster as user postgres).
 postgresql:

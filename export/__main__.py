@@ -7,6 +7,7 @@ import json
 import sys
 
 from export.onnx_export import ParityError, export_run
+from service.runtime import use_project_model_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-store", action="store_true", help="do not save into the BentoML model store")
     args = p.parse_args(argv)
+    use_project_model_store()
     try:
         meta = export_run(args.run, args.out, args.held_out, args.max_length)
     except ParityError as e:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from export.contract import ContractError
 from service.champion import Champion, ChampionPointer
-from service.runtime import ModelNotFound, find_artifact
+from service.runtime import ModelNotFound, find_artifact, use_project_model_store
 
 
 def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--store", action="store_true", help="a directory: put it in the model store, point at its tag")
     args = p.parse_args(argv)
+    use_project_model_store()
     try:
         champion = promote(args.ref, args.data_dir, args.store)
     except (ModelNotFound, ContractError) as e:

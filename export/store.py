@@ -42,4 +42,7 @@ def save_to_store(artifact_dir: str | Path) -> str:
 if __name__ == "__main__":
     import sys
 
+    from service.runtime import use_project_model_store
+
+    use_project_model_store()
     print(f"stored as {save_to_store(sys.argv[1] if len(sys.argv) > 1 else 'artifacts/default')}", file=sys.stderr)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.database import Database, database_exists
+from service.runtime import NO_MODEL, ModelNotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS champion (
@@ -54,12 +55,12 @@ class ChampionPointer:
         self.db.close()
 
 
-def served_ref(explicit: str, where: str | Path) -> tuple[str | None, str]:
-    """Which model to serve, and why: ``SEQSERVE_MODEL`` when set; else the promoted champion; else ``None``
-    (the store's latest ``seqclassifier``, said so in the log and ``/metadata``)."""
+def served_ref(explicit: str, where: str | Path) -> tuple[str, str]:
+    """Which model to serve, and why: ``SEQSERVE_MODEL`` when set, else the promoted champion; with neither,
+    ``ModelNotFound`` (never whatever the model store holds last)."""
     if explicit:
         return explicit, "SEQSERVE_MODEL"
     champion = ChampionPointer(where).get() if database_exists(where) else None
     if champion:
         return champion.ref, "champion"
-    return None, "latest in the model store (no SEQSERVE_MODEL, no champion promoted)"
+    raise ModelNotFound(NO_MODEL)

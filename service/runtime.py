@@ -1,6 +1,7 @@
 """Find the model artifact and open an ONNX Runtime session on the right execution provider, checked.
 
-``SEQSERVE_MODEL``: a model store tag (default ``seqclassifier:latest``) or a path to an artifact directory.
+``SEQSERVE_MODEL``: a model store tag or a path to an artifact directory; unset, the service serves the promoted
+champion (``service.champion``), never whatever was stored last.
 ``SEQSERVE_DEVICE``: ``auto`` (CUDA if it really initialises and passes the check, else CPU), ``cpu``, or
 ``cuda`` (fail if CUDA is not in use or fails the check). onnxruntime-gpu lists CUDA as *available* even on
 machines without a GPU, and asking for it there only logs an error and falls back to CPU, so the provider in
@@ -30,7 +31,6 @@ from export.contract import ArtifactMeta
 
 log = logging.getLogger("seqserve")
 
-DEFAULT_TAG = "seqclassifier:latest"
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0", "do_copy_in_default_stream": "1"}
 CHECK_TOLERANCE = 1e-5  # max abs difference of probabilities/attention vs the recorded CPU outputs
@@ -39,6 +39,18 @@ REFERENCE_FILE = "reference.npz"
 
 class ModelNotFound(RuntimeError):
     pass
+
+
+NO_MODEL = (
+    "no model to serve: set SEQSERVE_MODEL (a model store tag or an artifact directory) or promote a champion "
+    "(python -m export.promote artifacts/default --store; make serve does both: make export first)"
+)
+
+
+def use_project_model_store() -> str:
+    """Every seqserve entry point uses one model store: ``BENTOML_HOME``, else ``.bentoml/`` in the working
+    directory (what the Makefile sets), never BentoML's ``~/bentoml`` default. Call before touching bentoml."""
+    return os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / ".bentoml"))
 
 
 class ReferenceMismatch(RuntimeError):
@@ -71,7 +83,9 @@ class SessionInfo:
 
 def find_artifact(ref: str | None = None) -> Artifact:
     """Resolve ``ref`` (tag or directory; default from ``SEQSERVE_MODEL``) in the local store only."""
-    ref = ref or os.environ.get("SEQSERVE_MODEL") or DEFAULT_TAG
+    ref = ref or os.environ.get("SEQSERVE_MODEL")
+    if not ref:
+        raise ModelNotFound(NO_MODEL)
     candidate = Path(ref)
     if candidate.is_dir():
         path = candidate

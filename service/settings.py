@@ -1,7 +1,7 @@
 """Every ``SEQSERVE_*`` setting, read once from the environment into one object; a bad value names its variable.
 
 =====================================  =======  ==================================================================
-``SEQSERVE_MODEL``                     latest   model store tag or artifact directory (runtime.find_artifact)
+``SEQSERVE_MODEL``                     -        model store tag or artifact directory; unset: the champion
 ``SEQSERVE_DEVICE``                    auto     auto | cpu | cuda
 ``SEQSERVE_WORKERS``                   2        API service workers (HTTP, validation, JSON; no model)
 ``SEQSERVE_MODEL_WORKERS``             1        model service workers, each with its own ORT session and batcher

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -84,12 +85,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(artifact: Path, bentoml_home: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A real ``bentoml serve`` on 127.0.0.1 loading ``seqclassifier:latest`` from the temporary store, accepting
-    sequences of up to 64 steps."""
+    """A real ``bentoml serve`` on 127.0.0.1 serving the artifact's tag (SEQSERVE_MODEL) from the temporary store,
+    accepting sequences of up to 64 steps."""
     log = tmp_path_factory.mktemp("logs") / "bentoml.log"
     # SEQSERVE_MAX_LENGTH: the serve-time override of the artifact's (generous) limit, kept small to test it.
     env = {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MAX_LATENCY_MS": "20000", "SEQSERVE_MAX_LENGTH": "64"}
     env["SEQSERVE_DATA_DIR"] = str(data_dir)
+    env["SEQSERVE_MODEL"] = "seqclassifier:" + json.loads((artifact / "metadata.json").read_text())["model_version"]
     proc, url = start_bentoml(ROOT, env, log)
     yield url
     stop_process(proc)

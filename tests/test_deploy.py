@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "True"}
-    bentoml = str(Path(os.sys.executable).with_name("bentoml"))
     proc = subprocess.run(
-        [bentoml, "build", "-f", "deploy/bentofile.yaml", "."],
+        [os.sys.executable, "-m", "export.bento", str(artifact)],  # make bento MODEL=...
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -21,6 +23,8 @@ def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    tag = "seqclassifier:" + json.loads((artifact / "metadata.json").read_text())["model_version"]
+    assert f"bundles model {tag}" in proc.stderr  # it says which model
     bentos = sorted((bentoml_home / "bentos/seqserve").glob("*/bento.yaml"))
     assert bentos, "no bento written"
     bento = bentos[-1].parent
@@ -36,8 +40,9 @@ def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
     env["SEQSERVE_MODEL"], env["PYTHONPATH"] = str(artifact), ""
     imp = subprocess.run([os.sys.executable, "-c", check], cwd=bento / "src", env=env, capture_output=True, text=True)
     assert imp.returncode == 0, imp.stderr[-2000:]
-    text = (bento / "bento.yaml").read_text()
-    assert "seqclassifier" in text and "service.service:SeqServe" in text
+    spec = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert [m["tag"] for m in spec["models"]] == [tag] and spec["service"] == "service.service:SeqServe"
+    assert {"name": "SEQSERVE_MODEL", "value": tag, "stage": "all"} in spec["envs"]  # serves what it bundles
 
 
 def test_alertmanager_routes_the_drift_alert_to_the_retrain_webhook() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from loadtest.procs import start_bentoml
 from service.feedback import StoreFull, assign_split, open_store
+from service.runtime import ModelNotFound
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,7 +211,8 @@ def test_admin_routes_are_off_without_a_token(server: str) -> None:
 def test_champion_pointer_moves_atomically(database: str) -> None:
     from service.champion import ChampionPointer, served_ref
 
-    assert served_ref("", database)[0] is None
+    with pytest.raises(ModelNotFound, match="no model to serve"):
+        served_ref("", database)
     pointer = ChampionPointer(database)
     assert pointer.get() is None
     first = pointer.set("seqclassifier:a", "a")

@@ -66,9 +66,14 @@ def test_bad_device_value(artifact: Path) -> None:
 
 
 def test_missing_model_fails_clearly(tmp_path: Path) -> None:
-    """An empty model store: the server refuses to start and says what to do (no cloud lookup)."""
+    """No model named, none promoted: the server refuses to start and says what to do; a named tag that is not
+    in the (empty) store: the same, with no cloud lookup."""
+    env = {"BENTOML_HOME": str(tmp_path / "empty"), "SEQSERVE_DATA_DIR": str(tmp_path / "data")}
     with pytest.raises(RuntimeError) as e:
-        start_bentoml(ROOT, {"BENTOML_HOME": str(tmp_path / "empty")}, tmp_path / "log.txt", timeout=60)
+        start_bentoml(ROOT, env, tmp_path / "log.txt", timeout=60)
+    assert "no model to serve: set SEQSERVE_MODEL" in str(e.value) and "export.promote" in str(e.value)
+    with pytest.raises(RuntimeError) as e:
+        start_bentoml(ROOT, env | {"SEQSERVE_MODEL": "seqclassifier:nothere"}, tmp_path / "log2.txt", timeout=60)
     assert "is not in the local model store" in str(e.value) and "make export" in str(e.value)
 
 

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p_worker.set_defaults(func=worker)
 
     args = parser.parse_args(argv)
+    if args.command in ("retrain", "worker"):
+        from service.runtime import use_project_model_store
+
+        use_project_model_store()  # the champion's tag resolves in the same store as export's
     try:
         args.func(args)
     except (DataError, ValueError) as e:  # bad data, or options that do not fit together

@@ -1,0 +1,84 @@
+"""``python -m export.bento [REF]`` (``make bento``): build the Bento of one named model, saying which.
+
+REF is a model store tag or an artifact directory; without it, the promoted champion (``service.champion``).
+The build uses ``deploy/bentofile.yaml`` with its ``models`` set to that one tag and ``SEQSERVE_MODEL`` set to
+it in the image, so the container serves exactly the model it bundles (never the store's latest). No Docker
+daemon is needed to build; ``bentoml containerize seqserve:<tag>`` is the next step where one exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from service.runtime import ModelNotFound, find_artifact, use_project_model_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(ref: str | None, data_dir: str) -> tuple[str, str]:
+    """Build; return (model tag bundled, bento tag)."""
+    use_project_model_store()
+    if not ref:
+        from service.champion import ChampionPointer
+
+        champion = ChampionPointer(data_dir).get()
+        if champion is None:
+            raise ModelNotFound("no REF given and no champion promoted (python -m export.promote REF --store)")
+        ref = champion.ref
+    find_artifact(ref)  # the artifact opens and its contract reads
+    if Path(ref).is_dir():
+        from export.store import save_to_store
+
+        ref = save_to_store(ref)
+    spec = yaml.safe_load((ROOT / "deploy/bentofile.yaml").read_text())
+    spec["models"] = [ref]
+    spec["envs"] = [e for e in spec.get("envs", []) if e["name"] != "SEQSERVE_MODEL"]
+    spec["envs"].append({"name": "SEQSERVE_MODEL", "value": ref})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(spec, fh)
+    bentoml = Path(sys.executable).with_name("bentoml")
+    cmd = [str(bentoml)] if bentoml.exists() else [sys.executable, "-m", "bentoml"]
+    try:
+        proc = subprocess.run(
+            [*cmd, "build", "-f", fh.name, str(ROOT)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SEQSERVE_MODEL": ref},
+        )
+    finally:
+        os.unlink(fh.name)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bentoml build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    bento = next(
+        (w.strip('"().') for w in proc.stdout.split() if w.startswith(('Bento(tag="seqserve:', '"seqserve:'))), ""
+    )
+    return ref, bento
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.bento", description=__doc__)
+    p.add_argument("ref", nargs="?", default="", help="model store tag or artifact directory (default: the champion)")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
+    )
+    args = p.parse_args(argv)
+    try:
+        model, bento = build(args.ref or None, args.data_dir)
+    except (ModelNotFound, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"bento {bento or 'seqserve'} bundles model {model} (SEQSERVE_MODEL={model} in the image)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
