@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -105,3 +106,31 @@ def test_feedback_retrain_promote_and_swap(weak_champion: Path, tmp_path: Path) 
         assert reload == {"outcome": "unchanged", "model_version": new}  # the pointer did not move
     finally:
         stop_process(proc)
+
+
+def test_fine_tune_with_a_frozen_front_end(small_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from training.__main__ import main
+
+    args = ["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(tmp_path), "--hidden", "32"]
+    warm = small_run / "checkpoint.pt"
+    assert main([*args, "--layers", "1", "--epochs", "2", "--quiet", "--init-from", str(warm), "--freeze-front"]) == 0
+    before = torch.load(warm, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state_dict"]
+    moved = {k.split(".")[0] for k in before if k in after and not torch.equal(before[k], after[k])}
+    assert moved and moved <= {"rnn", "att_v", "att_w", "head", "mean", "std"}, moved
+    assert "rnn" in moved and not any(k.startswith("proj") and not torch.equal(before[k], after[k]) for k in before)
+    bigger = ["--hidden", "16", "--layers", "1", "--epochs", "1", "--quiet", "--init-from", str(warm)]
+    assert main([*args[:-2], *bigger]) == 2  # another architecture: a clear error, not a crash
+
+
+def test_a_champion_without_checkpoint_is_retrained_from_scratch(weak_champion: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old_artifact"
+    shutil.copytree(weak_champion, old)
+    (old / "checkpoint.pt").unlink()  # exported before checkpoints were stored
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(tmp_path / "data")}
+    run(["-m", "export.promote", str(old), "--data-dir", env["SEQSERVE_DATA_DIR"]], env)
+    report = retrain(tmp_path / "r", env, "--force", "--margin", "1.0")
+    assert report["mode"].startswith("from scratch (checkpoint.pt not stored with the champion")
+    assert report["state"] == "rejected"  # margin 1.0: nothing is that much better

@@ -48,6 +48,7 @@ def add_retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", default="", help="original test data, part of the holdout (default: the champion's)")
     p.add_argument("--out", default="", help="work directory (default runs/retrain-<time>)")
     p.add_argument("--from-scratch", action="store_true", help="do not warm-start from the champion")
+    p.add_argument("--freeze-front", action="store_true", help="fine-tune only the RNN, attention and head")
     p.add_argument("--margin", type=float, default=0.0, help="challenger accuracy must be >= champion's + margin")
     p.add_argument("--min-new-items", type=int, default=50, help="feedback items since the champion's promotion")
     p.add_argument("--cooldown-s", type=float, default=3600.0, help="seconds since the champion's promotion")
@@ -93,12 +94,14 @@ def train_args(
     add_train_args(p)
     targs = p.parse_args([])
     targs.__dict__.update({k: v for k, v in champion_ckpt["args"].items() if k in targs.__dict__})
-    cfg = champion_ckpt["model_config"]
-    targs.stride, targs.normalisation = str(cfg["stride"]), cfg["normalisation"]  # as resolved for the champion
+    cfg = champion_ckpt.get("model_config")
+    if cfg:
+        targs.stride, targs.normalisation = str(cfg["stride"]), cfg["normalisation"]  # as resolved for the champion
     targs.train, targs.test, targs.out, targs.quiet = str(train), str(test), str(run), args.quiet
     targs.init_from = str(warm) if warm else ""
     targs.original_train, targs.original_test = str(original["train"]), str(original["test"])  # for the next retrain
     if warm:
+        targs.freeze_front = args.freeze_front
         targs.lr = targs.lr * args.lr_factor
         targs.epochs = args.epochs or max(10, targs.epochs // 3)
     elif args.epochs:
@@ -149,14 +152,13 @@ def retrain(args: argparse.Namespace) -> dict:
 
     ckpt_path = champ_art.path / "checkpoint.pt"
     champion_ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
-    if champion_ckpt is None:
-        return finish("failed", reason=f"{ckpt_path} missing: the champion's training settings are unknown")
     # The original data, through every generation (a retrained champion's own train/test files already hold
     # feedback: reading those again would count each feedback item twice).
     sources = champ_art.meta.extra.get("training_data", {})
+    champ_args = champion_ckpt["args"] if champion_ckpt else {}
     original = {
-        "train": args.train or champion_ckpt["args"].get("original_train") or sources["train"],
-        "test": args.test or champion_ckpt["args"].get("original_test") or sources["test"],
+        "train": args.train or champ_args.get("original_train") or sources["train"],
+        "test": args.test or champ_args.get("original_test") or sources["test"],
     }
     report["original_data"] = original
     original_train, original_test = data.load(original["train"]), data.load(original["test"])
@@ -172,8 +174,14 @@ def retrain(args: argparse.Namespace) -> dict:
     )
     holdout_file = write_jsonl(out / "holdout.jsonl", holdout.sequences, holdout.labels)
 
-    warm = None if args.from_scratch else ckpt_path
-    report["mode"] = "from scratch (--from-scratch)" if args.from_scratch else "fine-tune from the champion"
+    warm = None if args.from_scratch or champion_ckpt is None else ckpt_path
+    if champion_ckpt is None:  # exported before checkpoints were stored: the default settings, from scratch
+        champion_ckpt = {"args": {}}
+        report["mode"] = f"from scratch ({ckpt_path.name} not stored with the champion; default settings)"
+    elif args.from_scratch:
+        report["mode"] = "from scratch (--from-scratch)"
+    else:
+        report["mode"] = "fine-tune from the champion" + (" (front end frozen)" if args.freeze_front else "")
     run = out / "run"
     try:
         metrics = train(train_args(champion_ckpt, args, original, train_file, holdout_file, run, warm))

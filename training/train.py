@@ -25,6 +25,9 @@ DEFAULT_TRAIN = "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
 DEFAULT_TEST = "data/JapaneseVowels/JapaneseVowels_TEST.ts"
 
 
+BACK_END = ("rnn", "att_v", "att_w", "head")  # what --freeze-front leaves trainable
+
+
 class ArchitectureChanged(ValueError):
     """``--init-from`` names a checkpoint whose model configuration differs from this run's."""
 
@@ -85,6 +88,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--init-from", default="", help="checkpoint.pt to fine-tune from (same architecture)")
+    p.add_argument("--freeze-front", action="store_true", help="train only the RNN, attention and head")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=50, help="epochs without reaching best val accuracy again")
     p.add_argument("--time-budget", type=float, default=290.0, help="wall-clock seconds for the whole training")
@@ -246,6 +250,9 @@ def train(args: argparse.Namespace) -> dict:
         if warm["model_config"] != cfg.to_dict():
             raise ArchitectureChanged(f"{args.init_from}: another architecture than this run's; cannot fine-tune")
         model.load_state_dict(warm["state_dict"])
+    if getattr(args, "freeze_front", False):  # the layers before the RNN keep their (warm-started) weights
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.split(".")[0] in BACK_END)
     model.mean.copy_(torch.from_numpy(mean))
     model.std.copy_(torch.from_numpy(std))
     model.to(device)
@@ -268,6 +275,8 @@ def train(args: argparse.Namespace) -> dict:
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_factor(epoch, planned, warmup)
         model.train()
+        if getattr(args, "freeze_front", False):
+            model.bns.eval()  # frozen front end: its batch-norm statistics stay the warm start's too
         t0 = time.perf_counter()
         batches = length_batches(train_lengths, batch_size, rng)
         bar = bar_cls(total=len(batches), desc=f"epoch {epoch}", leave=False) if bar_cls else None
