@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from service.database import add_database_arg
 from service.runtime import ModelNotFound, find_artifact, use_project_model_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +67,7 @@ def build(ref: str | None, data_dir: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.bento", description=__doc__)
     p.add_argument("ref", nargs="?", default="", help="model store tag or artifact directory (default: the champion)")
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
-    )
+    add_database_arg(p)
     args = p.parse_args(argv)
     try:
         model, bento = build(args.ref or None, args.data_dir)

@@ -8,12 +8,12 @@ the pointer (no ``SEQSERVE_MODEL``) load, check and swap to it within ``SEQSERVE
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from export.contract import ContractError
 from service.champion import Champion, ChampionPointer
+from service.database import add_database_arg
 from service.runtime import ModelNotFound, find_artifact, use_project_model_store
 
 
@@ -34,11 +34,7 @@ def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.promote", description=__doc__)
     p.add_argument("ref", help="model store tag or artifact directory")
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
-        help="service database: a data directory or a postgresql:// URL",
-    )
+    add_database_arg(p)
     p.add_argument("--store", action="store_true", help="a directory: put it in the model store, point at its tag")
     args = p.parse_args(argv)
     use_project_model_store()

@@ -14,6 +14,7 @@ placeholders and portable types, and get:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -98,6 +99,15 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def add_database_arg(parser: Any) -> None:
+    """The CLIs' ``--data-dir``: where the service database is, as the service finds it."""
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
+        help="service database: a data directory or a postgresql:// URL (default: as the service)",
+    )
 
 
 def database_exists(where: str | Path) -> bool:

@@ -151,3 +151,21 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as c:
         c.execute(f"CREATE DATABASE {name}")
     return url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def train_and_export():
+    """``train_and_export(run_dir, out, *train_args)``: a quick JapaneseVowels model (``train_args``: hidden,
+    epochs, seed, ...) exported to ``out`` (not stored); returns ``out``."""
+    return _train_and_export
+
+
+def _train_and_export(run_dir: Path, out: Path, *train_args: str) -> Path:
+    from training.__main__ import main
+
+    base = ["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(run_dir), "--quiet"]
+    assert main([*base, *train_args]) == 0
+    cmd = [sys.executable, "-m", "export", "--run", str(run_dir), "--out", str(out), "--no-store"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

@@ -31,15 +31,10 @@ def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def weak_champion(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Path:
+def weak_champion(tmp_path_factory: pytest.TempPathFactory, train_and_export) -> Path:  # noqa: ANN001
     """A deliberately weak model: tiny, one epoch."""
-    from training.__main__ import main
-
     run_dir, out = tmp_path_factory.mktemp("weak_run"), tmp_path_factory.mktemp("weak_artifact")
-    args = ["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(run_dir), "--hidden", "8"]
-    assert main([*args, "--layers", "1", "--epochs", "1", "--quiet", "--seed", "3"]) == 0
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
-    run(["-m", "export", "--run", str(run_dir), "--out", str(out), "--no-store"], env)
+    train_and_export(run_dir, out, "--hidden", "8", "--layers", "1", "--epochs", "1", "--seed", "3")
     assert (out / "checkpoint.pt").exists()  # exported beside the graph: what retraining fine-tunes from
     return out
 

@@ -4,10 +4,7 @@ broken promotions are refused and the old model keeps serving."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,18 +26,10 @@ SETTLE_S = 2.0  # a promotion must be served within this (pointer polled every 0
 
 
 @pytest.fixture(scope="module")
-def challenger(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Path:
+def challenger(tmp_path_factory: pytest.TempPathFactory, train_and_export) -> Path:  # noqa: ANN001
     """A second model with the same contract (same data, another seed), exported to a directory."""
-    from training.__main__ import main
-
-    run, out = tmp_path_factory.mktemp("run2"), tmp_path_factory.mktemp("artifact2")
-    args = ["train", "--train", str(JV_TRAIN), "--test", str(JV_TEST), "--out", str(run), "--hidden", "32"]
-    assert main([*args, "--layers", "1", "--epochs", "4", "--quiet", "--seed", "2"]) == 0
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
-    cmd = [sys.executable, "-m", "export", "--run", str(run), "--out", str(out), "--no-store"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return out
+    run_dir, out = tmp_path_factory.mktemp("run2"), tmp_path_factory.mktemp("artifact2")
+    return train_and_export(run_dir, out, "--hidden", "32", "--layers", "1", "--epochs", "4", "--seed", "2")
 
 
 def version_of(art: Path) -> str:

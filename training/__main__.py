@@ -19,28 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     from training.tune import add_tune_args, tune
     from training.worker import add_worker_args, worker
 
-    p_train = sub.add_parser("train", help="train one model")
-    add_train_args(p_train)
-    p_train.set_defaults(func=train)
-    p_tune = sub.add_parser("tune", help="random search, selected on validation accuracy")
-    add_tune_args(p_tune)
-    p_tune.set_defaults(func=tune)
-
-    p_eval = sub.add_parser("eval", help="accuracy suite: defaults on UCR/UEA datasets -> docs/accuracy.md")
-    add_eval_args(p_eval)
-    p_eval.set_defaults(func=evaluate)
-
-    p_feedback = sub.add_parser("feedback", help="the service's feedback store: export it as JSONL")
-    add_feedback_args(p_feedback)
-    p_feedback.set_defaults(func=feedback)
-
-    p_retrain = sub.add_parser("retrain", help="challenger from the champion + feedback; gate; promote")
-    add_retrain_args(p_retrain)
-    p_retrain.set_defaults(func=retrain)
-
-    p_worker = sub.add_parser("worker", help="run queued retraining jobs (service database)")
-    add_worker_args(p_worker)
-    p_worker.set_defaults(func=worker)
+    commands = [
+        ("train", "train one model", add_train_args, train),
+        ("tune", "random search, selected on validation accuracy", add_tune_args, tune),
+        ("eval", "accuracy suite: defaults on UCR/UEA datasets -> docs/accuracy.md", add_eval_args, evaluate),
+        ("feedback", "the service's feedback store: export it as JSONL", add_feedback_args, feedback),
+        ("retrain", "challenger from the champion + feedback; gate; promote", add_retrain_args, retrain),
+        ("worker", "run queued retraining jobs (service database)", add_worker_args, worker),
+    ]
+    for name, help_text, add_args, func in commands:
+        command = sub.add_parser(name, help=help_text)
+        add_args(command)
+        command.set_defaults(func=func)
 
     args = parser.parse_args(argv)
     if args.command in ("retrain", "worker"):

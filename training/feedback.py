@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from service.database import database_exists
+from service.database import add_database_arg, database_exists
 from service.feedback import SPLITS, open_store
 
 
@@ -20,11 +19,7 @@ def add_feedback_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="feedback_command", required=True)
     exp = sub.add_parser("export", help="write the stored feedback as JSONL training data")
     exp.add_argument("--out", required=True, help="JSONL file to write")
-    exp.add_argument(
-        "--data-dir",
-        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
-        help="service database: a data directory or a postgresql:// URL",
-    )
+    add_database_arg(exp)
     exp.add_argument("--split", choices=[*SPLITS, "all"], default="all")
 
 

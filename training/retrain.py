@@ -27,23 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from service.database import add_database_arg
 from training import data
 
 STATES = ("skipped", "promoted", "rejected", "failed")
 
 
 def add_retrain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("SEQSERVE_DATABASE_URL") or os.environ.get("SEQSERVE_DATA_DIR") or ".seqserve",
-        help="service database: a data directory or a postgresql:// URL",
-    )
+    add_database_arg(p)
     p.add_argument("--train", default="", help="original training data (default: the champion's)")
     p.add_argument("--test", default="", help="original test data, part of the holdout (default: the champion's)")
     p.add_argument("--out", default="", help="work directory (default runs/retrain-<time>)")
