@@ -8,7 +8,7 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
 
 =========================================  ===========================================================
 ``seqserve_sequences_total``               sequences answered, by model_version and outcome (ok|error)
-``seqserve_rejected_requests_total``       HTTP 400s, by reason (feature_count, too_long, ...)
+``seqserve_rejected_requests_total``       HTTP 400s, by reason (feature_count, too_long, ...) and protocol (json|v2)
 ``seqserve_sequence_length_steps``         histogram of served sequence lengths (time steps)
 ``seqserve_length_outside_training_total`` sequences shorter/longer than any in training (side=shorter|longer)
 ``seqserve_batch_size_sequences``          histogram of sequences per model call (executed batch size)
@@ -42,7 +42,9 @@ LENGTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 SEQUENCES = Counter("seqserve_sequences", "Sequences answered by the model", ["model_version", "outcome"])
-REJECTED = Counter("seqserve_rejected_requests", "Requests rejected with HTTP 400, by reason", ["reason"])
+REJECTED = Counter(
+    "seqserve_rejected_requests", "Requests rejected with HTTP 400, by reason and protocol", ["reason", "protocol"]
+)
 LENGTH = Histogram("seqserve_sequence_length_steps", "Time steps per served sequence", buckets=LENGTH_BUCKETS)
 LENGTH_OUTSIDE = Counter(
     "seqserve_length_outside_training",
@@ -179,7 +181,8 @@ REASONS = {"json_invalid": "invalid_json", "missing": "missing_field"}
 
 
 class RejectionCounter:
-    """ASGI middleware: count each HTTP 400 from the API routes by the reason in its JSON body.
+    """ASGI middleware: count each HTTP 400 from the API routes by the reason in its JSON body (the V2 routes
+    name it in an ``x-seqserve-reason`` header) and the protocol (``json``: /predict and /feedback; ``v2``).
 
     Validation runs inside BentoML before our code sees the request, so the response is the one place
     where every rejection (ours and pydantic's, e.g. invalid JSON) can be counted.
@@ -189,18 +192,22 @@ class RejectionCounter:
         self.app, self.paths = app, paths
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        v2 = scope["type"] == "http" and scope["path"].startswith("/v2/models/")
+        if scope["type"] != "http" or (scope["path"] not in self.paths and not v2):
             await self.app(scope, receive, send)
             return
-        state = {"status": 0, "body": b""}
+        state: dict = {"status": 0, "body": b"", "reason": None}
 
         async def watch(message) -> None:  # noqa: ANN001
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
+                headers = dict(message.get("headers", []))
+                state["reason"] = headers.get(b"x-seqserve-reason", b"").decode() or None
             elif message["type"] == "http.response.body" and state["status"] == 400:
                 state["body"] += message.get("body", b"")
                 if not message.get("more_body"):
-                    REJECTED.labels(rejection_reason(state["body"])).inc()
+                    reason = state["reason"] or rejection_reason(state["body"])
+                    REJECTED.labels(reason, "v2" if v2 else "json").inc()
             await send(message)
 
         await self.app(scope, receive, watch)

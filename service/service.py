@@ -64,6 +64,7 @@ from service.openapi import OpenAPIPatch
 from service.runtime import Artifact, find_artifact
 from service.schema import MAX_SEQUENCES, FeedbackAck, Prediction, feedback_type, predictions_json, sequences_type
 from service.settings import Settings
+from service.v2 import label_v2_routes_by_template, v2_routes
 
 log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
@@ -272,6 +273,7 @@ routes = Starlette(
         Route("/metadata", metadata, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         *admin_routes(SETTINGS.admin_token, SETTINGS.database),
+        *v2_routes(ARTIFACT.meta, MAX_LENGTH, MAX_SEQUENCES),
     ]
 )
 # The response is written by predictions_json; the annotation documents its schema in /docs.json.
@@ -301,17 +303,26 @@ class SeqServe:
         self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feedback")
         _tune_gc()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+        label_v2_routes_by_template()  # bounded metric labels for the V2 routes (service/v2.py)
 
     @bentoml.api
     async def predict(self, sequences: Sequences) -> PredictionsDoc:
         """Classify 1..64 sequences, each [T][F] numbers (T <= max_length, F = feature_dim); batched with
         other requests' sequences on the model service."""
+        return self._respond(await self.infer_items(_items(sequences)))
+
+    async def infer_items(self, items: list[Any]) -> list[Any]:
+        """Sequences (as ``_items``) through the model service's batcher: ``(probabilities, attention, version)``
+        each, in order. ``/predict`` and the V2 route (``service.v2``) both come here, so they share batches."""
         if SETTINGS.api_in_flight == 0:
-            return self._respond(await self._call("infer", _items(sequences)))
-        if self.coalescer is None:
-            infer = functools.partial(self._call, "infer")
-            self.coalescer = Coalescer(infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size)
-        return self._respond(await self.coalescer.submit(_items(sequences)))
+            results = await self._call("infer", items)
+        else:
+            if self.coalescer is None:
+                infer = functools.partial(self._call, "infer")
+                self.coalescer = Coalescer(infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size)
+            results = await self.coalescer.submit(items)
+        self.version = results[0][2]  # the model that answered (after a swap, the new champion)
+        return results
 
     @bentoml.api(route="/predict_nobatch")
     async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:

@@ -1,0 +1,332 @@
+"""The Open Inference Protocol (KServe V2 REST), beside ``/predict``: Triton and KServe clients work unchanged.
+
+Routes (plain ASGI routes of the API service: BentoML cannot parse a V2 binary body):
+``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{version}]``,
+``.../ready``, ``POST .../infer``. The name is the artifact's ``model_name``, the version the ``model_version``
+being served; an unknown name or version (the old one after a swap too) is a 404 ``{"error": ...}``.
+
+Tensors are the ONNX model's own: input ``x`` FP32 ``[N, T, F]`` (padded) and ``lengths`` INT64 ``[N]`` or
+``[N, 1]``; outputs ``probabilities`` FP32 ``[N, C]``, ``attention`` FP32 ``[N, T]`` (zero beyond each length)
+and ``label`` BYTES ``[N]``. Each row is cut to its length and goes to the same length-aware batcher as
+``/predict`` (``SeqServe.infer_items``), so both protocols share batches and give the same answers.
+
+The binary tensor data extension (``tritonclient``'s default): the JSON header's size in the
+``Inference-Header-Content-Length`` header, then each binary input's bytes (``binary_data_size``), decoded
+straight into numpy; outputs asked for with ``binary_data`` (or ``binary_data_output`` for all) come back the
+same way. BYTES elements are a 4-byte little-endian length and the bytes. Every ``/predict`` rule holds, as a
+400 naming the tensor and the limit.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import struct
+from typing import Any
+
+import bentoml
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from export.contract import ArtifactMeta
+
+HEADER = "inference-header-content-length"
+DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
+OUTPUTS = ("probabilities", "attention", "label")
+
+
+class V2Error(ValueError):
+    """A rejected V2 request: the message names the tensor and the limit; ``reason`` labels the metric."""
+
+    def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def error(e: V2Error) -> JSONResponse:
+    return JSONResponse({"error": str(e)}, status_code=e.status, headers={"x-seqserve-reason": e.reason})
+
+
+def _tensor(spec: dict, binary: memoryview | None, datatype: str, name: str) -> np.ndarray:
+    """One input tensor as a numpy array of its declared shape, from JSON ``data`` or its binary bytes."""
+    if spec.get("datatype") != datatype:
+        raise V2Error(
+            f"input '{name}': datatype {spec.get('datatype')!r}, the model takes {datatype}", reason="datatype"
+        )
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise V2Error(f"input '{name}': 'shape' must be a list of non-negative integers", reason="shape")
+    count = int(np.prod(shape)) if shape else 1
+    dtype = DTYPES[datatype]
+    if binary is not None:
+        if len(binary) != count * dtype.itemsize:
+            raise V2Error(
+                f"input '{name}': binary_data_size {len(binary)} bytes, shape {shape} needs {count * dtype.itemsize}",
+                reason="binary_size",
+            )
+        return np.frombuffer(binary, dtype=dtype).reshape(shape)
+    data = spec.get("data")
+    if data is None:
+        raise V2Error(f"input '{name}': no 'data' and no binary_data_size", reason="bad_input")
+    try:
+        arr = np.asarray(data, dtype=np.float64 if datatype == "FP32" else np.int64)
+    except (ValueError, TypeError, OverflowError):
+        raise V2Error(f"input '{name}': 'data' must be {datatype} numbers", reason="not_a_number") from None
+    if arr.size != count:
+        raise V2Error(f"input '{name}': {arr.size} values, shape {shape} needs {count}", reason="shape")
+    if datatype == "FP32":
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32)
+    return arr.reshape(shape)
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[dict, dict[str, memoryview]]:
+    """The JSON header and each binary input's bytes, by input name."""
+    view = memoryview(body)
+    if header_length is None:
+        head, rest = view, view[len(view) :]
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise V2Error(f"{HEADER}: {header_length!r} is not a byte count", reason="binary_size") from None
+        if not 0 < n <= len(view):
+            raise V2Error(f"{HEADER}: {n}, but the body has {len(view)} bytes", reason="binary_size")
+        head, rest = view[:n], view[n:]
+    try:
+        request = json.loads(bytes(head))
+    except (ValueError, UnicodeDecodeError):
+        raise V2Error("body: the inference request header is not valid JSON", reason="invalid_json") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise V2Error("body: expected an object with 'inputs' (a list of tensors)", reason="bad_input")
+    binaries, offset = {}, 0
+    for spec in request["inputs"]:
+        size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+                raise V2Error(
+                    f"input '{spec.get('name')}': binary_data_size {size} runs past the body's binary data",
+                    reason="binary_size",
+                )
+            binaries[spec.get("name")] = rest[offset : offset + size]
+            offset += size
+    if offset != len(rest):
+        raise V2Error(
+            f"body: {len(rest) - offset} bytes of binary data that no input's binary_data_size accounts for",
+            reason="binary_size",
+        )
+    return request, binaries
+
+
+def sequences(
+    request: dict, binaries: dict, meta: ArtifactMeta, max_length: int, max_n: int
+) -> tuple[list[np.ndarray], int]:
+    """Validate ``x`` and ``lengths``; each padded row cut to its length, and the padded length T."""
+    inputs = {spec.get("name"): spec for spec in request["inputs"] if isinstance(spec, dict)}
+    unknown = set(inputs) - {"x", "lengths"}
+    if unknown or len(inputs) != len(request["inputs"]):
+        raise V2Error(
+            f"inputs: {sorted(map(str, unknown))} unknown; the model takes 'x' and 'lengths'", reason="bad_input"
+        )
+    for name in ("x", "lengths"):
+        if name not in inputs:
+            raise V2Error(
+                f"input '{name}' is missing (the model takes 'x' FP32 [N, T, F] and 'lengths' INT64 [N])",
+                reason="bad_input",
+            )
+    x = _tensor(inputs["x"], binaries.get("x"), "FP32", "x")
+    lengths = _tensor(inputs["lengths"], binaries.get("lengths"), "INT64", "lengths")
+    if x.ndim != 3 or x.shape[2] != meta.feature_dim:
+        raise V2Error(
+            f"input 'x': shape {list(x.shape)}, the model takes [N, T, {meta.feature_dim}] (feature_dim)",
+            reason="feature_count",
+        )
+    n, t = x.shape[0], x.shape[1]
+    if not 1 <= n <= max_n:
+        raise V2Error(f"input 'x': {n} sequences, must be 1..{max_n} per request", reason="sequence_count")
+    if lengths.shape not in ((n,), (n, 1)):
+        raise V2Error(f"input 'lengths': shape {list(lengths.shape)}, must be [{n}] or [{n}, 1]", reason="shape")
+    lengths = lengths.reshape(-1)
+    for i, length in enumerate(lengths.tolist()):
+        if not 1 <= length <= t:
+            raise V2Error(
+                f"input 'lengths'[{i}]: {length}, must be 1..{t} (the padded length T of 'x')", reason="length"
+            )
+        if length > max_length:
+            raise V2Error(
+                f"input 'lengths'[{i}]: {length} time steps, the model accepts at most {max_length}", reason="too_long"
+            )
+    seqs = [np.ascontiguousarray(x[i, :length], dtype=np.float32) for i, length in enumerate(lengths.tolist())]
+    for i, s in enumerate(seqs):
+        if not np.isfinite(s).all():
+            raise V2Error(
+                f"input 'x'[{i}]: non-finite value (NaN, Infinity or beyond float32 range)", reason="non_finite"
+            )
+    return seqs, t
+
+
+def respond(request: dict, meta: ArtifactMeta, version: str, results: list, max_t: int) -> Response:
+    """The V2 response: JSON, or a JSON header plus binary outputs where the request asked for them."""
+    probs = np.stack([p for p, _, _ in results]).astype("<f4")
+    attention = np.zeros((len(results), max_t), "<f4")
+    for i, (_, a, _) in enumerate(results):
+        attention[i, : len(a)] = a
+    labels = [meta.classes[k] for k in probs.argmax(axis=1).tolist()]
+    tensors = {
+        "probabilities": ("FP32", list(probs.shape), probs),
+        "attention": ("FP32", list(attention.shape), attention),
+        "label": ("BYTES", [len(labels)], labels),
+    }
+    asked = request.get("outputs") or [{"name": name} for name in OUTPUTS]
+    binary_default = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    outputs, chunks = [], []
+    for spec in asked:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name not in tensors:
+            raise V2Error(
+                f"outputs: {name!r} is not an output of the model ({', '.join(OUTPUTS)})", reason="bad_output"
+            )
+        datatype, shape, value = tensors[name]
+        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if (spec.get("parameters") or {}).get("binary_data", binary_default):
+            raw = (
+                b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in value))
+                if datatype == "BYTES"
+                else value.tobytes()
+            )
+            out["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            out["data"] = value if datatype == "BYTES" else value.reshape(-1).tolist()
+        outputs.append(out)
+    body = {"model_name": meta.model_name, "model_version": version, "outputs": outputs}
+    if "id" in request:
+        body["id"] = request["id"]
+    head = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(head, media_type="application/json")
+    return Response(head + b"".join(chunks), media_type="application/octet-stream", headers={HEADER: str(len(head))})
+
+
+def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[Route]:
+    """The V2 routes of the API service, for the artifact it serves."""
+
+    def check(request: Request) -> str:
+        """The version served, if the path names this model (and that version); else a 404."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        served = bentoml.get_current_service().version
+        if name != meta.model_name:
+            raise V2Error(f"unknown model {name!r}; this server serves {meta.model_name!r}", 404)
+        if version is not None and version != served:
+            raise V2Error(f"model {name!r} has no version {version!r}; serving {served!r}", 404)
+        return served
+
+    async def server(request: Request) -> Response:
+        version = importlib.metadata.version("seqserve")
+        return JSONResponse({"name": "seqserve", "version": version, "extensions": ["binary_tensor_data"]})
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        try:
+            await bentoml.get_current_service().model.to_async.info()
+        except Exception as e:  # noqa: BLE001 - the model service is starting or gone
+            return JSONResponse({"error": f"model service not ready: {e}"}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def model(request: Request) -> Response:
+        try:
+            version = check(request)
+        except V2Error as e:
+            return error(e)
+        return JSONResponse(
+            {
+                "name": meta.model_name,
+                "versions": [version],
+                "platform": "onnxruntime_onnx",
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [-1, -1, meta.feature_dim]},
+                    {"name": "lengths", "datatype": "INT64", "shape": [-1, 1]},
+                ],
+                "outputs": [
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta.classes)]},
+                    {"name": "attention", "datatype": "FP32", "shape": [-1, -1]},
+                    {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                ],
+                "parameters": {"classes": meta.classes, "max_length": max_length, "max_sequences": max_sequences},
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            check(request)
+        except V2Error as e:
+            return error(e)
+        return JSONResponse({"name": meta.model_name, "ready": True})
+
+    async def infer(request: Request) -> Response:
+        from service.service import _items  # the API service's own request items (a late import: no cycle)
+
+        try:
+            check(request)
+            parsed, binaries = parse_request(await request.body(), request.headers.get(HEADER))
+            seqs, t = sequences(parsed, binaries, meta, max_length, max_sequences)
+            service = bentoml.get_current_service()
+            results = await service.infer_items(_items(seqs))
+            return respond(parsed, meta, results[0][2], results, t)
+        except V2Error as e:
+            return error(e)
+
+    routes = [
+        Route("/v2", server, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+    ]
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [
+            Route(base, model, methods=["GET"]),
+            Route(base + "/ready", model_ready, methods=["GET"]),
+            Route(base + "/infer", infer, methods=["POST"]),
+        ]
+    return routes
+
+
+def route_template(path: str) -> str | None:
+    """``/v2/models/abc/versions/1/infer`` -> ``/v2/models/{name}/versions/{version}/infer``; None if not V2."""
+    parts = path.split("/")
+    if len(parts) < 4 or parts[1:3] != ["v2", "models"]:
+        return None
+    template = ["", "v2", "models", "{name}"]
+    rest = parts[4:]
+    if rest[:1] == ["versions"] and len(rest) >= 2:
+        template += ["versions", "{version}"]
+        rest = rest[2:]
+    return "/".join(template + [r if r in ("ready", "infer") else "{other}" for r in rest[:1]])
+
+
+def label_v2_routes_by_template() -> bool:
+    """BentoML's request metrics label each request with its raw path: the model name and version in a V2
+    path would make a series per value anyone sends. Patch its middleware to label V2 paths by their route
+    template (the request itself still sees its real path). True if applied; the patch targets bentoml 1.4."""
+    import copy
+
+    try:
+        from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as M
+    except ImportError:
+        return False
+    original = getattr(M.__call__, "__wrapped__", M.__call__)
+
+    async def call(self, scope, receive, send) -> None:  # noqa: ANN001
+        template = route_template(scope.get("path", "")) if scope.get("type") == "http" else None
+        if template is None:
+            return await original(self, scope, receive, send)
+        proxy = copy.copy(self)  # the same metrics, its own inner app: the real scope goes on
+        proxy.app = lambda _scope, r, s: self.app(scope, r, s)
+        return await original(proxy, {**scope, "path": template}, receive, send)
+
+    call.__wrapped__ = original
+    M.__call__ = call
+    return True
