@@ -25,13 +25,13 @@ import numpy as np
 from loadtest import workload
 from loadtest.client import run_load
 from loadtest.open_loop import open_loop_pass
-from loadtest.peer_servers import Server, ensure_venv, json_bodies, start_ray, start_triton
+from loadtest.peer_servers import Server, ensure_venv, json_bodies, start_ray, start_triton, v2_binary_bodies
 from loadtest.procs import start_bentoml, stop_process
 from loadtest.report import render_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-SYSTEMS = ("limit", "seqserve", "seqserve-nobatch", "triton", "ray-serve")
+SYSTEMS = ("limit", "seqserve", "seqserve-nobatch", "seqserve-v2", "triton", "ray-serve")
 
 
 # ---------------------------------------------------------------- inputs
@@ -150,7 +150,12 @@ def start_seqserve(art: Path, work: Path, args: argparse.Namespace) -> Server:
         json_bodies,
         lambda: metrics_stats(url),
         lambda: stop_process(proc),
-        {"seqserve": "/predict", "seqserve-nobatch": "/predict_nobatch"},
+        {
+            "seqserve": "/predict",
+            "seqserve-nobatch": "/predict_nobatch",
+            "seqserve-v2": f"/v2/models/{json.loads((art / 'metadata.json').read_text())['model_name']}/infer",
+        },
+        {"seqserve-v2": v2_binary_bodies},
     )
 
 
@@ -162,14 +167,14 @@ def run_system(name: str, art: Path, work: Path, args: argparse.Namespace, mixes
     runs = []
     try:
         # Unrecorded warm-up for every system alike (BentoML's dispatcher, for one, starts by learning timings).
-        warm = server.encode(next(iter(mixes.values())))
-        for path in server.paths.values():
+        for system, path in server.paths.items():
+            warm = server.encoders.get(system, server.encode)(next(iter(mixes.values())))
             run_load(server.port, path, warm, 16, args.server_warmup, warmup=0)
         for system, path in server.paths.items():
             if system not in args.systems:
                 continue
             for profile, seqs in mixes.items():
-                bodies = server.encode(seqs)
+                bodies = server.encoders.get(system, server.encode)(seqs)
                 for c in args.concurrency:
                     before = server.stats()
                     res = run_load(server.port, path, bodies, c, args.duration, args.warmup)
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
             r = measure_limit(art, seqs, max(2.0, args.duration / 2), args.workers * args.ort_threads)
             runs.append({"system": "limit", "profile": profile, "concurrency": None, **r})
             print(f"bench: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
-    if {"seqserve", "seqserve-nobatch"} & set(args.systems):
+    if {"seqserve", "seqserve-nobatch", "seqserve-v2"} & set(args.systems):
         runs += run_system("seqserve", art, work, args, mixes)
     skipped: dict[str, str] = {}
     for peer in ("triton", "ray-serve"):

@@ -111,10 +111,15 @@ async def _worker(
         writer.close()
 
 
-def encode_requests(host: str, port: int, path: str, bodies: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
-    """Full HTTP/1.1 request bytes for each (JSON body, sequences in it)."""
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-    return [((head + f"Content-Length: {len(b)}\r\n\r\n").encode() + b, n) for b, n in bodies]
+def encode_requests(host: str, port: int, path: str, bodies: list[tuple]) -> list[tuple[bytes, int]]:
+    """Full HTTP/1.1 request bytes for each (body, sequences in it[, extra header lines]); JSON unless the extra
+    lines say otherwise (the V2 binary bodies carry their own Content-Type and Inference-Header-Content-Length)."""
+    out = []
+    for body, n, *extra in bodies:
+        headers = extra[0] if extra else "Content-Type: application/json\r\n"
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
+        out.append((head.encode() + body, n))
+    return out
 
 
 def run_load(

@@ -46,6 +46,35 @@ def triton_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int]]:
     return out
 
 
+def v2_binary_bodies(seqs: list[np.ndarray]) -> list[tuple[bytes, int, str]]:
+    """KServe V2 with the binary tensor data extension (tritonclient's default): raw float32 in and out."""
+    out = []
+    for s in seqs:
+        x, lengths = np.ascontiguousarray(s[None], "<f4").tobytes(), np.array([[len(s)]], "<i8").tobytes()
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, len(s), s.shape[1]],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(x)},
+                    },  # noqa: E501
+                    {
+                        "name": "lengths",
+                        "shape": [1, 1],
+                        "datatype": "INT64",
+                        "parameters": {"binary_data_size": len(lengths)},
+                    },  # noqa: E501
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        headers = f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(head)}\r\n"
+        out.append((head + x + lengths, 1, headers))
+    return out
+
+
 def file_stats(path: Path) -> dict:
     """Sum the per-process counter files ``<path>.<pid>`` a peer server writes after each batch."""
     out = {"batches": 0, "sequences": 0, "real_steps": 0, "padded_steps": 0}
@@ -78,8 +107,9 @@ def ensure_venv(name: str, packages: list[str]) -> Path:
 class Server:
     """A started system: where to send requests, how to encode them, its batch counters, how to stop it."""
 
-    def __init__(self, port: int, encode, stats, stop, paths: dict[str, str]) -> None:  # noqa: ANN001
+    def __init__(self, port: int, encode, stats, stop, paths: dict[str, str], encoders: dict | None = None) -> None:  # noqa: ANN001,E501
         self.port, self.encode, self.stats, self.stop, self.paths = port, encode, stats, stop, paths
+        self.encoders = encoders or {}  # system -> body encoder, where it differs from ``encode``
 
 
 def start_triton(art: Path, work: Path, args: argparse.Namespace) -> Server:

@@ -70,6 +70,16 @@ def targets(runs: list[dict], c_high: int) -> list[str]:
                 f"{nb['seq_per_s']:.0f} = **{ratio:.2f}x** (target >= 3x): "
                 f"**{'met' if ratio >= 3 else 'MISSED'}**"
             )
+        v2, triton = _find(runs, "seqserve-v2", profile, c_high), _find(runs, "triton", profile, c_high)
+        if v2 and ss and triton:
+            gain, vs = v2["seq_per_s"] / ss["seq_per_s"] - 1, v2["seq_per_s"] / triton["seq_per_s"]
+            ok = gain >= 0 and v2["p99_ms"] <= ss["p99_ms"] and vs >= 2.5
+            lines.append(
+                f"- `{profile}`, c={c_high}: V2 binary {v2['seq_per_s']:.0f} seq/s (p99 {v2['p99_ms']:.0f} ms) vs "
+                f"JSON /predict {ss['seq_per_s']:.0f} (p99 {ss['p99_ms']:.0f}) = **{gain:+.0%}**, vs Triton on the "
+                f"same V2 model {vs:.2f}x (targets: >= JSON, p99 no worse, >= 2.5x Triton): "
+                f"**{'met' if ok else 'MISSED'}**"
+            )
         lim = _find(runs, "limit", profile, None)
         http = [r for r in runs if r["system"] == "seqserve" and r["profile"] == profile]
         if lim and http:
