@@ -17,8 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from export.contract import ContractError
+from export.promote import lasting_ref
 from service.database import add_database_arg
-from service.runtime import ModelNotFound, find_artifact, use_project_model_store
+from service.runtime import ModelNotFound, use_project_model_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +35,7 @@ def build(ref: str | None, data_dir: str) -> tuple[str, str]:
         if champion is None:
             raise ModelNotFound("no REF given and no champion promoted (python -m export.promote REF --store)")
         ref = champion.ref
-    find_artifact(ref)  # the artifact opens and its contract reads
-    if Path(ref).is_dir():
-        from export.store import save_to_store
-
-        ref = save_to_store(ref)
+    ref, _ = lasting_ref(ref, store=True)  # the artifact opens, its contract reads; a directory is stored
     spec = yaml.safe_load((ROOT / "deploy/bentofile.yaml").read_text())
     spec["models"] = [ref]
     spec["envs"] = [e for e in spec.get("envs", []) if e["name"] != "SEQSERVE_MODEL"]
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         model, bento = build(args.ref or None, args.data_dir)
-    except (ModelNotFound, RuntimeError) as e:
+    except (ModelNotFound, ContractError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"bento {bento or 'seqserve'} bundles model {model} (SEQSERVE_MODEL={model} in the image)", file=sys.stderr)

@@ -17,9 +17,9 @@ from service.database import add_database_arg
 from service.runtime import ModelNotFound, find_artifact, use_project_model_store
 
 
-def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
-    """Point the champion at ``ref``; return the new pointer. A directory is first put into the BentoML model
-    store when ``store`` (the pointer then names the versioned tag), else pointed at by its absolute path."""
+def lasting_ref(ref: str, store: bool) -> tuple[str, str]:
+    """``ref`` opened and its contract read, as a reference that stays valid, and its model version. A directory
+    is put into the BentoML model store when ``store`` (the versioned tag), else named by its absolute path."""
     art = find_artifact(ref)
     if Path(ref).is_dir():
         if store:
@@ -28,7 +28,12 @@ def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
             ref = save_to_store(ref)
         else:
             ref = str(Path(ref).resolve())
-    return ChampionPointer(data_dir).set(ref, art.meta.model_version)
+    return ref, art.meta.model_version
+
+
+def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
+    """Point the champion at ``ref`` (see ``lasting_ref``); return the new pointer."""
+    return ChampionPointer(data_dir).set(*lasting_ref(ref, store))
 
 
 def main(argv: list[str] | None = None) -> int:

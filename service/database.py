@@ -1,6 +1,6 @@
 """The service database (feedback, the champion pointer, retraining jobs): one small wrapper, two backends.
 
-``open_database(where)``: ``where`` is a data directory (an embedded SQLite file ``feedback.db`` in it, the
+``Database(where)``: ``where`` is a data directory (an embedded SQLite file ``feedback.db`` in it, the
 default: ``SEQSERVE_DATA_DIR``) or a ``postgresql://`` URL (``SEQSERVE_DATABASE_URL``, for deployments with
 several pods, where a file on one node cannot serve). The modules above it write SQL once, with ``?``
 placeholders and portable types, and get:

@@ -94,6 +94,7 @@ class ModelSlot:
 
     engine: Engine
     metrics: ServiceMetrics
+    source: str  # why this model is served (/metadata ``served_because``)
 
     @property
     def version(self) -> str:
@@ -115,8 +116,7 @@ class SeqModel:
     def __init__(self) -> None:
         _tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/batcher.py
-        self.slot = self._load(ARTIFACT)
-        self.source = MODEL_SOURCE
+        self.slot = self._load(ARTIFACT, MODEL_SOURCE)
         self._pointer: ChampionPointer | None = None
         self._refused = None
         self._swap_lock = threading.Lock()
@@ -125,9 +125,9 @@ class SeqModel:
             threading.Thread(target=self._follow_champion, name="champion", daemon=True).start()
 
     @staticmethod
-    def _load(artifact: Artifact) -> ModelSlot:
+    def _load(artifact: Artifact, source: str) -> ModelSlot:
         engine = Engine(artifact, SETTINGS)  # opens the session and runs the load-time check
-        return ModelSlot(engine, ServiceMetrics(engine, SETTINGS.device, SETTINGS.drift_window_steps))
+        return ModelSlot(engine, ServiceMetrics(engine, SETTINGS.device, SETTINGS.drift_window_steps), source)
 
     @staticmethod
     def _log_loaded(slot: ModelSlot, why: str) -> None:
@@ -189,9 +189,8 @@ class SeqModel:
                 f"its contract differs (feature_dim {artifact.meta.feature_dim}, classes {artifact.meta.classes}; "
                 f"serving {old.engine.feature_dim}, {old.engine.classes}): that needs a restart"
             )
-        new = self._load(artifact)
+        new = self._load(artifact, "champion")
         self.slot = new  # the swap
-        self.source = "champion"
         old.metrics.retire()
         MODEL_SWAPS.inc()
         self._log_loaded(new, f"champion, swapped in for {old.version}")
@@ -207,7 +206,8 @@ class SeqModel:
     @bentoml.api
     def info(self) -> dict:
         """What /metadata reports about the loaded model and its session."""
-        e = self.slot.engine
+        slot = self.slot  # read once, like a batch
+        e = slot.engine
         info = e.info
         return {
             "model_version": e.model_version,
@@ -220,7 +220,7 @@ class SeqModel:
             "ort_threads": e.ort_threads,
             "model_workers": SETTINGS.model_workers,
             "source": e.artifact.source,
-            "served_because": self.source,
+            "served_because": slot.source,
         }
 
     def _run(self, items: list[Any]) -> list[Any]:
