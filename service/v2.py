@@ -210,18 +210,29 @@ def respond(request: dict, meta: ArtifactMeta, version: str, results: list, max_
     return Response(head + b"".join(chunks), media_type="application/octet-stream", headers={HEADER: str(len(head))})
 
 
+def _served(name: str, version: str | None, served: str) -> str:
+    """``served``, unless the path asked for another version: a 404, also for a version swapped out."""
+    if version is not None and version != served:
+        raise V2Error(f"model {name!r} has no version {version!r}; serving {served!r}", 404)
+    return served
+
+
 def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[Route]:
     """The V2 routes of the API service, for the artifact it serves."""
 
-    def check(request: Request) -> str:
-        """The version served, if the path names this model (and that version); else a 404."""
+    async def check(request: Request, ask: bool = True) -> str:
+        """The version served, if the path names this model (and that version); else a 404. ``ask`` asks the
+        model service which version it serves (the API worker's own note of it lags a swap until an answer)."""
         name, version = request.path_params["name"], request.path_params.get("version")
-        served = bentoml.get_current_service().version
+        service = bentoml.get_current_service()
         if name != meta.model_name:
             raise V2Error(f"unknown model {name!r}; this server serves {meta.model_name!r}", 404)
-        if version is not None and version != served:
-            raise V2Error(f"model {name!r} has no version {version!r}; serving {served!r}", 404)
-        return served
+        if ask or (version is not None and version != service.version):
+            try:
+                service.version = (await service.model.to_async.info())["model_version"]
+            except Exception as e:  # noqa: BLE001 - the model service is starting or gone
+                raise V2Error(f"model service not ready: {e}", 503, "unavailable") from e
+        return _served(name, version, service.version)
 
     async def server(request: Request) -> Response:
         version = importlib.metadata.version("seqserve")
@@ -239,7 +250,7 @@ def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[R
 
     async def model(request: Request) -> Response:
         try:
-            version = check(request)
+            version = await check(request)
         except V2Error as e:
             return error(e)
         return JSONResponse(
@@ -262,7 +273,7 @@ def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[R
 
     async def model_ready(request: Request) -> Response:
         try:
-            check(request)
+            await check(request)
         except V2Error as e:
             return error(e)
         return JSONResponse({"name": meta.model_name, "ready": True})
@@ -271,11 +282,12 @@ def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[R
         from service.service import _items  # the API service's own request items (a late import: no cycle)
 
         try:
-            check(request)
+            await check(request, ask=False)  # the hot path: the answer itself says which model gave it
             parsed, binaries = parse_request(await request.body(), request.headers.get(HEADER))
             seqs, t = sequences(parsed, binaries, meta, max_length, max_sequences)
             service = bentoml.get_current_service()
             results = await service.infer_items(_items(seqs))
+            _served(meta.model_name, request.path_params.get("version"), results[0][2])  # swapped meanwhile
             return respond(parsed, meta, results[0][2], results, t)
         except V2Error as e:
             return error(e)

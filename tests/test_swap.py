@@ -50,6 +50,28 @@ def broken_copies(art: Path, tmp: Path) -> tuple[Path, Path]:
     return truncated, wrong_dim
 
 
+def v2_after_swap(url: str, name: str, old: str, new: str, seq: np.ndarray) -> dict:
+    """What the V2 routes answer for the swapped-out and the served version (every API worker is asked)."""
+    x = seq.astype(np.float32)[None]
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()},
+            {"name": "lengths", "datatype": "INT64", "shape": [1], "data": [len(seq)]},
+        ]
+    }
+    out: dict = {}
+    for _ in range(4):  # a new connection each, so more than one API worker answers
+        for key, version in (("old", old), ("new", new)):
+            base = f"{url}/v2/models/{name}/versions/{version}"
+            for route, r in (
+                ("ready", httpx.get(f"{base}/ready")),
+                ("infer", httpx.post(f"{base}/infer", json=body, timeout=30)),
+            ):
+                out.setdefault(f"{key} {route}", set()).add(r.status_code)
+    out["versions"] = httpx.get(f"{url}/v2/models/{name}").json()["versions"]
+    return {k: (v.pop() if isinstance(v, set) and len(v) == 1 else v) for k, v in out.items()}
+
+
 def test_promotions_swap_models_under_load(artifact: Path, challenger: Path, tmp_path: Path) -> None:
     a, b = version_of(artifact), version_of(challenger)
     assert a != b
@@ -92,6 +114,10 @@ def test_promotions_swap_models_under_load(artifact: Path, challenger: Path, tmp
         stop.set()
         for t in threads:
             t.join(60)
+        # No answer has told the API workers of this swap: the V2 routes must still know the version served.
+        promote(str(artifact), data_dir)
+        time.sleep(SETTLE_S)
+        v2 = v2_after_swap(url, meta["model_name"], b, a, test.sequences[0])
         metrics = httpx.get(f"{url}/metrics").text
         final = httpx.get(f"{url}/metadata").json()
     finally:
@@ -103,10 +129,11 @@ def test_promotions_swap_models_under_load(artifact: Path, challenger: Path, tmp
     for (t_promo, expected), t_next in zip(promotions, ends):
         settled = [v for sent, answered, _, v in log if sent >= t_promo + SETTLE_S and answered <= t_next]
         assert settled and all(v == {expected} for v in settled), (expected, settled[:3])
-    assert final["model_version"] == b
+    assert v2 == {"old ready": 404, "old infer": 404, "new ready": 200, "new infer": 200, "versions": [a]}, v2
+    assert final["model_version"] == a
     values = {
         line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith("seqserve_")
     }
-    assert values["seqserve_model_swaps_total"] == 5 and values["seqserve_model_swap_failures_total"] == 2
+    assert values["seqserve_model_swaps_total"] == 6 and values["seqserve_model_swap_failures_total"] == 2
     info = {k: v for k, v in values.items() if k.startswith("seqserve_model_info{")}
-    assert [k for k, v in info.items() if v == 1] == [k for k in info if f'model_version="{b}"' in k]
+    assert [k for k, v in info.items() if v == 1] == [k for k in info if f'model_version="{a}"' in k]
