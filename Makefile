@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve test lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: venv train export serve train-lm export-lm serve-generate bench-generate test lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,34 @@ serve: venv
 	fi
 	$(PY) -m export.promote $(ARTIFACT) --store
 	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
+
+# Text generation (issue 12): a character language model; beside the classifier: make serve-generate PORT=3001.
+# Trains the default Tiny Shakespeare model (~9 minutes on 2 cores) if no exported one exists.
+LM_TEXT ?= data/text/tinyshakespeare.txt
+LM_RUN ?= runs/shakespeare
+LM_ARTIFACT ?= artifacts/shakespeare
+LM_ARGS ?=
+train-lm: venv
+	$(PY) -m training lm --text $(LM_TEXT) --out $(LM_RUN) $(LM_ARGS)
+
+export-lm: venv
+	$(PY) -m export --run $(LM_RUN) --out $(LM_ARTIFACT)
+
+serve-generate: venv
+	@if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-lm; fi; \
+	  $(MAKE) --no-print-directory export-lm; \
+	fi
+	$(PY) -m export.promote $(LM_ARTIFACT) --store
+	$(VENV)/bin/bentoml serve service.generate_service:SeqGenerate --host $(HOST) --port $(PORT)
+
+# per-request loop vs request-level batching vs the step scheduler: bench/results-generate.json + docs.
+bench-generate: venv
+	@if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-lm; fi; \
+	  $(MAKE) --no-print-directory export-lm; \
+	fi
+	$(PY) -m loadtest.bench_generate --artifact $(LM_ARTIFACT) $(BENCH_ARGS)
 
 test: lint
 	$(PY) -m pytest -q

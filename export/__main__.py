@@ -1,13 +1,20 @@
-"""``python -m export --run runs/default --out artifacts/default [--no-store]``"""
+"""``python -m export --run runs/default --out artifacts/default [--no-store]``: a classifier or a language
+model run (its ``config.json`` says ``"task": "generate"``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from export.onnx_export import ParityError, export_run
 from service.runtime import use_project_model_store
+
+
+def is_language_model(run_dir: str) -> bool:
+    config = Path(run_dir) / "config.json"
+    return config.exists() and json.loads(config.read_text()).get("task") == "generate"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     use_project_model_store()
     try:
-        meta = export_run(args.run, args.out, args.held_out, args.max_length)
+        if is_language_model(args.run):
+            from export.lm_export import export_lm_run
+
+            meta = export_lm_run(args.run, args.out)
+        else:
+            meta = export_run(args.run, args.out, args.held_out, args.max_length)
     except ParityError as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1

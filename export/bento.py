@@ -35,7 +35,7 @@ def build(ref: str | None, data_dir: str) -> tuple[str, str]:
         if champion is None:
             raise ModelNotFound("no REF given and no champion promoted (python -m export.promote REF --store)")
         ref = champion.ref
-    ref, _ = lasting_ref(ref, store=True)  # the artifact opens, its contract reads; a directory is stored
+    ref, _, _ = lasting_ref(ref, store=True)  # the artifact opens, its contract reads; a directory is stored
     spec = yaml.safe_load((ROOT / "deploy/bentofile.yaml").read_text())
     spec["models"] = [ref]
     spec["envs"] = [e for e in spec.get("envs", []) if e["name"] != "SEQSERVE_MODEL"]

@@ -17,9 +17,10 @@ from service.database import add_database_arg
 from service.runtime import ModelNotFound, find_artifact, use_project_model_store
 
 
-def lasting_ref(ref: str, store: bool) -> tuple[str, str]:
-    """``ref`` opened and its contract read, as a reference that stays valid, and its model version. A directory
-    is put into the BentoML model store when ``store`` (the versioned tag), else named by its absolute path."""
+def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
+    """``ref`` opened and its contract read, as a reference that stays valid, its model version and its task.
+    A directory is put into the BentoML model store when ``store`` (the versioned tag), else named by its
+    absolute path."""
     art = find_artifact(ref)
     if Path(ref).is_dir():
         if store:
@@ -28,12 +29,13 @@ def lasting_ref(ref: str, store: bool) -> tuple[str, str]:
             ref = save_to_store(ref)
         else:
             ref = str(Path(ref).resolve())
-    return ref, art.meta.model_version
+    return ref, art.meta.model_version, art.meta.task
 
 
 def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
-    """Point the champion at ``ref`` (see ``lasting_ref``); return the new pointer."""
-    return ChampionPointer(data_dir).set(*lasting_ref(ref, store))
+    """Point the champion of ``ref``'s task at ``ref`` (see ``lasting_ref``); return the new pointer."""
+    ref, version, task = lasting_ref(ref, store)
+    return ChampionPointer(data_dir, task).set(ref, version)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,13 @@ def save_to_store(artifact_dir: str | Path) -> str:
         return tag  # the same bytes are already stored
     except NotFound:
         pass
-    labels = {"rnn": meta["rnn"]["rnn"], "attention": meta["rnn"]["attention"]}
-    summary = {k: meta[k] for k in ("schema_version", "feature_dim", "max_length", "opset", "created_at")}
-    summary["test_accuracy"] = meta["training_metrics"].get("test_accuracy")
+    labels = {"task": meta.get("task", "classify"), "rnn": meta["rnn"]["rnn"]}
+    labels.update({"attention": meta["rnn"]["attention"]} if "attention" in meta["rnn"] else {})
+    keys = ("schema_version", "feature_dim", "max_length", "opset", "created_at")
+    summary = {k: meta[k] for k in keys if k in meta}
+    for k in ("test_accuracy", "val_loss_nats"):
+        if k in meta["training_metrics"]:
+            summary[k] = meta["training_metrics"][k]
     with bentoml.models.create(tag, labels=labels, metadata=summary, module="seqserve") as model:
         for name in ARTIFACT_FILES:
             if name in OPTIONAL_FILES and not (artifact_dir / name).exists():

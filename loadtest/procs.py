@@ -36,16 +36,22 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
 
 
 def start_bentoml(
-    root: Path, env: dict[str, str], log: Path, port: int | None = None, timeout: float = 120.0
+    root: Path,
+    env: dict[str, str],
+    log: Path,
+    port: int | None = None,
+    timeout: float = 120.0,
+    target: str = "service.service:SeqServe",
 ) -> tuple[subprocess.Popen, str]:
-    """``bentoml serve service.service:SeqServe`` on 127.0.0.1; returns (process, base url) once ready."""
+    """``bentoml serve TARGET`` (the classifier; ``service.generate_service:SeqGenerate``, the language model) on
+    127.0.0.1; returns (process, base url) once ready."""
     port = port or free_port()
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
     script = Path(sys.executable).with_name("bentoml")  # a venv's entry point, else the module (GPU machine)
     bentoml = [str(script)] if script.exists() else [sys.executable, "-m", "bentoml"]
     fh = log.open("w")
     proc = subprocess.Popen(
-        [*bentoml, "serve", "service.service:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
+        [*bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=root,
         env=full_env,
         stdout=fh,

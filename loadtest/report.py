@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -166,6 +167,11 @@ def render_report(results: dict, gpu: dict | None = None) -> str:
         out += [f"**{system} was skipped**: {why}", ""]
     out += open_loop_table(all_runs)
     out += gpu_section(gpu)
+    generate = Path(__file__).resolve().parents[1] / "bench/results-generate.json"
+    if generate.exists():
+        from loadtest.bench_generate import generate_section
+
+        out += generate_section(json.loads(generate.read_text()))
     c_high = max((r["concurrency"] for r in runs if r["concurrency"]), default=64)
     out += ["## Targets", "", *targets(runs, c_high), ""]
     return "\n".join(out)

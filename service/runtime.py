@@ -159,6 +159,8 @@ def _try_cuda(model_path: Path, threads: int, spin: bool = True) -> tuple[ort.In
 def check_session(sess: ort.InferenceSession, reference_path: Path, tolerance: float = CHECK_TOLERANCE) -> dict:
     """Run the recorded reference sequences alone and batched; raise ReferenceMismatch beyond ``tolerance``."""
     ref = np.load(reference_path)
+    if "tokens" in ref:
+        return check_step_session(sess, ref, tolerance)
     x, lengths, probs, att = ref["x"], ref["lengths"], ref["probabilities"], ref["attention"]
     p_batch, a_batch = sess.run(None, {"x": x, "lengths": lengths})
     diff_batched = max(float(np.abs(p_batch - probs).max()), float(np.abs(a_batch - att).max()))
@@ -176,6 +178,34 @@ def check_session(sess: ort.InferenceSession, reference_path: Path, tolerance: f
         raise ReferenceMismatch(
             f"outputs differ from the artifact's reference outputs by {max(diff_batched, diff_alone):.3g} "
             f"(batched {diff_batched:.3g}, alone {diff_alone:.3g}) > {tolerance}"
+        )
+    return report
+
+
+def check_step_session(sess: ort.InferenceSession, ref: np.lib.npyio.NpzFile, tolerance: float) -> dict:
+    """A language model's step graph (``export.lm_export``): the recorded streams batched, and each alone."""
+    tokens, lengths = ref["tokens"], ref["lengths"]
+    names = [i.name for i in sess.get_inputs()][2:]  # h (, c)
+    states = [ref[f"state{i}"] for i in range(len(names))]
+    want = [ref[f"out{i}"] for i in range(len(names) + 1)]
+    got = sess.run(None, {"tokens": tokens, "lengths": lengths, **dict(zip(names, states))})
+    diff_batched = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+    diff_alone = 0.0
+    for i, n in enumerate(lengths.tolist()):
+        feed = {"tokens": tokens[i : i + 1, :n], "lengths": lengths[i : i + 1]}
+        one = sess.run(None, {**feed, **{k: s[:, i : i + 1] for k, s in zip(names, states)}})
+        diff_alone = max(diff_alone, float(np.abs(one[0][0] - want[0][i]).max()))
+        diff_alone = max(diff_alone, *(float(np.abs(o[:, 0] - w[:, i]).max()) for o, w in zip(one[1:], want[1:])))
+    report = {
+        "streams": len(lengths),
+        "max_abs_diff_batched": diff_batched,
+        "max_abs_diff_alone": diff_alone,
+        "tolerance": tolerance,
+    }
+    if max(diff_batched, diff_alone) > tolerance:
+        raise ReferenceMismatch(
+            f"step outputs differ from the artifact's reference outputs by {max(diff_batched, diff_alone):.3g} > "
+            f"{tolerance}"
         )
     return report
 

@@ -31,9 +31,7 @@ import functools
 import gc
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import aiohttp
@@ -48,22 +46,16 @@ from starlette.routing import Route
 
 from service.admin import admin_routes
 from service.batcher import cap_learned_wait
-from service.champion import ChampionPointer, served_ref
+from service.champion import served_ref
 from service.coalesce import Coalescer
 from service.engine import Engine
 from service.feedback import FeedbackStore, StoreFull, open_store
-from service.metrics import (
-    FEEDBACK_FULL,
-    FEEDBACK_ITEMS,
-    MODEL_SWAP_FAILURES,
-    MODEL_SWAPS,
-    RejectionCounter,
-    ServiceMetrics,
-)
+from service.metrics import FEEDBACK_FULL, FEEDBACK_ITEMS, RejectionCounter, ServiceMetrics
 from service.openapi import OpenAPIPatch
 from service.runtime import Artifact, find_artifact
 from service.schema import MAX_SEQUENCES, FeedbackAck, Prediction, feedback_type, predictions_json, sequences_type
 from service.settings import Settings
+from service.slot import FollowsChampion, ModelSlot
 from service.v2 import label_v2_routes_by_template, v2_routes
 
 log = logging.getLogger("seqserve")
@@ -88,19 +80,6 @@ class ClientErrorFilter(logging.Filter):
         return True
 
 
-@dataclass(frozen=True)
-class ModelSlot:
-    """What the model service serves: replaced whole, in one assignment, at a swap."""
-
-    engine: Engine
-    metrics: ServiceMetrics
-    source: str  # why this model is served (/metadata ``served_because``)
-
-    @property
-    def version(self) -> str:
-        return self.engine.model_version
-
-
 @bentoml.service(
     name="seqserve-model",
     workers=SETTINGS.model_workers,
@@ -110,90 +89,34 @@ class ModelSlot:
     # with calls still running on it (~1% of requests failed with "Server disconnected" under load).
     runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
-class SeqModel:
-    """Owns the session and the adaptive batcher. Items: ``(received_at, API worker pid, float32 [T, F])``."""
+class SeqModel(FollowsChampion):
+    """Owns the session and the adaptive batcher. Items: ``(received_at, API worker pid, float32 [T, F])``.
+    The model slot and the champion following: ``service.slot``."""
+
+    task = "classify"
 
     def __init__(self) -> None:
         _tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/batcher.py
-        self.slot = self._load(ARTIFACT, MODEL_SOURCE)
-        self._pointer: ChampionPointer | None = None
-        self._refused = None
-        self._swap_lock = threading.Lock()
-        self._log_loaded(self.slot, f"from {MODEL_SOURCE}")
-        if SETTINGS.model == "" and SETTINGS.reload_interval_s > 0:
-            threading.Thread(target=self._follow_champion, name="champion", daemon=True).start()
+        self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
 
-    @staticmethod
-    def _load(artifact: Artifact, source: str) -> ModelSlot:
+    def _load(self, artifact: Artifact, source: str) -> ModelSlot:
         engine = Engine(artifact, SETTINGS)  # opens the session and runs the load-time check
         return ModelSlot(engine, ServiceMetrics(engine, SETTINGS.device, SETTINGS.drift_window_steps), source)
 
-    @staticmethod
-    def _log_loaded(slot: ModelSlot, why: str) -> None:
-        e, info = slot.engine, slot.engine.info
-        log.info(
-            "seqserve: model %s (%s, %s) on %s %s, %d ORT threads%s",
-            e.model_version,
-            e.artifact.source,
-            why,
-            info.provider,
-            info.provider_options,
-            e.ort_threads,
-            f"; not on CUDA because {info.fallback_reason}" if info.fallback_reason else "",
-        )
-
-    def _follow_champion(self) -> None:
-        """Poll the champion pointer; on a new champion, load and check it aside, then swap between batches."""
-        while True:
-            time.sleep(SETTINGS.reload_interval_s)
-            self.check_champion()
-
-    def check_champion(self) -> str:
-        """Swap to the champion if it is new (one check at a time); say what happened."""
-        if SETTINGS.model:
-            return "not following the champion: SEQSERVE_MODEL names the model"
-        with self._swap_lock:
-            champion = None
-            try:
-                if self._pointer is None:
-                    self._pointer = ChampionPointer(SETTINGS.database)
-                champion = self._pointer.get()
-                if champion is None or champion.version == self.slot.version:
-                    return "unchanged"
-                if champion == self._refused:
-                    return "refused before"
-                self.swap(champion.ref, champion.version)
-                return "swapped"
-            except Exception as e:  # noqa: BLE001 - a bad promotion must never stop the serving model
-                self._refused = champion  # not retried until the pointer moves again
-                MODEL_SWAP_FAILURES.inc()
-                log.warning("seqserve: promoted model %s refused, %s keeps serving: %s", champion, self.slot.version, e)
-                return f"refused: {e}"
+    def _check_compatible(self, artifact: Artifact) -> None:
+        e = self.slot.engine
+        if (artifact.meta.feature_dim, artifact.meta.classes) != (e.feature_dim, e.classes):
+            raise ValueError(
+                f"its contract differs (feature_dim {artifact.meta.feature_dim}, classes {artifact.meta.classes}; "
+                f"serving {e.feature_dim}, {e.classes}): that needs a restart"
+            )
 
     @bentoml.api
     def reload(self) -> dict:
         """Look at the champion pointer now (``POST /admin/reload``)."""
         outcome = self.check_champion()
         return {"outcome": outcome, "model_version": self.slot.version}
-
-    def swap(self, ref: str, version: str | None = None) -> None:
-        """Load ``ref``, check it (contract, reference outputs), then make it the model in one assignment.
-        Batches already running finish on the old model; the next batch runs on the new one."""
-        artifact = find_artifact(ref)
-        old = self.slot
-        if version is not None and artifact.meta.model_version != version:
-            raise ValueError(f"{ref} holds model {artifact.meta.model_version}, the pointer says {version}")
-        if (artifact.meta.feature_dim, artifact.meta.classes) != (old.engine.feature_dim, old.engine.classes):
-            raise ValueError(
-                f"its contract differs (feature_dim {artifact.meta.feature_dim}, classes {artifact.meta.classes}; "
-                f"serving {old.engine.feature_dim}, {old.engine.classes}): that needs a restart"
-            )
-        new = self._load(artifact, "champion")
-        self.slot = new  # the swap
-        old.metrics.retire()
-        MODEL_SWAPS.inc()
-        self._log_loaded(new, f"champion, swapped in for {old.version}")
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, items: list[Any]) -> list[Any]:

@@ -26,6 +26,14 @@
 ``SEQSERVE_RELOAD_INTERVAL_S``         5        how often the model service looks for a new champion (0: never)
 ``SEQSERVE_ADMIN_TOKEN``               -        bearer token of the /admin routes (unset: the routes are off)
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
+``SEQSERVE_GENERATE_STREAMS``          4096     generation state slots (a request takes 1, a beam search num_beams)
+``SEQSERVE_GENERATE_MAX_WAITING``      4096     requests waiting for slots; beyond it /generate answers 503
+``SEQSERVE_GENERATE_CHUNK``            32       prompt tokens a stream reads per step call (long prompts in chunks)
+``SEQSERVE_GENERATE_PREFILL_STREAMS``  32       prompts read side by side in one call
+``SEQSERVE_GENERATE_MAX_NEW_TOKENS``   0        most new tokens per request (0: the artifact's max_new_tokens)
+``SEQSERVE_GENERATE_MAX_BEAMS``        16       most beams per request
+``SEQSERVE_GENERATE_MODE``             step     step (the step scheduler); per-request or request-batching: the
+                                                benchmark's comparisons (loadtest/bench_generate.py)
 =====================================  =======  ==================================================================
 
 "auto" batching values depend on the provider in use (``Settings.batching``): on the CPU, length-sorted
@@ -122,6 +130,21 @@ class Settings:
     reload_interval_s: float = field(default_factory=lambda: env_float("SEQSERVE_RELOAD_INTERVAL_S", 5.0, minimum=0))
     admin_token: str = field(default_factory=lambda: os.environ.get("SEQSERVE_ADMIN_TOKEN", ""), repr=False)
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
+    generate_streams: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_STREAMS", 4096, minimum=16))
+    generate_max_waiting: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_WAITING", 4096, minimum=0))
+    generate_chunk: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_CHUNK", 32, minimum=1))
+    generate_prefill_streams: int = field(
+        default_factory=lambda: env_int("SEQSERVE_GENERATE_PREFILL_STREAMS", 32, minimum=1)
+    )
+    generate_max_new_tokens: int = field(
+        default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_NEW_TOKENS", 0, minimum=0)
+    )
+    generate_max_beams: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_BEAMS", 16, minimum=1))
+    generate_mode: str = field(
+        default_factory=lambda: env_choice(
+            "SEQSERVE_GENERATE_MODE", "step", ("step", "per-request", "request-batching")
+        )
+    )
 
     def __post_init__(self) -> None:
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):

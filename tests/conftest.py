@@ -169,3 +169,44 @@ def _train_and_export(run_dir: Path, out: Path, *train_args: str) -> Path:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+# --- language models (issue 12) ----------------------------------------------------------------------------------
+SHAKESPEARE = ROOT / "data/text/tinyshakespeare.txt"
+POEMS = ROOT / "data/text/tang_poems.txt"
+
+
+def train_tiny_lm(out: Path, text: Path, *extra: str) -> Path:
+    """A language model trained for a few steps (seconds): real code, tiny sizes."""
+    from training.__main__ import main
+
+    args = ["lm", "--text", str(text), "--out", str(out), "--hidden", "48", "--embedding", "16"]
+    args += ["--max-steps", "30", "--batch", "8", "--bptt", "32", "--eval-every", "1e9", *extra]
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def lm_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2-layer LSTM on Tiny Shakespeare, exported (step graph, parity-gated)."""
+    from export.lm_export import export_lm_run
+
+    run = train_tiny_lm(tmp_path_factory.mktemp("lm_run"), SHAKESPEARE)
+    out = tmp_path_factory.mktemp("lm_artifact")
+    export_lm_run(run, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def poem_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 1-layer GRU on 3,000 Tang poems (one a line: <bos>/<eos>, forms), exported."""
+    from export.lm_export import export_lm_run
+
+    text = tmp_path_factory.mktemp("poems") / "poems.txt"
+    text.write_text("\n".join(POEMS.read_text(encoding="utf-8").splitlines()[:3000]) + "\n", encoding="utf-8")
+    run = train_tiny_lm(
+        tmp_path_factory.mktemp("poem_run"), text, "--documents", "lines", "--rnn", "gru", "--layers", "1"
+    )
+    out = tmp_path_factory.mktemp("poem_artifact")
+    export_lm_run(run, out)
+    return out

@@ -1,4 +1,4 @@
-"""``python -m training {train,tune,eval,feedback,retrain,worker} ...``"""
+"""``python -m training {train,lm,tune,eval,feedback,retrain,worker} ...``"""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.evaluate import add_eval_args, evaluate
     from training.feedback import add_feedback_args, feedback
+    from training.lm_train import add_lm_args, train_lm
     from training.retrain import add_retrain_args, retrain
     from training.train import add_train_args, train
     from training.tune import add_tune_args, tune
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = [
         ("train", "train one model", add_train_args, train),
+        ("lm", "train a character language model (text generation)", add_lm_args, train_lm),
         ("tune", "random search, selected on validation accuracy", add_tune_args, tune),
         ("eval", "accuracy suite: defaults on UCR/UEA datasets -> docs/accuracy.md", add_eval_args, evaluate),
         ("feedback", "the service's feedback store: export it as JSONL", add_feedback_args, feedback),

@@ -222,3 +222,49 @@ def pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     for i, s in enumerate(sequences):
         out[i, : len(s)] = s
     return out, lengths
+
+
+# --- text, for the language models (training/lm_train.py) ------------------------------------------------------
+
+UNK, BOS, EOS = "<unk>", "<bos>", "<eos>"
+
+
+@dataclass
+class Text:
+    """A character corpus as token ids: ``vocab[i]`` is token i's text; specials come first."""
+
+    ids: np.ndarray  # int64 [N], the whole corpus in order
+    vocab: list[str]
+    documents: str  # "none": one running text; "lines": one document a line, each <bos> ... <eos>
+
+    @property
+    def specials(self) -> dict[str, int]:
+        return {s: i for i, s in enumerate(self.vocab) if s in (UNK, BOS, EOS)}
+
+
+def read_text(path: str | Path, documents: str = "none") -> Text:
+    """A UTF-8 text file as character ids. The vocabulary is every character of the file (sorted), after
+    ``<unk>`` (and ``<bos>``/``<eos>`` with ``documents="lines"``, where each non-empty line is a document)."""
+    p = Path(path)
+    if documents not in ("none", "lines"):
+        raise DataError(f"--documents must be 'none' or 'lines', got {documents!r}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: cannot read as UTF-8 text ({e})") from e
+    if documents == "lines":
+        lines = [line for line in text.splitlines() if line.strip()]
+        chars = sorted(set("".join(lines)))
+        vocab = [UNK, BOS, EOS, *chars]
+    else:
+        chars = sorted(set(text))
+        vocab = [UNK, *chars]
+    if len(chars) < 2 or len(text) < 100:
+        raise DataError(f"{p}: {len(text)} characters, {len(chars)} distinct: too little text to model")
+    index = {c: i for i, c in enumerate(vocab)}
+    if documents == "lines":
+        bos, eos = index[BOS], index[EOS]
+        ids = [t for line in lines for t in (bos, *(index[c] for c in line), eos)]
+    else:
+        ids = [index[c] for c in text]
+    return Text(np.asarray(ids, dtype=np.int64), vocab, documents)

@@ -1,0 +1,344 @@
+"""The language-model services: ``bentoml serve service.generate_service:SeqGenerate`` (``make serve-generate``).
+
+A classifier and a language model are served side by side as two servers (``make serve`` on :3000,
+``make serve-generate`` on ``PORT``, default 3001), each with its own model slot, following its own champion
+(``python -m export.promote`` sets the pointer of the artifact's task), sharing the settings, the model store,
+the service database and the metrics registry. The topology is the classifier's:
+
+* ``SeqGenerate`` (API service, ``SEQSERVE_WORKERS`` processes): ``POST /generate`` (validation in
+  ``service.generate``; JSON or server-sent events), ``GET /metadata`` (``task: generate``), BentoML's health
+  and ``/metrics``.
+* ``LMModel`` (model service, one process): the step graph's session, checked at load, and the step scheduler
+  (``service.scheduler``) that batches every decoding step of every active request. Each request is one
+  streaming call from an API worker; its events come back as newline-delimited JSON.
+
+A swap (a new champion) starts a new scheduler for new requests; the old one finishes the streams it has on
+the model they started with, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from service.champion import served_ref
+from service.forms import Vocabulary
+from service.generate import GenerateError, Limits, parse, sse
+from service.metrics import GEN_REJECTED, GenerateMetrics
+from service.runtime import Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
+from service.scheduler import Scheduler, StepModel
+from service.settings import Settings
+from service.slot import FollowsChampion, ModelSlot
+
+log = logging.getLogger("seqserve")
+log.setLevel(logging.INFO)
+
+SETTINGS = Settings()
+MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.database, task="generate")
+ARTIFACT = find_artifact(MODEL_REF)
+if ARTIFACT.meta.generation is None:
+    raise SystemExit(f"seqserve: {MODEL_REF} is a {ARTIFACT.meta.task} model; serve it with service.service:SeqServe")
+GEN = ARTIFACT.meta.generation
+VOCAB = Vocabulary(GEN)
+LIMITS = Limits(
+    GEN.max_prompt_tokens, SETTINGS.generate_max_new_tokens or GEN.max_new_tokens, SETTINGS.generate_max_beams
+)
+BUSY = "busy"
+
+
+class LMEngine:
+    """One language model: its checked session and its step scheduler."""
+
+    def __init__(self, artifact: Artifact, settings: Settings, metrics: GenerateMetrics | None = None) -> None:
+        self.artifact = artifact
+        self.model_version: str = artifact.meta.model_version
+        self.gen = artifact.meta.generation
+        self.ort_threads = settings.ort_threads or max(1, available_cpus() // settings.model_workers)
+        self.info: SessionInfo = open_checked_session(artifact, settings.device, self.ort_threads, settings.ort_spin)
+        self.metrics = metrics or GenerateMetrics(self.model_version, self.gen.rnn, self.info.provider, settings.device)
+        model = StepModel(self.info.session, self.gen)
+        if settings.generate_mode == "per-request":
+            self.scheduler: Scheduler | PerRequestLoops = PerRequestLoops(model, self.model_version, self.metrics)
+        else:
+            self.scheduler = Scheduler(
+                model,
+                self.model_version,
+                settings.generate_streams,
+                settings.generate_chunk,
+                settings.generate_prefill_streams,
+                self.metrics,
+                request_batching=settings.generate_mode == "request-batching",
+            ).start()
+
+
+class PerRequestLoops:
+    """``SEQSERVE_GENERATE_MODE=per-request``, the benchmark's baseline: what a user of a general server writes.
+    Each request runs its own decoding loop of batch-1 steps in its own thread (a ``Scheduler`` of one request),
+    on the same session, workers and ORT options as the step scheduler."""
+
+    def __init__(self, model: StepModel, version: str, metrics: GenerateMetrics) -> None:
+        self.model, self.version, self.metrics = model, version, metrics
+        self.deliver = None
+        self.capacity = 0
+        self._running: set[Scheduler] = set()
+
+    @property
+    def load(self) -> int:
+        return len(self._running)
+
+    @property
+    def active(self) -> list:
+        return [s for sched in list(self._running) for s in sched.active]
+
+    def submit(self, req: Any, emit: Any) -> Any:
+        sched = Scheduler(self.model, self.version, req.num_beams, self.model.gen.chunk, 1, self.metrics)
+        sched.deliver = self.deliver
+        self._running.add(sched)
+
+        def done(event: dict) -> None:
+            if event.get("event") in ("done", "error"):
+                self._running.discard(sched)
+            emit(event)
+
+        stream = sched.submit(req, done)
+        sched.start().drain()
+        return stream
+
+    def drain(self) -> None:
+        pass
+
+
+class Retiring:
+    """An old model's metrics at a swap: its scheduler drains, then its series go."""
+
+    def __init__(self, engine: LMEngine) -> None:
+        self.engine = engine
+
+    def retire(self) -> None:
+        self.engine.scheduler.drain()
+        self.engine.metrics.retire()
+
+
+@bentoml.service(
+    name="seqserve-lm-model",
+    workers=1,
+    traffic={"timeout": 600},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class LMModel(FollowsChampion):
+    """The step scheduler of the served language model (``service.scheduler``)."""
+
+    task = "generate"
+
+    def __init__(self) -> None:
+        self._streams: dict[str, Any] = {}  # request id -> stream, for cancel()
+        self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
+
+    def _load(self, artifact: Artifact, source: str) -> ModelSlot:
+        engine = LMEngine(artifact, SETTINGS)
+        engine.scheduler.deliver = self._deliver
+        return ModelSlot(engine, Retiring(engine), source)
+
+    def _check_compatible(self, artifact: Artifact) -> None:
+        gen = artifact.meta.generation
+        if gen is None or (gen.vocab, gen.special_ids) != (GEN.vocab, GEN.special_ids):
+            raise ValueError("its vocabulary differs from the one the API workers validate against: restart")
+
+    def _deliver(self, batch: list) -> None:
+        """From the scheduler thread, once per step: run the step's emits on the event loop."""
+        self._loop.call_soon_threadsafe(_dispatch, batch)
+
+    @bentoml.api
+    async def generate(self, request: dict, request_id: str) -> AsyncGenerator[str, None]:
+        """Events of one generation as newline-delimited ASCII JSON (chunks may split or merge lines)."""
+        self._loop = asyncio.get_running_loop()
+        scheduler = self.slot.engine.scheduler  # read once: this request stays on this model
+        if scheduler.load >= SETTINGS.generate_streams + SETTINGS.generate_max_waiting:
+            yield json.dumps({"event": "error", "error": BUSY}) + "\n"
+            return
+        req, _ = parse(request, VOCAB, LIMITS)  # validated by the API worker; this cannot fail
+        queue: asyncio.Queue = asyncio.Queue()
+        stream = scheduler.submit(req, queue.put_nowait)
+        self._streams[request_id] = stream
+        try:
+            while True:
+                events = [await queue.get()]
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                yield "".join(json.dumps(e) + "\n" for e in events)
+                if events[-1].get("event") in ("done", "error"):
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            stream.cancel()  # the client went away (or we are done): the slot is freed at the next step
+
+    @bentoml.api
+    def cancel(self, request_id: str) -> bool:
+        """The API worker's client went away: free the stream's slot at the next step (its call then ends)."""
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.cancel()
+        return stream is not None
+
+    @bentoml.api
+    def info(self) -> dict:
+        slot = self.slot
+        e = slot.engine
+        return {
+            "model_version": e.model_version,
+            "provider": e.info.provider,
+            "provider_options": e.info.provider_options,
+            "provider_fallback": e.info.fallback_reason,
+            "load_check": e.info.check or None,
+            "device_requested": SETTINGS.device,
+            "ort_threads": e.ort_threads,
+            "source": e.artifact.source,
+            "served_because": slot.source,
+            "active_streams": len(e.scheduler.active),
+            "waiting": e.scheduler.load - len(e.scheduler.active),
+            "capacity_streams": e.scheduler.capacity,
+            "mode": SETTINGS.generate_mode,
+        }
+
+    @bentoml.api
+    def reload(self) -> dict:
+        return {"outcome": self.check_champion(), "model_version": self.slot.version}
+
+
+def _dispatch(batch: list) -> None:
+    for emit, event in batch:
+        emit(event)
+
+
+async def events(upstream: Any) -> AsyncGenerator[dict, None]:
+    """The model service's stream as events (its chunks are re-framed into lines)."""
+    buffer = ""
+    try:
+        async for chunk in upstream:
+            buffer += chunk
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                if line:
+                    yield json.loads(line)
+    finally:
+        await upstream.aclose()  # closing the call tells the model service to cancel the stream
+
+
+async def _cancel_on_disconnect(request: Request, model: Any, rid: str) -> None:
+    """While a generation runs: if its client disconnects, tell the model service to drop the stream."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+    await model.to_async.cancel(request_id=rid)
+
+
+def _reject(message: str, reason: str, status: int = 400) -> JSONResponse:
+    GEN_REJECTED.labels(reason).inc()
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def generate(request: Request) -> Response:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return _reject("body: not valid JSON", "invalid_json")
+    try:
+        req, stream = parse(body, VOCAB, LIMITS)
+    except GenerateError as e:
+        return _reject(str(e), e.reason)
+    body = {**body, "seed": req.seed}  # the model service samples with the seed chosen here
+    model = bentoml.get_current_service().model
+    rid = uuid.uuid4().hex
+    upstream = events(model.to_async.generate(request=body, request_id=rid))
+    watch = asyncio.create_task(_cancel_on_disconnect(request, model, rid))
+    try:
+        first = await anext(upstream)
+    except BaseException:
+        watch.cancel()
+        raise
+    if first.get("event") == "error":
+        watch.cancel()
+        await upstream.aclose()
+        if first["error"] == BUSY:
+            return _reject("generation capacity is full: try again shortly", BUSY, 503)
+        return JSONResponse({"error": first["error"]}, status_code=500)
+    if not stream:
+        event = first
+        try:
+            async for event in upstream:  # noqa: B007 - the last event is the answer
+                pass
+        finally:
+            watch.cancel()
+        if event.get("event") != "done":
+            return JSONResponse({"error": event.get("error", "generation failed")}, status_code=500)
+        event.pop("event")
+        return JSONResponse(event)
+
+    async def relay() -> AsyncGenerator[bytes, None]:
+        ended = False
+        try:
+            yield sse(first)
+            async for event in upstream:
+                ended = event.get("event") in ("done", "error")
+                yield sse(event)
+        finally:  # the last event sent, or the client gone (a send failed): then drop the stream now
+            watch.cancel()
+            if not ended:
+                await model.to_async.cancel(request_id=rid)
+            await upstream.aclose()
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def metadata(request: Request) -> JSONResponse:
+    try:
+        info = await bentoml.get_current_service().model.to_async.info()
+    except Exception as e:  # noqa: BLE001 - the model service is starting or gone
+        return JSONResponse({"error": f"model service not available: {e}"}, status_code=503)
+    meta = ARTIFACT.meta
+    return JSONResponse(
+        {
+            "task": "generate",
+            "model_name": meta.model_name,
+            **info,
+            "vocab_size": len(GEN.vocab),
+            "special_ids": GEN.special_ids,
+            "max_prompt_tokens": LIMITS.max_prompt_tokens,
+            "max_new_tokens": LIMITS.max_new_tokens,
+            "max_beams": LIMITS.max_beams,
+            "forms": {k: {"lines": v["lines"], "length": len(v["template"])} for k, v in GEN.forms.items()},
+            "rnn": meta.rnn,
+            "training_metrics": {k: meta.training_metrics.get(k) for k in ("val_loss_nats", "val_bits_per_char")},
+        }
+    )
+
+
+routes = Starlette(
+    routes=[Route("/generate", generate, methods=["POST"]), Route("/metadata", metadata, methods=["GET"])]
+)
+
+
+@bentoml.asgi_app(routes, path="/")
+@bentoml.service(
+    name="seqserve-generate",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 600},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)
+class SeqGenerate:
+    """Text generation: validation and answers here, the step scheduler in ``LMModel``."""
+
+    model = bentoml.depends(LMModel)
+
+
+__all__ = ["SeqGenerate", "LMModel"]

@@ -1,0 +1,387 @@
+"""Step-level continuous batching of text generation: every decoding step of every active request in one call.
+
+One ``Scheduler`` per served language model, in the model service (one thread running ONNX Runtime). It keeps
+the state of every stream (``h``, and ``c`` for an LSTM: ``[layers, hidden]`` each, a few KB whatever the
+length) in preallocated arrays of ``capacity`` slots. Each turn of its loop:
+
+1. admits waiting requests into free slots (a request takes one slot, a beam search ``num_beams``);
+2. drops cancelled requests (the client went away): their slots are free for the next turn;
+3. reads prompts: one call advances up to ``prefill_streams`` prompts by up to ``chunk`` tokens each (prompts
+   of different lengths share the call: the graph takes each stream's own length), so a long prompt is read
+   over several turns and never stalls the streams that are decoding; a prompt read to its end yields that
+   request's first token;
+4. decodes: one call advances every decoding stream by the token it chose last (K = 1), then each stream
+   chooses its next token (``service.sampling``, ``service.beam``; constraints from ``service.forms`` mask the
+   log-probabilities first), emits text, and finishes on ``<eos>`` (``end``), a stop string (``stop``) or
+   ``max_new_tokens`` (``length``).
+
+Results leave as events through each request's ``emit`` callback (called on the scheduler thread; the model
+service hands them to its event loop once per step). A swapped-out model's scheduler finishes the streams it
+has (``drain``) while the new model's takes new requests.
+
+Determinism: a request's samples come from its own generator (seed), its rows of the step are computed
+independently of the other rows (the export's batch-invariance gate, and ``sample_row`` on 1-D slices), so
+the same request and seed give the same text alone or among hundreds of others on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from export.contract import Generation
+from service.beam import Beams
+from service.forms import Constraint, Vocabulary
+from service.sampling import Sampling, sample_row
+
+log = logging.getLogger("seqserve")
+Emit = Callable[[dict], None]
+
+
+@dataclass
+class GenerateRequest:
+    """A validated request (``service.generate.parse``): the prompt as token ids, the limits and choices."""
+
+    prompt: list[int]
+    prompt_text: str
+    max_new_tokens: int
+    sampling: Sampling
+    seed: int
+    stop: list[str] = field(default_factory=list)
+    num_beams: int = 1
+    beam_search: bool = False  # True with num_beams > 1 (and, for tests, a beam of 1)
+    n_best: int = 1
+    logprobs: bool = False
+    constraint: Constraint | None = None
+    position: int = 0  # the document position of the first generated character (for constraints)
+
+
+@dataclass
+class Stream:
+    req: GenerateRequest
+    emit: Emit
+    arrived: float
+    slots: list[int] = field(default_factory=list)
+    read: int = 0  # prompt tokens read so far
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of text already emitted
+    last_token_at: float = 0.0
+    beams: Beams | None = None
+    rng: np.random.Generator | None = None
+    cancelled: bool = False
+    finished: bool = False
+
+    @property
+    def decoding(self) -> bool:
+        return self.read == len(self.req.prompt)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class StepModel:
+    """The step graph on an ONNX Runtime session: ``run(tokens [B, K], lengths [B], states) -> (logp, states)``."""
+
+    def __init__(self, session: ort.InferenceSession, gen: Generation) -> None:
+        self.session, self.gen = session, gen
+        self.state_names = gen.state_names
+
+    def run(self, tokens: np.ndarray, lengths: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        out = self.session.run(None, {"tokens": tokens, "lengths": lengths, **dict(zip(self.state_names, states))})
+        return out[0], out[1:]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: StepModel,
+        version: str,
+        capacity: int,
+        chunk: int,
+        prefill_streams: int,
+        metrics: object | None = None,
+        request_batching: bool = False,
+    ) -> None:
+        gen = model.gen
+        self.model, self.version, self.capacity = model, version, capacity
+        self.chunk, self.prefill_streams = min(chunk, gen.chunk), prefill_streams
+        self.vocab = Vocabulary(gen)
+        shape = (gen.layers, capacity, gen.hidden)
+        self.states = [np.zeros(shape, np.float32) for _ in gen.state_names]
+        self.free = list(range(capacity - 1, -1, -1))
+        self.waiting: queue.SimpleQueue[Stream] = queue.SimpleQueue()
+        self.pending: list[Stream] = []  # admitted in order; waiting for slots
+        self.active: list[Stream] = []
+        self.metrics = metrics
+        # Request-level batching (a comparison for the benchmark, SEQSERVE_GENERATE_MODE=request-batching): a batch
+        # is formed only when the previous one has finished, and its answers leave together at its end, as a
+        # batched call of a general server returns them.
+        self.request_batching = request_batching
+        self._held: list = []
+        self.deliver: Callable[[list], None] | None = None  # hands a step's emits to the caller's event loop
+        self._out: list = []
+        self._wake = threading.Event()
+        self._draining = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # --- the API of the model service --------------------------------------------------------------------
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self._loop, name=f"scheduler-{self.version}", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, req: GenerateRequest, emit: Emit) -> Stream:
+        stream = Stream(req, emit, time.perf_counter())
+        self.waiting.put(stream)
+        self._wake.set()
+        return stream
+
+    def drain(self) -> None:
+        """Finish the streams in flight, then stop (a newer model takes new requests)."""
+        self._draining = True
+        self._wake.set()
+
+    @property
+    def load(self) -> int:
+        return len(self.active) + len(self.pending) + self.waiting.qsize()
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self._admit()
+            if not self.active:
+                if self._draining and not self.pending and self.waiting.empty():
+                    return
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                reading = [s for s in self.active if not s.decoding]
+                if reading:
+                    self._prefill(reading[: self.prefill_streams])
+                decoding = [s for s in self.active if s.decoding and not s.finished]
+                if decoding:
+                    self._decode(decoding)
+            except Exception as e:  # noqa: BLE001 - a failed step fails its streams, never the scheduler
+                log.exception("seqserve: generation step failed")
+                for s in self.active:
+                    self._finish(s, error=f"generation failed: {e}")
+            self.active = [s for s in self.active if not s.finished]
+            self._flush()
+            if self.metrics is not None:
+                self.metrics.active(len(self.active))
+
+    def _emit(self, s: Stream, event: dict) -> None:
+        self._out.append((s.emit, event))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.request_batching:
+            self._held += out
+            if self.active:
+                return
+            out, self._held = self._held, []
+        if out and self.deliver is not None:
+            self.deliver(out)
+        else:
+            for emit, event in out:
+                emit(event)
+
+    def _admit(self) -> None:
+        if self.request_batching and self.active:
+            return
+        while True:
+            try:
+                self.pending.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        still = []
+        for s in self.pending:
+            need = s.req.num_beams
+            if s.cancelled:
+                continue
+            if len(self.free) < need or still:  # first come, first served
+                still.append(s)
+                continue
+            s.slots = [self.free.pop() for _ in range(need)]
+            for st in self.states:
+                st[:, s.slots] = 0.0
+            s.rng = np.random.default_rng(s.req.seed)
+            if s.req.beam_search:
+                s.beams = Beams(s.req.num_beams, s.req.max_new_tokens, self.vocab.eos)
+            self.active.append(s)
+        self.pending = still
+        for s in self.active:
+            if s.cancelled and not s.finished:
+                self._finish(s, reason="cancelled")
+        self.active = [s for s in self.active if not s.finished]
+
+    def _call(self, tokens: np.ndarray, lengths: np.ndarray, rows: list[int]) -> np.ndarray:
+        t0 = time.perf_counter()
+        logp, new = self.model.run(tokens, lengths, [st[:, rows] for st in self.states])
+        for st, n in zip(self.states, new):
+            st[:, rows] = n
+        self.steps += 1
+        if self.metrics is not None:
+            self.metrics.step(len(rows), time.perf_counter() - t0)
+        return logp
+
+    def _prefill(self, streams: list[Stream]) -> None:
+        chunks = [s.req.prompt[s.read : s.read + self.chunk] for s in streams]
+        width = max(len(c) for c in chunks)
+        tokens = np.zeros((len(streams), width), np.int64)
+        for i, c in enumerate(chunks):
+            tokens[i, : len(c)] = c
+        lengths = np.array([len(c) for c in chunks], np.int64)
+        logp = self._call(tokens, lengths, [s.slots[0] for s in streams])
+        for i, s in enumerate(streams):
+            s.read += len(chunks[i])
+            if s.decoding:
+                self._choose(s, logp[i : i + 1])
+
+    def _decode(self, streams: list[Stream]) -> None:
+        rows, last = [], []
+        for s in streams:
+            n = len(s.beams.live) if s.beams else 1
+            rows += s.slots[:n]
+            last += [h.tokens[-1] for h in s.beams.live] if s.beams else [s.tokens[-1]]
+        logp = self._call(np.array(last, np.int64)[:, None], np.ones(len(rows), np.int64), rows)
+        at = 0
+        for s in streams:
+            n = len(s.beams.live) if s.beams else 1
+            self._choose(s, logp[at : at + n])
+            at += n
+
+    def _choose(self, s: Stream, logp: np.ndarray) -> None:
+        """The next token(s) of ``s`` from its rows of the step; emit; finish if it is done."""
+        if s.cancelled:
+            self._finish(s, reason="cancelled")
+            return
+        c = s.req.constraint
+        position = s.req.position + len(s.beams.live[0].tokens if s.beams else s.tokens)
+        for row in logp:
+            if c is not None:
+                c.mask(row, position, self.vocab)
+            else:
+                row[~self.vocab.writable] = -np.inf
+        if s.beams is not None:
+            self._beam_step(s, logp)
+            return
+        token = sample_row(logp[0], s.req.sampling, s.rng)
+        now = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.token(now - (s.last_token_at or s.arrived), first=not s.tokens)
+        s.last_token_at = now
+        s.tokens.append(token)
+        if s.req.logprobs:
+            s.logprobs.append(float(logp[0, token]))
+        if token == self.vocab.eos:
+            self._finish(s, reason="end")
+            return
+        s.text += self.vocab.gen.vocab[token]
+        reason, visible = self._stop_or_hold(s)
+        if reason:
+            self._finish(s, reason=reason, text_end=visible)
+        elif len(s.tokens) >= s.req.max_new_tokens:
+            self._finish(s, reason="length")
+        elif visible > s.sent:
+            event = {"text": s.text[s.sent : visible], "tokens": len(s.tokens)}
+            if s.req.logprobs:
+                event["logprobs"] = s.logprobs[-1]
+            s.sent = visible
+            self._emit(s, event)
+
+    def _stop_or_hold(self, s: Stream) -> tuple[str, int]:
+        """("stop", where the text ends) if a stop string just appeared; else ("", how much text may be sent:
+        all but a tail that could still become a stop string)."""
+        hold = 0
+        for stop in s.req.stop:
+            i = s.text.find(stop, max(0, len(s.text) - len(stop) - 1))
+            if i >= 0:
+                return "stop", i
+            for k in range(min(len(stop) - 1, len(s.text)), hold, -1):
+                if s.text.endswith(stop[:k]):
+                    hold = k
+                    break
+        return "", len(s.text) - hold
+
+    def _beam_step(self, s: Stream, logp: np.ndarray) -> None:
+        b = s.beams
+        assert b is not None
+        parents, _ = b.step(logp)
+        src = [s.slots[p] for p in parents]
+        for st in self.states:
+            st[:, s.slots[: len(src)]] = st[:, src]
+        if s.req.stop:  # a live beam whose text shows a stop string ends there
+            j = 0
+            while j < len(b.live):
+                text = "".join(self.vocab.gen.vocab[t] for t in b.live[j].tokens)
+                hit = min((i for i in (text.find(x) for x in s.req.stop) if i >= 0), default=-1)
+                if hit < 0:
+                    j += 1
+                    continue
+                b.finish_live(j, "stop", keep=hit)
+                rest = s.slots[j : len(b.live) + 1]
+                for st in self.states:
+                    st[:, rest[:-1]] = st[:, rest[1:]]
+        if self.metrics is not None:
+            self.metrics.token(time.perf_counter() - (s.last_token_at or s.arrived), first=s.last_token_at == 0)
+        s.last_token_at = time.perf_counter()
+        if b.done:
+            best = b.best()
+            top = best[0]
+            s.tokens, s.logprobs = top.tokens, top.logprobs
+            s.text = self._text(top.tokens)
+            self._finish(s, reason=top.reason, beams=best[: s.req.n_best])
+
+    def _text(self, tokens: list[int]) -> str:
+        return "".join(self.vocab.gen.vocab[t] for t in tokens if t != self.vocab.eos)
+
+    def _finish(
+        self, s: Stream, reason: str = "", text_end: int | None = None, error: str = "", beams: list | None = None
+    ) -> None:
+        if s.finished:
+            return
+        s.finished = True
+        self.free.extend(s.slots)
+        if error:
+            self._emit(s, {"event": "error", "error": error})
+            return
+        if reason == "cancelled":
+            if self.metrics is not None:
+                self.metrics.finished("cancelled", len(s.tokens))
+            return
+        text = s.text[:text_end] if text_end is not None else s.text
+        if s.beams is None and len(text) > s.sent:
+            self._emit(s, {"text": text[s.sent :], "tokens": len(s.tokens)})
+        summary = {
+            "event": "done",
+            "text": text,
+            "tokens": len(s.tokens),
+            "finish_reason": reason,
+            "prompt_tokens": len(s.req.prompt),
+            "model_version": self.version,
+            "seed": s.req.seed,
+        }
+        if s.req.logprobs:
+            summary["logprobs"] = s.logprobs
+        if beams is not None:
+            summary["score"] = beams[0].normalised(s.beams.alpha) if s.beams else None
+            if s.req.n_best > 1:
+                summary["beams"] = [
+                    {"text": self._text(h.tokens), "score": h.normalised(s.beams.alpha), "tokens": len(h.tokens)}
+                    for h in beams
+                ]
+        if self.metrics is not None:
+            self.metrics.finished(reason, len(s.tokens))
+        self._emit(s, summary)
