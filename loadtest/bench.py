@@ -195,8 +195,24 @@ def run_system(name: str, art: Path, work: Path, args: argparse.Namespace, mixes
                         run["first_error"] = res.first_error
                     print(f"bench: {json.dumps(run)}", file=sys.stderr, flush=True)
                     runs.append(run)
+        if {"seqserve", "seqserve-v2"} <= set(args.systems) and {"seqserve", "seqserve-v2"} <= set(server.paths):
+            runs += ab_pairs(server, args, mixes)
     finally:
         server.stop()
+    return runs
+
+
+def ab_pairs(server: Server, args: argparse.Namespace, mixes: dict) -> list[dict]:
+    """JSON /predict and V2 binary in alternating order (A B B A ...), same server, highest concurrency."""
+    c, runs = max(args.concurrency), []
+    for profile, seqs in mixes.items():
+        for k in range(args.ab_rounds):
+            for system in ("seqserve", "seqserve-v2")[:: 1 if k % 2 == 0 else -1]:
+                bodies = server.encoders.get(system, server.encode)(seqs)
+                res = run_load(server.port, server.paths[system], bodies, c, args.duration, args.warmup)
+                run = {"system": system, "profile": profile, "mode": "ab", "round": k, "concurrency": c}
+                runs.append({**run, **res.summary()})
+                print(f"bench: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
     return runs
 
 
@@ -232,6 +248,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=12.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
     p.add_argument("--server-warmup", type=float, default=4.0, help="unrecorded seconds after each start")
+    p.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=4,
+        help="interleaved seqserve (JSON) / seqserve-v2 pairs at the highest concurrency, per profile: the V2 "
+        "target is judged on their medians (run-to-run noise on 2 shared cores exceeds the difference)",
+    )
     p.add_argument("--workers", type=int, default=2, help="workers / instances / replicas, for every system")
     p.add_argument("--ort-threads", type=int, default=1, help="ORT intra-op threads per worker, every system")
     p.add_argument("--model-workers", type=int, default=1, help="seqserve: model service workers (API: --workers)")

@@ -29,6 +29,7 @@ from loadtest.bench import machine
 from loadtest.procs import start_bentoml, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
+CAPACITY = (1024, 4096)  # step cost at thousands of streams (the default slot count is 4,096)
 SYSTEMS = {"per-request": "per-request", "request-batching": "request-batching", "step-batching": "step"}
 
 
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     bodies = workload(art, 4096)
     threads = 2
-    limits = [step_limit(art, b, threads) for b in sorted({1, *args.concurrency})]
+    limits = [
+        step_limit(art, b, threads, steps=50 if b > 256 else 200) for b in sorted({1, *args.concurrency, *CAPACITY})
+    ]
     print("limit:", json.dumps(limits), file=sys.stderr)
     runs = []
     for system in args.systems:
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             stop_process(proc)
     meta = json.loads((art / "metadata.json").read_text())
+    gen = meta["generation"]
+    state_bytes = gen["layers"] * gen["hidden"] * 4 * (2 if gen["rnn"] == "lstm" else 1)
     results = {
         "machine": machine(),
         "model": {
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
             "temperature": 0.8,
         },
         "step_limit": limits,
+        "state_bytes_per_stream": state_bytes,
         "runs": runs,
     }
     out = ROOT / args.out
@@ -233,7 +239,14 @@ def generate_section(res: dict) -> list[str]:
             f"| {r['system']} | {r['concurrency']} | {r['tokens_per_s']:.0f} | {r['ttft_p50_ms']} | "
             f"{r['ttft_p99_ms']} | {r['itl_p99_ms']} | {r['errors']} | {r['requests']} |"
         )
-    out += ["", "In-process step limit (the step graph alone, greedy, no HTTP):", ""]
+    kb = res.get("state_bytes_per_stream", 0) / 1024
+    out += [
+        "",
+        f"In-process step limit (the step graph alone, greedy, no HTTP); a stream's state is {kb:.0f} KB whatever "
+        "its length, so 4,096 slots hold "
+        f"{kb * 4096 / 1024:.0f} MB:",
+        "",
+    ]
     out += ["| streams | step ms | tokens/s |", "|---:|---:|---:|"]
     out += [f"| {s['batch']} | {s['step_ms']} | {s['tokens_per_s']:.0f} |" for s in res["step_limit"]]
     a, b, c = (_run(res["runs"], s, 64) for s in ("per-request", "request-batching", "step-batching"))

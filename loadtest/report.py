@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from loadtest.gpu_report import gpu_section
 
 
@@ -48,7 +50,56 @@ def _find(runs: list[dict], system: str, profile: str, c: int | None) -> dict | 
     return next((r for r in runs if r["system"] == system and r["profile"] == profile and r["concurrency"] == c), None)
 
 
-def targets(runs: list[dict], c_high: int) -> list[str]:
+def ab_summary(ab: list[dict], profile: str) -> dict | None:
+    """Medians of the interleaved JSON / V2 pairs of one profile."""
+    pairs = [
+        (j, v)
+        for j in ab
+        for v in ab
+        if j["profile"] == v["profile"] == profile
+        and j["round"] == v["round"]
+        and (j["system"], v["system"]) == ("seqserve", "seqserve-v2")
+    ]
+    if not pairs:
+        return None
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    return {
+        "rounds": len(pairs),
+        "json_seq_per_s": med([j["seq_per_s"] for j, _ in pairs]),
+        "v2_seq_per_s": med([v["seq_per_s"] for _, v in pairs]),
+        "gain": med([v["seq_per_s"] / j["seq_per_s"] - 1 for j, v in pairs]),
+        "json_p99_ms": med([j["p99_ms"] for j, _ in pairs]),
+        "v2_p99_ms": med([v["p99_ms"] for _, v in pairs]),
+    }
+
+
+def ab_table(ab: list[dict]) -> list[str]:
+    if not ab:
+        return []
+    out = [
+        "## JSON /predict vs V2 binary, interleaved",
+        "",
+        "The same server, alternating A B B A at the highest concurrency, each run as long as a table row: the",
+        "V2 target is judged on these medians, since run-to-run noise on the 2 shared cores is larger than the",
+        "difference.",
+        "",
+        "| profile | round | JSON seq/s | V2 seq/s | V2 / JSON | JSON p99 ms | V2 p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for j in ab:
+        if j["system"] != "seqserve":
+            continue
+        v = next(
+            r for r in ab if r["system"] == "seqserve-v2" and (r["profile"], r["round"]) == (j["profile"], j["round"])
+        )
+        out.append(
+            f"| {j['profile']} | {j['round']} | {j['seq_per_s']:.0f} | {v['seq_per_s']:.0f} | "
+            f"{v['seq_per_s'] / j['seq_per_s']:.2f} | {j['p99_ms']:.1f} | {v['p99_ms']:.1f} |"
+        )
+    return [*out, ""]
+
+
+def targets(runs: list[dict], c_high: int, ab: list[dict] | None = None) -> list[str]:
     """The issue's targets, each with the measured numbers and met / missed."""
     lines = []
     for profile in dict.fromkeys(r["profile"] for r in runs):
@@ -72,14 +123,20 @@ def targets(runs: list[dict], c_high: int) -> list[str]:
                 f"**{'met' if ratio >= 3 else 'MISSED'}**"
             )
         v2, triton = _find(runs, "seqserve-v2", profile, c_high), _find(runs, "triton", profile, c_high)
+        pair = ab_summary(ab or [], profile)
         if v2 and ss and triton:
-            gain, vs = v2["seq_per_s"] / ss["seq_per_s"] - 1, v2["seq_per_s"] / triton["seq_per_s"]
-            ok = gain >= 0 and v2["p99_ms"] <= ss["p99_ms"] and vs >= 2.5
+            v2_rate, json_rate = v2["seq_per_s"], ss["seq_per_s"]
+            v2_p99, json_p99, how = v2["p99_ms"], ss["p99_ms"], "table rows"
+            if pair:
+                v2_rate, json_rate = pair["v2_seq_per_s"], pair["json_seq_per_s"]
+                v2_p99, json_p99, how = pair["v2_p99_ms"], pair["json_p99_ms"], f"medians of {pair['rounds']} pairs"
+            gain = pair["gain"] if pair else v2_rate / json_rate - 1
+            vs = v2["seq_per_s"] / triton["seq_per_s"]
+            ok = gain >= 0 and v2_p99 <= json_p99 and vs >= 2.5
             lines.append(
-                f"- `{profile}`, c={c_high}: V2 binary {v2['seq_per_s']:.0f} seq/s (p99 {v2['p99_ms']:.0f} ms) vs "
-                f"JSON /predict {ss['seq_per_s']:.0f} (p99 {ss['p99_ms']:.0f}) = **{gain:+.0%}**, vs Triton on the "
-                f"same V2 model {vs:.2f}x (targets: >= JSON, p99 no worse, >= 2.5x Triton): "
-                f"**{'met' if ok else 'MISSED'}**"
+                f"- `{profile}`, c={c_high}: V2 binary {v2_rate:.0f} seq/s (p99 {v2_p99:.0f} ms) vs JSON /predict "
+                f"{json_rate:.0f} (p99 {json_p99:.0f}) = **{gain:+.0%}** ({how}); the V2 row vs Triton on the same "
+                f"V2 model {vs:.2f}x (targets: >= JSON, p99 no worse, >= 2.5x Triton): **{'met' if ok else 'MISSED'}**"
             )
         lim = _find(runs, "limit", profile, None)
         http = [r for r in runs if r["system"] == "seqserve" and r["profile"] == profile]
@@ -120,7 +177,7 @@ def open_loop_table(runs: list[dict]) -> list[str]:
 
 def render_report(results: dict, gpu: dict | None = None) -> str:
     m, s, all_runs = results["machine"], results["settings"], results["runs"]
-    runs = [r for r in all_runs if r.get("mode") != "open"]
+    runs = [r for r in all_runs if r.get("mode") not in ("open", "ab")]
     out = [
         "# Benchmarks",
         "",
@@ -173,7 +230,9 @@ def render_report(results: dict, gpu: dict | None = None) -> str:
 
         out += generate_section(json.loads(generate.read_text()))
     c_high = max((r["concurrency"] for r in runs if r["concurrency"]), default=64)
-    out += ["## Targets", "", *targets(runs, c_high), ""]
+    ab = [r for r in all_runs if r.get("mode") == "ab"]
+    out += ab_table(ab)
+    out += ["## Targets", "", *targets(runs, c_high, ab), ""]
     return "\n".join(out)
 
 

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from service.champion import served_ref
+from service.channel import Channel, Outbox
 from service.forms import Vocabulary
 from service.generate import GenerateError, Limits, parse, sse
 from service.metrics import GEN_REJECTED, GenerateMetrics
@@ -64,7 +65,9 @@ class LMEngine:
         self.model_version: str = artifact.meta.model_version
         self.gen = artifact.meta.generation
         self.ort_threads = settings.ort_threads or max(1, available_cpus() // settings.model_workers)
-        self.info: SessionInfo = open_checked_session(artifact, settings.device, self.ort_threads, settings.ort_spin)
+        self.info: SessionInfo = open_checked_session(
+            artifact, settings.device, self.ort_threads, settings.generate_ort_spin
+        )
         self.metrics = metrics or GenerateMetrics(self.model_version, self.gen.rnn, self.info.provider, settings.device)
         model = StepModel(self.info.session, self.gen)
         if settings.generate_mode == "per-request":
@@ -143,6 +146,7 @@ class LMModel(FollowsChampion):
 
     def __init__(self) -> None:
         self._streams: dict[str, Any] = {}  # request id -> stream, for cancel()
+        self._outboxes: dict[str, Outbox] = {}  # API worker -> its channel's outbox
         self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
@@ -160,28 +164,34 @@ class LMModel(FollowsChampion):
         self._loop.call_soon_threadsafe(_dispatch, batch)
 
     @bentoml.api
-    async def generate(self, request: dict, request_id: str) -> AsyncGenerator[str, None]:
-        """Events of one generation as newline-delimited ASCII JSON (chunks may split or merge lines)."""
+    async def submit(self, request: dict, request_id: str, worker: str) -> dict:
+        """Start a generation; its events go out on ``worker``'s channel. ``{"error": "busy"}`` when full."""
         self._loop = asyncio.get_running_loop()
         scheduler = self.slot.engine.scheduler  # read once: this request stays on this model
         if scheduler.load >= SETTINGS.generate_streams + SETTINGS.generate_max_waiting:
-            yield json.dumps({"event": "error", "error": BUSY}) + "\n"
-            return
+            return {"error": BUSY}
         req, _ = parse(request, VOCAB, LIMITS)  # validated by the API worker; this cannot fail
-        queue: asyncio.Queue = asyncio.Queue()
-        stream = scheduler.submit(req, queue.put_nowait)
-        self._streams[request_id] = stream
-        try:
-            while True:
-                events = [await queue.get()]
-                while not queue.empty():
-                    events.append(queue.get_nowait())
-                yield "".join(json.dumps(e) + "\n" for e in events)
-                if events[-1].get("event") in ("done", "error"):
-                    return
-        finally:
-            self._streams.pop(request_id, None)
-            stream.cancel()  # the client went away (or we are done): the slot is freed at the next step
+        outbox = self._outbox(worker)
+
+        def emit(event: dict) -> None:  # on the event loop
+            outbox.put(request_id, event)
+            if "event" in event:
+                self._streams.pop(request_id, None)
+
+        self._streams[request_id] = scheduler.submit(req, emit)
+        return {"ok": True}
+
+    @bentoml.api
+    async def channel(self, worker: str) -> AsyncGenerator[str, None]:
+        """The events of ``worker``'s generations, newline-delimited ASCII JSON (``service.channel``)."""
+        self._loop = asyncio.get_running_loop()
+        async for chunk in self._outbox(worker).chunks():
+            yield chunk
+
+    def _outbox(self, worker: str) -> Outbox:
+        if worker not in self._outboxes:
+            self._outboxes[worker] = Outbox(SETTINGS.generate_stream_interval_ms / 1000)
+        return self._outboxes[worker]
 
     @bentoml.api
     def cancel(self, request_id: str) -> bool:
@@ -221,18 +231,16 @@ def _dispatch(batch: list) -> None:
         emit(event)
 
 
-async def events(upstream: Any) -> AsyncGenerator[dict, None]:
-    """The model service's stream as events (its chunks are re-framed into lines)."""
-    buffer = ""
-    try:
-        async for chunk in upstream:
-            buffer += chunk
-            *lines, buffer = buffer.split("\n")
-            for line in lines:
-                if line:
-                    yield json.loads(line)
-    finally:
-        await upstream.aclose()  # closing the call tells the model service to cancel the stream
+_CHANNEL: Channel | None = None
+
+
+def channel() -> Channel:
+    """This API worker's token channel (one per process, opened on first use)."""
+    global _CHANNEL
+    if _CHANNEL is None:
+        model = bentoml.get_current_service().model
+        _CHANNEL = Channel(lambda worker: model.to_async.channel(worker=worker))
+    return _CHANNEL
 
 
 async def _cancel_on_disconnect(request: Request, model: Any, rid: str) -> None:
@@ -258,8 +266,19 @@ async def generate(request: Request) -> Response:
         return _reject(str(e), e.reason)
     body = {**body, "seed": req.seed}  # the model service samples with the seed chosen here
     model = bentoml.get_current_service().model
-    rid = uuid.uuid4().hex
-    upstream = events(model.to_async.generate(request=body, request_id=rid))
+    rid, chan = uuid.uuid4().hex, channel()
+    chan.register(rid)
+    try:
+        answer = await model.to_async.submit(request=body, request_id=rid, worker=chan.worker)
+    except BaseException:
+        chan.unregister(rid)
+        raise
+    if answer.get("error"):
+        chan.unregister(rid)
+        if answer["error"] == BUSY:
+            return _reject("generation capacity is full: try again shortly", BUSY, 503)
+        return JSONResponse({"error": answer["error"]}, status_code=500)
+    upstream = chan.events(rid)
     watch = asyncio.create_task(_cancel_on_disconnect(request, model, rid))
     try:
         first = await anext(upstream)
@@ -269,8 +288,6 @@ async def generate(request: Request) -> Response:
     if first.get("event") == "error":
         watch.cancel()
         await upstream.aclose()
-        if first["error"] == BUSY:
-            return _reject("generation capacity is full: try again shortly", BUSY, 503)
         return JSONResponse({"error": first["error"]}, status_code=500)
     if not stream:
         event = first

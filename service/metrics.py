@@ -260,20 +260,25 @@ class GenerateMetrics:
         self._active = GEN_ACTIVE.labels(version)
         self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false")
         MODEL_INFO.labels(*self._info_labels).set(1)
+        self._new_tokens = 0  # counted per token, written once per scheduler turn (active())
 
     def step(self, streams: int, seconds: float) -> None:
         GEN_STEP_BATCH.observe(streams)
         GEN_STEP_SECONDS.observe(seconds)
 
     def token(self, since_last: float, first: bool) -> None:
-        self._tokens.inc()
+        self._new_tokens += 1
         (GEN_TTFT if first else GEN_ITL).observe(since_last)
 
     def finished(self, reason: str, tokens: int) -> None:
         GEN_REQUESTS.labels(reason).inc()
 
     def active(self, n: int) -> None:
+        """Once per scheduler turn: the streams holding slots, and the tokens of the turn."""
         self._active.set(n)
+        if self._new_tokens:
+            self._tokens.inc(self._new_tokens)
+            self._new_tokens = 0
 
     def retire(self) -> None:
         MODEL_INFO.labels(*self._info_labels).set(0)

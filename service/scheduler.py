@@ -39,10 +39,12 @@ import onnxruntime as ort
 from export.contract import Generation
 from service.beam import Beams
 from service.forms import Constraint, Vocabulary
-from service.sampling import Sampling, sample_row
+from service.sampling import Sampling, choose
 
 log = logging.getLogger("seqserve")
 Emit = Callable[[dict], None]
+PREFILL_GATHER = 4  # prompts read in one call while others decode (measured: 1 prompt 2.9 ms, 4 prompts 3.6 ms)
+PREFILL_WAIT_S = 0.015  # ...or as soon as the oldest waiting prompt has waited this long
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Scheduler:
         self.model, self.version, self.capacity = model, version, capacity
         self.chunk, self.prefill_streams = min(chunk, gen.chunk), prefill_streams
         self.vocab = Vocabulary(gen)
+        self._blocked = np.flatnonzero(~self.vocab.writable)  # never written: <unk>, <bos>
         shape = (gen.layers, capacity, gen.hidden)
         self.states = [np.zeros(shape, np.float32) for _ in gen.state_names]
         self.free = list(range(capacity - 1, -1, -1))
@@ -167,9 +170,10 @@ class Scheduler:
                 continue
             try:
                 reading = [s for s in self.active if not s.decoding]
-                if reading:
-                    self._prefill(reading[: self.prefill_streams])
                 decoding = [s for s in self.active if s.decoding and not s.finished]
+                if reading and self._prefill_now(reading, decoding):
+                    self._prefill(reading[: self.prefill_streams])
+                    decoding = [s for s in self.active if s.decoding and not s.finished]
                 if decoding:
                     self._decode(decoding)
             except Exception as e:  # noqa: BLE001 - a failed step fails its streams, never the scheduler
@@ -196,6 +200,15 @@ class Scheduler:
         else:
             for emit, event in out:
                 emit(event)
+
+    def _prefill_now(self, reading: list[Stream], decoding: list[Stream]) -> bool:
+        """Read prompts now, or let a few more gather first? A prompt call costs about the same for 1 and for
+        4 prompts (it runs as many sequential steps as its longest chunk), and as much as several decoding steps
+        of every stream: so while streams are decoding, prompts are read when PREFILL_GATHER of them wait or
+        the oldest has waited PREFILL_WAIT_S (a bounded cost to time to first token)."""
+        if not decoding or len(reading) >= min(PREFILL_GATHER, self.prefill_streams):
+            return True
+        return time.perf_counter() - min(s.arrived for s in reading) >= PREFILL_WAIT_S
 
     def _admit(self) -> None:
         if self.request_batching and self.active:
@@ -244,10 +257,13 @@ class Scheduler:
             tokens[i, : len(c)] = c
         lengths = np.array([len(c) for c in chunks], np.int64)
         logp = self._call(tokens, lengths, [s.slots[0] for s in streams])
+        done = []
         for i, s in enumerate(streams):
             s.read += len(chunks[i])
             if s.decoding:
-                self._choose(s, logp[i : i + 1])
+                done.append(i)
+        if done:
+            self._choose([streams[i] for i in done], logp[done])
 
     def _decode(self, streams: list[Stream]) -> None:
         rows, last = [], []
@@ -256,40 +272,51 @@ class Scheduler:
             rows += s.slots[:n]
             last += [h.tokens[-1] for h in s.beams.live] if s.beams else [s.tokens[-1]]
         logp = self._call(np.array(last, np.int64)[:, None], np.ones(len(rows), np.int64), rows)
-        at = 0
+        self._choose(streams, logp)
+
+    def _choose(self, streams: list[Stream], logp: np.ndarray) -> None:
+        """Each stream's next token(s) from its rows of the step (``logp``, in order: a beam search has one
+        row per live beam): mask, choose, emit, finish."""
+        logp[:, self._blocked] = -np.inf  # never written: <unk>, <bos>
+        plain, plain_rows, at = [], [], 0
         for s in streams:
             n = len(s.beams.live) if s.beams else 1
-            self._choose(s, logp[at : at + n])
+            rows = logp[at : at + n]
             at += n
-
-    def _choose(self, s: Stream, logp: np.ndarray) -> None:
-        """The next token(s) of ``s`` from its rows of the step; emit; finish if it is done."""
-        if s.cancelled:
-            self._finish(s, reason="cancelled")
-            return
-        c = s.req.constraint
-        position = s.req.position + len(s.beams.live[0].tokens if s.beams else s.tokens)
-        for row in logp:
+            if s.cancelled:
+                self._finish(s, reason="cancelled")
+                continue
+            c = s.req.constraint
             if c is not None:
-                c.mask(row, position, self.vocab)
+                position = s.req.position + len(s.beams.live[0].tokens if s.beams else s.tokens)
+                for row in rows:
+                    c.mask(row, position, self.vocab)
+            if s.beams is not None:
+                self._beam_step(s, rows)
             else:
-                row[~self.vocab.writable] = -np.inf
-        if s.beams is not None:
-            self._beam_step(s, logp)
+                plain.append(s)
+                plain_rows.append(at - 1)
+        if not plain:
             return
-        token = sample_row(logp[0], s.req.sampling, s.rng)
+        mine = logp[plain_rows]
+        tokens = choose(mine, [s.req.sampling for s in plain], [s.rng for s in plain])
         now = time.perf_counter()
+        for s, token, row in zip(plain, tokens.tolist(), mine):
+            self._take(s, token, row, now)
+
+    def _take(self, s: Stream, token: int, row: np.ndarray, now: float) -> None:
+        """``token`` is ``s``'s next: record it, emit the text it adds, finish if it ends the stream."""
         if self.metrics is not None:
             self.metrics.token(now - (s.last_token_at or s.arrived), first=not s.tokens)
         s.last_token_at = now
         s.tokens.append(token)
         if s.req.logprobs:
-            s.logprobs.append(float(logp[0, token]))
+            s.logprobs.append(float(row[token]))
         if token == self.vocab.eos:
             self._finish(s, reason="end")
             return
         s.text += self.vocab.gen.vocab[token]
-        reason, visible = self._stop_or_hold(s)
+        reason, visible = self._stop_or_hold(s) if s.req.stop else ("", len(s.text))
         if reason:
             self._finish(s, reason=reason, text_end=visible)
         elif len(s.tokens) >= s.req.max_new_tokens:
@@ -297,7 +324,7 @@ class Scheduler:
         elif visible > s.sent:
             event = {"text": s.text[s.sent : visible], "tokens": len(s.tokens)}
             if s.req.logprobs:
-                event["logprobs"] = s.logprobs[-1]
+                event["logprobs"] = s.logprobs[len(s.logprobs) - 1 :]
             s.sent = visible
             self._emit(s, event)
 
@@ -357,9 +384,10 @@ class Scheduler:
         if error:
             self._emit(s, {"event": "error", "error": error})
             return
-        if reason == "cancelled":
+        if reason == "cancelled":  # nobody reads this; it tells the channel the stream is over
             if self.metrics is not None:
                 self.metrics.finished("cancelled", len(s.tokens))
+            self._emit(s, {"event": "done", "finish_reason": "cancelled", "tokens": len(s.tokens)})
             return
         text = s.text[:text_end] if text_end is not None else s.text
         if s.beams is None and len(text) > s.sent:

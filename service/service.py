@@ -170,6 +170,7 @@ async def metadata(request: Request) -> JSONResponse:
         return JSONResponse({"error": f"model service not available: {e}"}, status_code=503)
     return JSONResponse(
         {
+            "task": meta.task,
             "model_name": meta.model_name,
             "model_version": info["model_version"],
             "classes": info["classes"],

@@ -32,6 +32,10 @@
 ``SEQSERVE_GENERATE_PREFILL_STREAMS``  32       prompts read side by side in one call
 ``SEQSERVE_GENERATE_MAX_NEW_TOKENS``   0        most new tokens per request (0: the artifact's max_new_tokens)
 ``SEQSERVE_GENERATE_MAX_BEAMS``        16       most beams per request
+``SEQSERVE_GENERATE_INTERVAL_MS``      20       a stream's text leaves at most this often (the first token at once);
+                                                what arrives meanwhile goes out as one event (0: every token)
+``SEQSERVE_GENERATE_ORT_SPIN``         0        1: the language model's idle ORT threads spin (0 measured faster: the
+                                                step loop alternates Python and ORT on cores shared with HTTP)
 ``SEQSERVE_GENERATE_MODE``             step     step (the step scheduler); per-request or request-batching: the
                                                 benchmark's comparisons (loadtest/bench_generate.py)
 =====================================  =======  ==================================================================
@@ -140,6 +144,10 @@ class Settings:
         default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_NEW_TOKENS", 0, minimum=0)
     )
     generate_max_beams: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_BEAMS", 16, minimum=1))
+    generate_stream_interval_ms: float = field(
+        default_factory=lambda: env_float("SEQSERVE_GENERATE_INTERVAL_MS", 20.0, minimum=0)
+    )
+    generate_ort_spin: bool = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_ORT_SPIN", 0, minimum=0) == 1)
     generate_mode: str = field(
         default_factory=lambda: env_choice(
             "SEQSERVE_GENERATE_MODE", "step", ("step", "per-request", "request-batching")

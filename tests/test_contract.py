@@ -35,3 +35,29 @@ def test_a_broken_artifact_is_refused_naming_the_field(artifact: Path, change, m
     change(raw)
     with pytest.raises(ContractError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ArtifactMeta.from_dict(raw, "metadata.json")
+
+
+def test_a_language_model_artifact_round_trips(lm_artifact: Path) -> None:
+    raw = json.loads((lm_artifact / "metadata.json").read_text())
+    meta = ArtifactMeta.from_dict(raw)
+    assert meta.task == "generate" and meta.generation is not None and meta.generation.state_names == ["h", "c"]
+    assert meta.classes == [] and meta.to_dict() == raw
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(task="translate"), "task 'translate' is not one of"),
+        (lambda d: d.pop("generation"), "missing field 'generation'"),
+        (lambda d: d["generation"].pop("hidden"), "missing field 'generation.hidden'"),
+        (lambda d: d["generation"].update(rnn="rnn"), "generation.rnn must be 'lstm' or 'gru'"),
+        (lambda d: d["generation"].update(chunk=0), "generation.chunk must be a positive integer"),
+        (lambda d: d["generation"].update(special_ids={}), "generation.special_ids needs 'unk'"),
+        (lambda d: d["generation"].update(vocab=["a"]), "generation.vocab must be a list of at least 2"),
+    ],
+)
+def test_a_broken_language_model_artifact_is_refused(lm_artifact: Path, change, message: str) -> None:  # noqa: ANN001
+    raw = json.loads((lm_artifact / "metadata.json").read_text())
+    change(raw)
+    with pytest.raises(ContractError, match=message):
+        ArtifactMeta.from_dict(raw, "metadata.json")

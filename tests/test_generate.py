@@ -164,3 +164,44 @@ def test_make_serve_generate_end_to_end(tmp_path: Path) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_promoted_language_models_swap_and_streams_finish_on_their_model(lm_artifact: Path, tmp_path: Path) -> None:
+    """A promotion reaches the running server; a stream started before it ends on the model it started with,
+    new requests get the new model."""
+    from export.lm_export import export_lm_run
+    from export.promote import promote
+    from tests.conftest import SHAKESPEARE, train_tiny_lm
+
+    other = tmp_path / "other"
+    export_lm_run(train_tiny_lm(tmp_path / "run", SHAKESPEARE, "--seed", "2"), other)
+    a, b = (json.loads((x / "metadata.json").read_text())["model_version"] for x in (lm_artifact, other))
+    assert a != b
+    data = tmp_path / "data"
+    promote(str(lm_artifact), data)
+    env = {"BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(data)}
+    env.update({"SEQSERVE_RELOAD_INTERVAL_S": "0.3", "SEQSERVE_GENERATE_MAX_NEW_TOKENS": str(LONG)})
+    proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt", target="service.generate_service:SeqGenerate")
+    try:
+        assert httpx.get(f"{url}/metadata").json()["model_version"] == a
+        with (
+            httpx.Client(timeout=120) as client,
+            client.stream(
+                "POST", f"{url}/generate", json={"prompt": "A", "max_new_tokens": 20000, "stream": True, "seed": 3}
+            ) as old_stream,
+        ):
+            lines = old_stream.iter_lines()
+            next(line for line in lines if line.startswith("data: "))  # generating on a
+            promote(str(other), data)
+            deadline = time.monotonic() + 20
+            while httpx.get(f"{url}/metadata").json()["model_version"] != b and time.monotonic() < deadline:
+                time.sleep(0.2)
+            new = httpx.post(f"{url}/generate", json={"prompt": "B", "max_new_tokens": 5}, timeout=60).json()
+            assert new["model_version"] == b
+            done = next(line for line in lines if line.startswith("event: done"))
+            summary = json.loads(next(lines)[6:])
+        assert done and summary["model_version"] == a and summary["tokens"] == 20000
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "seqserve_model_swaps_total 1.0" in metrics
+    finally:
+        stop_process(proc)
