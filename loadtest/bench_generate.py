@@ -145,6 +145,46 @@ def step_limit(art: Path, batch: int, threads: int, steps: int = 200) -> dict:
     return {"batch": batch, "step_ms": round(seconds * 1000, 3), "tokens_per_s": round(batch / seconds, 1)}
 
 
+def scheduler_limit(art: Path, bodies: list[dict], concurrency: int, threads: int, duration: float = 12.0) -> dict:
+    """The step scheduler in process (closed loop of ``concurrency`` generations, the same requests), no HTTP:
+    what the scheduler's Python and ONNX Runtime allow before any serving overhead."""
+    import threading
+
+    from service.forms import Vocabulary
+    from service.generate import Limits, parse
+    from service.runtime import find_artifact, open_checked_session
+    from service.scheduler import Scheduler, StepModel
+
+    artifact = find_artifact(str(art))
+    gen = artifact.meta.generation
+    vocab, limits = Vocabulary(gen), Limits(gen.max_prompt_tokens, gen.max_new_tokens, 16)
+    session = open_checked_session(artifact, "cpu", threads, spin=False).session
+    sched = Scheduler(StepModel(session, gen), "bench", 4096, 32, 32).start()
+    counter, tokens, stop = iter(range(10**9)), [0], time.perf_counter() + duration
+    lock = threading.Lock()
+
+    def submit() -> None:
+        body = {k: v for k, v in bodies[next(counter) % len(bodies)].items() if k != "stream"}
+
+        def emit(event: dict) -> None:
+            if event.get("event") == "done":
+                with lock:
+                    tokens[0] += event["tokens"]
+                if time.perf_counter() < stop:
+                    submit()
+
+        sched.submit(parse(body, vocab, limits)[0], emit)
+
+    t0 = time.perf_counter()
+    for _ in range(concurrency):
+        submit()
+    while sched.load and time.perf_counter() < stop + 60:
+        time.sleep(0.05)
+    seconds = time.perf_counter() - t0
+    sched.drain()
+    return {"concurrency": concurrency, "tokens_per_s": round(tokens[0] / seconds, 1), "steps": sched.steps}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_generate", description=__doc__)
     p.add_argument("--artifact", default="artifacts/shakespeare")
@@ -154,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--out", default="bench/results-generate.json")
     p.add_argument("--work", default="/tmp/seqserve-bench-generate")
+    p.add_argument("--capacity", nargs="+", type=int, default=list(CAPACITY), help="step limit at these streams too")
     args = p.parse_args(argv)
     art = Path(args.artifact).resolve()
     work = Path(args.work)
@@ -161,9 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
     bodies = workload(art, 4096)
     threads = 2
     limits = [
-        step_limit(art, b, threads, steps=50 if b > 256 else 200) for b in sorted({1, *args.concurrency, *CAPACITY})
+        step_limit(art, b, threads, steps=50 if b > 256 else 200)
+        for b in sorted({1, *args.concurrency, *args.capacity})
     ]
     print("limit:", json.dumps(limits), file=sys.stderr)
+    in_process = scheduler_limit(art, bodies, 64, threads, duration=min(12.0, args.duration * 2))
+    print("scheduler in process:", json.dumps(in_process), file=sys.stderr)
     runs = []
     for system in args.systems:
         env = {
@@ -203,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
             "temperature": 0.8,
         },
         "step_limit": limits,
+        "scheduler_in_process": in_process,
         "state_bytes_per_stream": state_bytes,
         "runs": runs,
     }
@@ -237,7 +282,8 @@ def generate_section(res: dict) -> list[str]:
     for r in res["runs"]:
         out.append(
             f"| {r['system']} | {r['concurrency']} | {r['tokens_per_s']:.0f} | {r['ttft_p50_ms']} | "
-            f"{r['ttft_p99_ms']} | {r['itl_p99_ms']} | {r['errors']} | {r['requests']} |"
+            f"{r['ttft_p99_ms']} | {'-' if r['itl_p99_ms'] is None else r['itl_p99_ms']} | {r['errors']} | "
+            f"{r['requests']} |"
         )
     kb = res.get("state_bytes_per_stream", 0) / 1024
     out += [
@@ -249,6 +295,13 @@ def generate_section(res: dict) -> list[str]:
     ]
     out += ["| streams | step ms | tokens/s |", "|---:|---:|---:|"]
     out += [f"| {s['batch']} | {s['step_ms']} | {s['tokens_per_s']:.0f} |" for s in res["step_limit"]]
+    sip = res.get("scheduler_in_process")
+    if sip:
+        out += [
+            "",
+            f"The step scheduler in process (no HTTP), {sip['concurrency']} streams in a closed loop of the same "
+            f"requests: {sip['tokens_per_s']:.0f} tokens/s.",
+        ]
     a, b, c = (_run(res["runs"], s, 64) for s in ("per-request", "request-batching", "step-batching"))
     lim = next((s for s in res["step_limit"] if s["batch"] == 64), None)
     out += ["", "Targets (2 cores, c=64):", ""]

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import aiohttp
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -55,6 +56,7 @@ LIMITS = Limits(
     GEN.max_prompt_tokens, SETTINGS.generate_max_new_tokens or GEN.max_new_tokens, SETTINGS.generate_max_beams
 )
 BUSY = "busy"
+SUBMIT_ATTEMPTS = 3  # submit is idempotent by request id, so a call on a stale connection is simply made again
 
 
 class LMEngine:
@@ -170,6 +172,8 @@ class LMModel(FollowsChampion):
         scheduler = self.slot.engine.scheduler  # read once: this request stays on this model
         if scheduler.load >= SETTINGS.generate_streams + SETTINGS.generate_max_waiting:
             return {"error": BUSY}
+        if request_id in self._streams:  # the API worker's retry of a call that did arrive
+            return {"ok": True}
         req, _ = parse(request, VOCAB, LIMITS)  # validated by the API worker; this cannot fail
         outbox = self._outbox(worker)
 
@@ -269,7 +273,13 @@ async def generate(request: Request) -> Response:
     rid, chan = uuid.uuid4().hex, channel()
     chan.register(rid)
     try:
-        answer = await model.to_async.submit(request=body, request_id=rid, worker=chan.worker)
+        for attempt in range(SUBMIT_ATTEMPTS):  # a kept-alive connection the model service had closed: again
+            try:
+                answer = await model.to_async.submit(request=body, request_id=rid, worker=chan.worker)
+                break
+            except aiohttp.ClientConnectionError:
+                if attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
     except BaseException:
         chan.unregister(rid)
         raise

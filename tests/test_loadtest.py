@@ -190,3 +190,21 @@ def test_gpu_bench_dry_run_on_cpu(artifact: Path, tmp_path: Path) -> None:
         assert r["provider"] == "CPUExecutionProvider" and r["concurrency"] == 2
     (inproc,) = [r for r in results["runs"] if r["mode"] == "inprocess"]
     assert inproc["batch"] == 8 and inproc["seq_per_s"] > 0
+
+
+def test_bench_generate_smoke(lm_artifact: Path, tmp_path: Path) -> None:
+    """make bench-generate in miniature: every system over real HTTP, the in-process limits, the report section."""
+    from loadtest.bench_generate import generate_section, main
+
+    out = tmp_path / "results-generate.json"
+    res = main(
+        ["--artifact", str(lm_artifact), "--concurrency", "4", "--duration", "2", "--warmup", "0.5"]
+        + ["--out", str(out), "--work", str(tmp_path / "work"), "--capacity", "64"]
+    )
+    assert json.loads(out.read_text())["runs"] == res["runs"]
+    assert [r["system"] for r in res["runs"]] == ["per-request", "request-batching", "step-batching"]
+    for r in res["runs"]:
+        assert r["errors"] == 0 and r["tokens_per_s"] > 0 and r["ttft_p50_ms"] is not None, r
+    assert res["scheduler_in_process"]["tokens_per_s"] > 0
+    text = "\n".join(generate_section(res))
+    assert "| step-batching | 4 |" in text and "In-process step limit" in text
