@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +35,11 @@ def open_loop_pass(
     for name in OPEN_LOOP_SYSTEMS:
         if name not in args.systems:
             continue
-        server = start(name)
+        try:  # a peer that cannot be started is reported, not fatal (as in the closed-loop pass)
+            server = start(name)
+        except (OSError, RuntimeError, TimeoutError, subprocess.CalledProcessError) as e:
+            print(f"bench: open loop: {name} skipped: {type(e).__name__}: {str(e)[-300:]}", file=sys.stderr)
+            continue
         try:
             path = server.paths[name]
             warm = server.encode(next(iter(mixes.values())))
@@ -50,10 +55,14 @@ def open_loop_pass(
                 bodies = server.encode(seqs)
                 for fraction in args.open_loop:
                     rate = round(fraction * min(caps), 1)
-                    reps = [
-                        run_open_loop(server.port, path, bodies, rate, args.open_duration, args.warmup).summary()
-                        for _ in range(args.open_repeats)
-                    ]
+                    try:
+                        reps = [
+                            run_open_loop(server.port, path, bodies, rate, args.open_duration, args.warmup).summary()
+                            for _ in range(args.open_repeats)
+                        ]
+                    except OSError as e:  # the server went away mid-pass: report, keep the rest of the bench
+                        print(f"bench: open loop: {name} failed at {rate}/s: {e}", file=sys.stderr)
+                        continue
                     med = {
                         k: float(np.median([r[k] for r in reps])) for k in ("seq_per_s", "p50_ms", "p95_ms", "p99_ms")
                     }

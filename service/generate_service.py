@@ -1,7 +1,7 @@
 """The language-model services: ``bentoml serve service.generate_service:SeqGenerate`` (``make serve-generate``).
 
 A classifier and a language model are served side by side as two servers (``make serve`` on :3000,
-``make serve-generate`` on ``PORT``, default 3001), each with its own model slot, following its own champion
+``make serve-generate PORT=3001``), each with its own model slot, following its own champion
 (``python -m export.promote`` sets the pointer of the artifact's task), sharing the settings, the model store,
 the service database and the metrics registry. The topology is the classifier's:
 
@@ -9,8 +9,9 @@ the service database and the metrics registry. The topology is the classifier's:
   ``service.generate``; JSON or server-sent events), ``GET /metadata`` (``task: generate``), BentoML's health
   and ``/metrics``.
 * ``LMModel`` (model service, one process): the step graph's session, checked at load, and the step scheduler
-  (``service.scheduler``) that batches every decoding step of every active request. Each request is one
-  streaming call from an API worker; its events come back as newline-delimited JSON.
+  (``service.scheduler``) that batches every decoding step of every active request. An API worker submits
+  each request (``submit``) and reads the events of all its requests from one streaming call (``channel``:
+  the token channel, ``service.channel``).
 
 A swap (a new champion) starts a new scheduler for new requests; the old one finishes the streams it has on
 the model they started with, then stops.

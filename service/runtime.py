@@ -168,18 +168,7 @@ def check_session(sess: ort.InferenceSession, reference_path: Path, tolerance: f
     for i, n in enumerate(lengths.tolist()):
         p, a = sess.run(None, {"x": x[i : i + 1, :n], "lengths": lengths[i : i + 1]})
         diff_alone = max(diff_alone, float(np.abs(p[0] - probs[i]).max()), float(np.abs(a[0] - att[i, :n]).max()))
-    report = {
-        "sequences": len(lengths),
-        "max_abs_diff_batched": diff_batched,
-        "max_abs_diff_alone": diff_alone,
-        "tolerance": tolerance,
-    }
-    if max(diff_batched, diff_alone) > tolerance:
-        raise ReferenceMismatch(
-            f"outputs differ from the artifact's reference outputs by {max(diff_batched, diff_alone):.3g} "
-            f"(batched {diff_batched:.3g}, alone {diff_alone:.3g}) > {tolerance}"
-        )
-    return report
+    return _judged("sequences", len(lengths), diff_batched, diff_alone, tolerance)
 
 
 def check_step_session(sess: ort.InferenceSession, ref: np.lib.npyio.NpzFile, tolerance: float) -> dict:
@@ -196,18 +185,17 @@ def check_step_session(sess: ort.InferenceSession, ref: np.lib.npyio.NpzFile, to
         one = sess.run(None, {**feed, **{k: s[:, i : i + 1] for k, s in zip(names, states)}})
         diff_alone = max(diff_alone, float(np.abs(one[0][0] - want[0][i]).max()))
         diff_alone = max(diff_alone, *(float(np.abs(o[:, 0] - w[:, i]).max()) for o, w in zip(one[1:], want[1:])))
-    report = {
-        "streams": len(lengths),
-        "max_abs_diff_batched": diff_batched,
-        "max_abs_diff_alone": diff_alone,
-        "tolerance": tolerance,
-    }
+    return _judged("streams", len(lengths), diff_batched, diff_alone, tolerance)
+
+
+def _judged(unit: str, n: int, diff_batched: float, diff_alone: float, tolerance: float) -> dict:
+    """The load-time check's report, or ReferenceMismatch beyond ``tolerance``."""
     if max(diff_batched, diff_alone) > tolerance:
         raise ReferenceMismatch(
-            f"step outputs differ from the artifact's reference outputs by {max(diff_batched, diff_alone):.3g} > "
-            f"{tolerance}"
+            f"outputs differ from the artifact's reference outputs by {max(diff_batched, diff_alone):.3g} "
+            f"(batched {diff_batched:.3g}, alone {diff_alone:.3g}) > {tolerance}"
         )
-    return report
+    return {unit: n, "max_abs_diff_batched": diff_batched, "max_abs_diff_alone": diff_alone, "tolerance": tolerance}
 
 
 def open_checked_session(artifact: Artifact, device: str = "auto", threads: int = 0, spin: bool = True) -> SessionInfo:

@@ -205,3 +205,45 @@ def test_promoted_language_models_swap_and_streams_finish_on_their_model(lm_arti
         assert "seqserve_model_swaps_total 1.0" in metrics
     finally:
         stop_process(proc)
+
+
+def test_a_full_server_answers_503_and_recovers(lm_artifact: Path, tmp_path: Path) -> None:
+    """All slots taken and no waiting room: a new request is a 503 at once (nothing queued, nothing lost);
+    when the streams go, the server takes requests again."""
+    env = {
+        "SEQSERVE_MODEL": str(lm_artifact),
+        "BENTOML_HOME": str(tmp_path / "home"),
+        "SEQSERVE_DATA_DIR": str(tmp_path),
+    }
+    env.update({"SEQSERVE_GENERATE_STREAMS": "16", "SEQSERVE_GENERATE_MAX_WAITING": "0"})
+    env["SEQSERVE_GENERATE_MAX_NEW_TOKENS"] = str(LONG)
+    proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt", target="service.generate_service:SeqGenerate")
+    port = int(url.rsplit(":", 1)[1])
+    socks = []
+    try:
+        body = json.dumps({"prompt": "A", "max_new_tokens": LONG, "stream": True}).encode()
+        for _ in range(16):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(
+                b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            received = b""
+            while b"data: " not in received:
+                received += sock.recv(65536)
+            socks.append(sock)
+        r = httpx.post(f"{url}/generate", json={"prompt": "B", "max_new_tokens": 3}, timeout=30)
+        assert r.status_code == 503 and "capacity" in r.json()["error"], r.text
+        assert 'seqserve_generate_rejected_requests_total{reason="busy"}' in httpx.get(f"{url}/metrics").text
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 15
+        while active_streams(url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/generate", json={"prompt": "B", "max_new_tokens": 3}, timeout=30)
+        assert r.status_code == 200 and r.json()["tokens"] == 3
+    finally:
+        for sock in socks:
+            sock.close()
+        stop_process(proc)
