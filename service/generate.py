@@ -171,6 +171,6 @@ def parse(body: Any, vocab: Vocabulary, limits: Limits) -> tuple[GenerateRequest
 
 def sse(event: dict) -> bytes:
     """One server-sent event: text chunks as ``data:``; ``event: done`` / ``event: error`` with their data."""
-    kind = event.pop("event", None)
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    kind = event.get("event")
+    data = json.dumps({k: v for k, v in event.items() if k != "event"}, ensure_ascii=False, separators=(",", ":"))
     return (f"event: {kind}\n" if kind else "").encode() + f"data: {data}\n\n".encode()
