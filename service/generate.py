@@ -34,12 +34,11 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from service.forms import ConstraintError, Vocabulary, from_form, from_request
+from service.forms import Constraint, ConstraintError, Vocabulary, from_form, from_request
 from service.sampling import Sampling
-from service.scheduler import GenerateRequest
 
 FIELDS = {
     "prompt",
@@ -59,6 +58,24 @@ FIELDS = {
 }
 DEFAULT_MAX_NEW_TOKENS = 64
 MAX_STOPS, MAX_STOP_CHARS = 8, 64
+
+
+@dataclass
+class GenerateRequest:
+    """A validated request (``service.generate.parse``): the prompt as token ids, the limits and choices."""
+
+    prompt: list[int]
+    prompt_text: str
+    max_new_tokens: int
+    sampling: Sampling
+    seed: int
+    stop: list[str] = field(default_factory=list)
+    num_beams: int = 1
+    beam_search: bool = False  # True with num_beams > 1 (and, for tests, a beam of 1)
+    n_best: int = 1
+    logprobs: bool = False
+    constraint: Constraint | None = None
+    position: int = 0  # the document position of the first generated character (for constraints)
 
 
 class GenerateError(ValueError):
