@@ -124,14 +124,14 @@ async def closed_loop(port: int, bodies: list[dict], concurrency: int, duration:
     }
 
 
-def step_limit(art: Path, batch: int, threads: int, steps: int = 200) -> dict:
+def step_limit(art: Path, batch: int, threads: int, steps: int = 200, device: str = "cpu") -> dict:
     """The step graph alone at ``batch`` streams (greedy argmax included), no scheduler, no HTTP."""
     from service.runtime import find_artifact, open_checked_session
     from service.scheduler import StepModel
 
     artifact = find_artifact(str(art))
     gen = artifact.meta.generation
-    model = StepModel(open_checked_session(artifact, "cpu", threads).session, gen)
+    model = StepModel(open_checked_session(artifact, device, threads).session, gen)
     states = [np.zeros((gen.layers, batch, gen.hidden), np.float32) for _ in gen.state_names]
     tokens = np.ones((batch, 1), np.int64)
     ones = np.ones(batch, np.int64)
@@ -145,7 +145,9 @@ def step_limit(art: Path, batch: int, threads: int, steps: int = 200) -> dict:
     return {"batch": batch, "step_ms": round(seconds * 1000, 3), "tokens_per_s": round(batch / seconds, 1)}
 
 
-def scheduler_limit(art: Path, bodies: list[dict], concurrency: int, threads: int, duration: float = 12.0) -> dict:
+def scheduler_limit(
+    art: Path, bodies: list[dict], concurrency: int, threads: int, duration: float = 12.0, device: str = "cpu"
+) -> dict:
     """The step scheduler in process (closed loop of ``concurrency`` generations, the same requests), no HTTP:
     what the scheduler's Python and ONNX Runtime allow before any serving overhead."""
     import threading
@@ -158,7 +160,7 @@ def scheduler_limit(art: Path, bodies: list[dict], concurrency: int, threads: in
     artifact = find_artifact(str(art))
     gen = artifact.meta.generation
     vocab, limits = Vocabulary(gen), Limits(gen.max_prompt_tokens, gen.max_new_tokens, 16)
-    session = open_checked_session(artifact, "cpu", threads, spin=False).session
+    session = open_checked_session(artifact, device, threads, spin=False).session
     sched = Scheduler(StepModel(session, gen), "bench", 4096, 32, 32).start()
     counter, tokens, stop = iter(range(10**9)), [0], time.perf_counter() + duration
     lock = threading.Lock()
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--out", default="bench/results-generate.json")
     p.add_argument("--work", default="/tmp/seqserve-bench-generate")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for the servers and the limits")
     p.add_argument("--capacity", nargs="+", type=int, default=list(CAPACITY), help="step limit at these streams too")
     args = p.parse_args(argv)
     art = Path(args.artifact).resolve()
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         for b in sorted({1, *args.concurrency, *args.capacity})
     ]
     print("limit:", json.dumps(limits), file=sys.stderr)
-    in_process = scheduler_limit(art, bodies, 64, threads, duration=min(12.0, args.duration * 2))
+    in_process = scheduler_limit(art, bodies, 64, threads, min(12.0, args.duration * 2), args.device)
     print("scheduler in process:", json.dumps(in_process), file=sys.stderr)
     runs = []
     for system in args.systems:
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             "SEQSERVE_DATA_DIR": str(work / "data"),
             "BENTOML_HOME": str(work / "home"),
             "SEQSERVE_ORT_THREADS": str(threads),
+            "SEQSERVE_DEVICE": args.device,
         }
         proc, url = start_bentoml(ROOT, env, work / f"{system}.log", target="service.generate_service:SeqGenerate")
         port = int(url.rsplit(":", 1)[1])
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
             "max_new_tokens": "log-uniform 16..512",
             "prompts": "8..32 characters of the validation text",
             "temperature": 0.8,
+            "device": args.device,
         },
         "step_limit": limits,
         "scheduler_in_process": in_process,

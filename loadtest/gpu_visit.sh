@@ -13,6 +13,10 @@
 #   variants  the gpu layout at c=256 under each of GPU_VARIANTS ("name:SEQSERVE_A=1 SEQSERVE_B=2;name2:...")
 #             -> variant-NAME.json; the best (geometric mean of seq/s) becomes the bench's gpu settings
 #   bench     loadtest/gpu_bench.py over LAYOUTS -> results-gpu.json
+#   lm        issue 12: train the default Tiny Shakespeare model on the GPU (LM_BUDGET s, default 540; the
+#             target is <= 1.47 nats/char within 10 minutes), export it -> lm-metrics.json, artifacts/shakespeare-gpu
+#   generate  issue 12: make bench-generate on the GPU (LM_ART, default artifacts/shakespeare; c=1,16,64,256)
+#             -> results-generate-gpu.json
 # DEVICE=cpu runs the same on CPU (a dry run).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
@@ -75,6 +79,15 @@ print(best)
 PYEOF
     )
     echo "gpu-visit: best gpu settings: '$GPU_ENV'" >&2 ;;
+  lm)
+    timeout $(( ${LM_BUDGET:-540} + 120 )) "$PY" -m training lm --text data/text/tinyshakespeare.txt \
+      --out "$WORK/lm-run" --device "$DEVICE" --time-budget "${LM_BUDGET:-540}"
+    cp "$WORK/lm-run/metrics.json" "$OUT/lm-metrics.json"
+    "$PY" -m export --run "$WORK/lm-run" --out artifacts/shakespeare-gpu --no-store || echo "gpu-visit: export failed" >&2 ;;
+  generate)
+    timeout "${GENERATE_TIMEOUT:-540}" "$PY" -m loadtest.bench_generate --device "$DEVICE" \
+      --artifact "${LM_ART:-artifacts/shakespeare}" --out "$OUT/results-generate-gpu.json" --work "$WORK/generate" \
+      ${GENERATE_ARGS:-} ;;
   bench)
     timeout "${BENCH_TIMEOUT:-420}" "$PY" -m loadtest.gpu_bench --device "$DEVICE" --artifact "$ART" \
       --layouts "$LAYOUTS" --gpu-env "$GPU_ENV" --out "$OUT/results-gpu.json" --work "$WORK" ${GPU_BENCH_ARGS:-} ;;
