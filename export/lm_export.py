@@ -22,7 +22,6 @@ import hashlib
 import json
 import shutil
 import time
-import unicodedata
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 
 from export.contract import SCHEMA_VERSION, ArtifactMeta
 from export.onnx_export import OPSET, ParityError, content_version, cpu_session
+from service.forms import is_free_char
 from training import data
 from training.lm_model import CharLM, StepGraph
 from training.lm_train import VAL_FRACTION, load_lm
@@ -146,11 +146,6 @@ def parity_report(model: CharLM, sess: ort.InferenceSession, ids: np.ndarray, se
     if problems:
         raise ParityError("parity gate failed: " + "; ".join(problems) + f"\nreport: {json.dumps(report)}")
     return report
-
-
-def is_free_char(c: str) -> bool:
-    """A character a form's free position may take: not punctuation, space, control or a special token."""
-    return len(c) == 1 and unicodedata.category(c)[0] not in "PZC"
 
 
 def form_presets(lines: list[str]) -> dict:

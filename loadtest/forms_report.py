@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.forms import Vocabulary, is_free_char
+from service.forms import Vocabulary, fits
 from service.generate import Limits, parse
 from service.runtime import find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
@@ -37,12 +37,6 @@ def score(model: StepModel, vocab: Vocabulary, text: str) -> float:
         logp, state = model.run(np.array([[a]]), np.ones(1, np.int64), state)
         total += float(logp[0, b])
     return total / (len(ids) - 1)
-
-
-def fits(text: str, template: list) -> bool:
-    return len(text) == len(template) and all(
-        (c == t) if t is not None else is_free_char(c) for c, t in zip(text, template)
-    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -34,6 +34,13 @@ def is_free_char(c: str) -> bool:
     return len(c) == 1 and unicodedata.category(c)[0] not in "PZC"
 
 
+def fits(text: str, template: list) -> bool:
+    """Does ``text`` (a whole document) have a form's shape: its literals in place, free characters elsewhere?"""
+    return len(text) == len(template) and all(
+        (c == t) if t is not None else is_free_char(c) for c, t in zip(text, template)
+    )
+
+
 @dataclass
 class Vocabulary:
     """The model's tokens, and the masks the constraints need (made once per model)."""

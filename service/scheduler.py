@@ -338,7 +338,7 @@ class Scheduler:
         if s.req.stop:  # a live beam whose text shows a stop string ends there
             j = 0
             while j < len(b.live):
-                text = "".join(self.vocab.gen.vocab[t] for t in b.live[j].tokens)
+                text = self._text(b.live[j].tokens)
                 hit = min((i for i in (text.find(x) for x in s.req.stop) if i >= 0), default=-1)
                 if hit < 0:
                     j += 1

@@ -74,23 +74,28 @@ def test_same_seed_same_text_alone_and_under_load(server: str) -> None:
     assert loaded == alone
 
 
+def open_generation(url: str, body: dict) -> socket.socket:
+    """POST /generate on a raw socket, to be closed by the test; a streamed one returns once text has come."""
+    sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    payload = json.dumps(body).encode()
+    sock.sendall(
+        b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    received = b""
+    while body.get("stream") and b"data: " not in received:  # it is generating
+        received += sock.recv(65536)
+    return sock
+
+
 def active_streams(server: str) -> int:
     return httpx.get(f"{server}/metadata", timeout=10).json()["active_streams"]
 
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_disconnected_client_frees_its_slot(server: str, stream: bool) -> None:
-    port = int(server.rsplit(":", 1)[1])
-    body = json.dumps({"prompt": "HAMLET", "max_new_tokens": LONG, "stream": stream, "seed": 1}).encode()
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(
-        b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        + f"content-length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    received = b""
-    while stream and b"data: " not in received:  # it is generating
-        received += sock.recv(65536)
+    sock = open_generation(server, {"prompt": "HAMLET", "max_new_tokens": LONG, "stream": stream, "seed": 1})
     deadline = time.monotonic() + 10
     while active_streams(server) != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -218,21 +223,10 @@ def test_a_full_server_answers_503_and_recovers(lm_artifact: Path, tmp_path: Pat
     env.update({"SEQSERVE_GENERATE_STREAMS": "16", "SEQSERVE_GENERATE_MAX_WAITING": "0"})
     env["SEQSERVE_GENERATE_MAX_NEW_TOKENS"] = str(LONG)
     proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt", target="service.generate_service:SeqGenerate")
-    port = int(url.rsplit(":", 1)[1])
     socks = []
     try:
-        body = json.dumps({"prompt": "A", "max_new_tokens": LONG, "stream": True}).encode()
         for _ in range(16):
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(
-                b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                + f"content-length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
-            received = b""
-            while b"data: " not in received:
-                received += sock.recv(65536)
-            socks.append(sock)
+            socks.append(open_generation(url, {"prompt": "A", "max_new_tokens": LONG, "stream": True}))
         r = httpx.post(f"{url}/generate", json={"prompt": "B", "max_new_tokens": 3}, timeout=30)
         assert r.status_code == 503 and "capacity" in r.json()["error"], r.text
         assert 'seqserve_generate_rejected_requests_total{reason="busy"}' in httpx.get(f"{url}/metrics").text

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from export.lm_export import export_lm_run
-from service.forms import Vocabulary
+from service.forms import Vocabulary, fits
 from service.generate import GenerateError, Limits, parse
 from service.runtime import ReferenceMismatch, find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
@@ -196,14 +196,6 @@ def test_a_beam_as_wide_as_the_search_space_finds_the_exhaustive_best(tmp_path: 
 @pytest.fixture(scope="module")
 def poems(poem_artifact: Path) -> Running:
     return Running(poem_artifact)
-
-
-def fits(text: str, template: list) -> bool:
-    from service.forms import is_free_char
-
-    return len(text) == len(template) and all(
-        (c == t) if t is not None else is_free_char(c) for c, t in zip(text, template)
-    )
 
 
 def test_forms_and_acrostics_are_always_well_formed(poems: Running) -> None:
