@@ -149,6 +149,7 @@ class Scheduler:
         while True:
             self._admit()
             if not self.active:
+                self._flush()  # what _admit finished (cancelled streams) leaves now, not at the next busy turn
                 if self._draining and not self.pending and self.waiting.empty():
                     return
                 self._wake.wait(0.5)
@@ -207,7 +208,8 @@ class Scheduler:
         still = []
         for s in self.pending:
             need = s.req.num_beams
-            if s.cancelled:
+            if s.cancelled:  # gone before it got a slot: it ends like any cancelled stream
+                self._finish(s, reason="cancelled")
                 continue
             if len(self.free) < need or still:  # first come, first served
                 still.append(s)
