@@ -170,11 +170,11 @@ class LMModel(FollowsChampion):
     async def submit(self, request: dict, request_id: str, worker: str) -> dict:
         """Start a generation; its events go out on ``worker``'s channel. ``{"error": "busy"}`` when full."""
         self._loop = asyncio.get_running_loop()
+        if request_id in self._streams:  # the API worker's retry of a call that did arrive
+            return {"ok": True}
         scheduler = self.slot.engine.scheduler  # read once: this request stays on this model
         if scheduler.load >= SETTINGS.generate_streams + SETTINGS.generate_max_waiting:
             return {"error": BUSY}
-        if request_id in self._streams:  # the API worker's retry of a call that did arrive
-            return {"ok": True}
         req, _ = parse(request, VOCAB, LIMITS)  # validated by the API worker; this cannot fail
         outbox = self._outbox(worker)
 
@@ -200,7 +200,8 @@ class LMModel(FollowsChampion):
 
     @bentoml.api
     def cancel(self, request_id: str) -> bool:
-        """The API worker's client went away: free the stream's slot at the next step (its call then ends)."""
+        """The API worker's client went away: free the stream's slot at the next step (its last event, finish
+        reason ``cancelled``, goes out on the channel and ends its bookkeeping here)."""
         stream = self._streams.get(request_id)
         if stream is not None:
             stream.cancel()
