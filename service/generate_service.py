@@ -84,6 +84,7 @@ class LMEngine:
                 settings.generate_prefill_streams,
                 self.metrics,
                 request_batching=settings.generate_mode == "request-batching",
+                interval=settings.generate_stream_interval_ms / 1000,
             ).start()
 
 

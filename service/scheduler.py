@@ -62,6 +62,8 @@ class Stream:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of text already emitted
+    sent_logprobs: int = 0  # log-probabilities already emitted
+    emitted_at: float = 0.0  # when text last left (0: none yet)
     last_token_at: float = 0.0
     beams: Beams | None = None
     rng: np.random.Generator | None = None
@@ -98,6 +100,7 @@ class Scheduler:
         prefill_streams: int,
         metrics: object | None = None,
         request_batching: bool = False,
+        interval: float = 0.0,
     ) -> None:
         gen = model.gen
         self.model, self.version, self.capacity = model, version, capacity
@@ -115,6 +118,7 @@ class Scheduler:
         # is formed only when the previous one has finished, and its answers leave together at its end, as a
         # batched call of a general server returns them.
         self.request_batching = request_batching
+        self.interval = interval  # a stream's text leaves at most this often (its first text at once)
         self._held: list = []
         self.deliver: Callable[[list], None] | None = None  # hands a step's emits to the caller's event loop
         self._out: list = []
@@ -309,12 +313,18 @@ class Scheduler:
             self._finish(s, reason=reason, text_end=visible)
         elif len(s.tokens) >= s.req.max_new_tokens:
             self._finish(s, reason="length")
-        elif visible > s.sent:
-            event = {"text": s.text[s.sent : visible], "tokens": len(s.tokens)}
-            if s.req.logprobs:
-                event["logprobs"] = s.logprobs[len(s.logprobs) - 1 :]
-            s.sent = visible
-            self._emit(s, event)
+        elif visible > s.sent and (not s.emitted_at or now - s.emitted_at >= self.interval):
+            s.emitted_at = now
+            self._emit_text(s, visible)
+
+    def _emit_text(self, s: Stream, end: int) -> None:
+        """The text not yet sent up to ``end``, with the log-probabilities of the tokens since the last text."""
+        event = {"text": s.text[s.sent : end], "tokens": len(s.tokens)}
+        if s.req.logprobs:
+            event["logprobs"] = s.logprobs[s.sent_logprobs :]
+            s.sent_logprobs = len(s.logprobs)
+        s.sent = end
+        self._emit(s, event)
 
     def _stop_or_hold(self, s: Stream) -> tuple[str, int]:
         """("stop", where the text ends) if a stop string just appeared; else ("", how much text may be sent:
@@ -379,7 +389,7 @@ class Scheduler:
             return
         text = s.text[:text_end] if text_end is not None else s.text
         if s.beams is None and len(text) > s.sent:
-            self._emit(s, {"text": text[s.sent :], "tokens": len(s.tokens)})
+            self._emit_text(s, len(text))
         summary = {
             "event": "done",
             "text": text,

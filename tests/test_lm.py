@@ -131,6 +131,22 @@ def test_stop_strings_and_max_new_tokens_are_exact(shakespeare: Running) -> None
     assert "".join(out["chunks"]) == out["text"]  # held-back text never leaked a stop string's prefix
 
 
+def test_coalesced_text_events_carry_every_token_and_logprob(lm_artifact: Path) -> None:
+    """With an interval, a stream's text leaves in fewer events than tokens; joined, they are the whole text
+    and every token's log-probability, in order (also across text held back for a stop string)."""
+    art = Running(lm_artifact, capacity=8)
+    art.sched.interval = 3600.0  # after the first text, nothing leaves until the end
+    body = {"prompt": "KING", "max_new_tokens": 120, "seed": 5, "temperature": 1.0, "logprobs": True}
+    for extra in ({}, {"stop": ["zzq"]}):
+        done, events = art.submit(body | extra)
+        assert done.wait(120)
+        summary, texts = events[-1], events[:-1]
+        assert summary["tokens"] == 120 and len(texts) == 2  # the first text at once, the rest at the end
+        assert "".join(e["text"] for e in texts) == summary["text"]
+        assert [x for e in texts for x in e["logprobs"]] == summary["logprobs"] and len(summary["logprobs"]) == 120
+    art.sched.drain()
+
+
 def test_a_cancelled_stream_frees_its_slot(shakespeare: Running) -> None:
     done, events = shakespeare.submit({"prompt": "A", "max_new_tokens": 1000, "seed": 1})
     req, _ = parse({"prompt": "B", "max_new_tokens": 1000}, shakespeare.vocab, LIMITS)
