@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -37,6 +38,7 @@ from service.champion import served_ref
 from service.channel import Channel, Outbox
 from service.forms import Vocabulary
 from service.generate import GenerateError, Limits, parse, sse
+from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline
 from service.metrics import GEN_REJECTED, GenerateMetrics
 from service.runtime import Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
@@ -57,6 +59,7 @@ LIMITS = Limits(
     GEN.max_prompt_tokens, SETTINGS.generate_max_new_tokens or GEN.max_new_tokens, SETTINGS.generate_max_beams
 )
 BUSY = "busy"
+RETRY_AFTER_S = 1  # the Retry-After of a 429: streams finish and free slots every few steps
 SUBMIT_ATTEMPTS = 3  # submit is idempotent by request id, so a call on a stale connection is simply made again
 
 
@@ -168,8 +171,9 @@ class LMModel(FollowsChampion):
         self._loop.call_soon_threadsafe(_dispatch, batch)
 
     @bentoml.api
-    async def submit(self, request: dict, request_id: str, worker: str) -> dict:
-        """Start a generation; its events go out on ``worker``'s channel. ``{"error": "busy"}`` when full."""
+    async def submit(self, request: dict, request_id: str, worker: str, deadline: float | None = None) -> dict:
+        """Start a generation; its events go out on ``worker``'s channel. ``{"error": "busy"}`` when full.
+        ``deadline`` (``time.perf_counter``): if the request still waits for a slot then, it is dropped."""
         self._loop = asyncio.get_running_loop()
         if request_id in self._streams:  # the API worker's retry of a call that did arrive
             return {"ok": True}
@@ -184,7 +188,7 @@ class LMModel(FollowsChampion):
             if "event" in event:
                 self._streams.pop(request_id, None)
 
-        self._streams[request_id] = scheduler.submit(req, emit)
+        self._streams[request_id] = scheduler.submit(req, emit, float("inf") if deadline is None else deadline)
         return {"ok": True}
 
     @bentoml.api
@@ -274,11 +278,16 @@ async def generate(request: Request) -> Response:
     body = {**body, "seed": req.seed}  # the model service samples with the seed chosen here
     model = bentoml.get_current_service().model
     rid, chan = uuid.uuid4().hex, channel()
+    due = deadline()
+    if due <= time.perf_counter():
+        GEN_REJECTED.labels("deadline").inc()
+        return JSONResponse({"error": str(DeadlinePassed())}, status_code=504)
+    due = None if due == float("inf") else due
     chan.register(rid)
     try:
         for attempt in range(SUBMIT_ATTEMPTS):  # a kept-alive connection the model service had closed: again
             try:
-                answer = await model.to_async.submit(request=body, request_id=rid, worker=chan.worker)
+                answer = await model.to_async.submit(request=body, request_id=rid, worker=chan.worker, deadline=due)
                 break
             except aiohttp.ClientConnectionError:
                 if attempt == SUBMIT_ATTEMPTS - 1:
@@ -288,8 +297,10 @@ async def generate(request: Request) -> Response:
         raise
     if answer.get("error"):
         chan.unregister(rid)
-        if answer["error"] == BUSY:
-            return _reject("generation capacity is full: try again shortly", BUSY, 503)
+        if answer["error"] == BUSY:  # never an unbounded queue: the client comes back later
+            response = _reject("generation capacity is full: try again shortly", BUSY, 429)
+            response.headers["retry-after"] = str(RETRY_AFTER_S)
+            return response
         return JSONResponse({"error": answer["error"]}, status_code=500)
     upstream = chan.events(rid)
     watch = asyncio.create_task(_cancel_on_disconnect(request, model, rid))
@@ -301,7 +312,7 @@ async def generate(request: Request) -> Response:
     if first.get("event") == "error":
         watch.cancel()
         await upstream.aclose()
-        return JSONResponse({"error": first["error"]}, status_code=500)
+        return JSONResponse({"error": first["error"]}, status_code=first.get("status", 500))
     if not stream:
         event = first
         try:
@@ -369,6 +380,19 @@ class SeqGenerate:
     """Text generation: validation and answers here, the step scheduler in ``LMModel``."""
 
     model = bentoml.depends(LMModel)
+
+    def __init__(self) -> None:
+        bound_metric_paths(("/generate", "/metadata"))  # bounded metric labels (service/guard.py)
+
+
+SeqGenerate.add_asgi_middleware(
+    RequestGuard,
+    json_paths=("/generate",),
+    max_body_bytes=SETTINGS.max_body_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    deadline_ms=SETTINGS.deadline_ms,
+    on_reject=lambda reason, path: GEN_REJECTED.labels(reason).inc(),
+)
 
 
 __all__ = ["SeqGenerate", "LMModel"]

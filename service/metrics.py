@@ -20,13 +20,14 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
                                            (0 for a model swapped out: multiprocess gauges cannot be removed)
 ``seqserve_model_swaps_total``             promoted models swapped in; ``..._swap_failures_total`` refused
 ``seqserve_feedback_items_total``          feedback items stored, by split; ``..._full_requests_total`` refused
+``seqserve_deadline_dropped_total``         sequences/requests dropped, not computed, past their deadline, by task
 ``seqserve_predictions_total``             predicted class counts, by model_version and class
 ``seqserve_input_drift_score``             mean per-feature z-shift of recent inputs vs training (drift.py)
 ``seqserve_input_drift_feature_zshift``    the same per feature
 ``seqserve_input_drift_window_steps``      time steps in the drift window
 ``seqserve_generate_tokens_total``         tokens generated, by model_version
 ``seqserve_generate_requests_total``       finished generations, by finish_reason (length|stop|end|cancelled|error)
-``seqserve_generate_rejected_requests_total`` /generate 4xx/503, by reason (prompt_long, vocab, busy, ...)
+``seqserve_generate_rejected_requests_total`` /generate 4xx/429, by reason (prompt_long, vocab, busy, ...)
 ``seqserve_generate_ttft_seconds``         histogram: request admitted -> its first token
 ``seqserve_generate_itl_seconds``          histogram: time between two tokens of a stream
 ``seqserve_generate_active_streams``       streams holding a state slot (gauge)
@@ -78,6 +79,9 @@ QUEUE_SECONDS = Histogram(
     "seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model", buckets=SECONDS_BUCKETS
 )
 FEEDBACK_ITEMS = Counter("seqserve_feedback_items", "Feedback items stored, by split", ["split"])
+DEADLINE_DROPPED = Counter(
+    "seqserve_deadline_dropped", "Work dropped, not computed, because its deadline had passed", ["task"]
+)
 FEEDBACK_FULL = Counter("seqserve_feedback_full_requests", "Feedback requests refused because the store is full")
 MODEL_SWAPS = Counter("seqserve_model_swaps", "Models swapped in after a promotion (load, check, swap)")
 MODEL_SWAP_FAILURES = Counter("seqserve_model_swap_failures", "Promoted models refused; the old one kept serving")
@@ -272,6 +276,9 @@ class GenerateMetrics:
 
     def finished(self, reason: str, tokens: int) -> None:
         GEN_REQUESTS.labels(reason).inc()
+
+    def deadline_dropped(self) -> None:
+        DEADLINE_DROPPED.labels("generate").inc()
 
     def active(self, n: int) -> None:
         """Once per scheduler turn: the streams holding slots, and the tokens of the turn."""

@@ -67,6 +67,7 @@ class Stream:
     last_token_at: float = 0.0
     beams: Beams | None = None
     rng: np.random.Generator | None = None
+    deadline: float = float("inf")  # time.perf_counter(): still waiting for a slot then, it is dropped (504)
     cancelled: bool = False
     finished: bool = False
 
@@ -133,8 +134,8 @@ class Scheduler:
         self._thread.start()
         return self
 
-    def submit(self, req: GenerateRequest, emit: Emit) -> Stream:
-        stream = Stream(req, emit, time.perf_counter())
+    def submit(self, req: GenerateRequest, emit: Emit, deadline: float = float("inf")) -> Stream:
+        stream = Stream(req, emit, time.perf_counter(), deadline=deadline)
         self.waiting.put(stream)
         self._wake.set()
         return stream
@@ -209,11 +210,16 @@ class Scheduler:
                 self.pending.append(self.waiting.get_nowait())
             except queue.Empty:
                 break
-        still = []
+        still, now = [], time.perf_counter()
         for s in self.pending:
             need = s.req.num_beams
             if s.cancelled:  # gone before it got a slot: it ends like any cancelled stream
                 self._finish(s, reason="cancelled")
+                continue
+            if s.deadline <= now:  # waited past its deadline: dropped, never computed
+                if self.metrics is not None:
+                    self.metrics.deadline_dropped()
+                self._finish(s, error="deadline: passed while waiting for a generation slot", status=504)
                 continue
             if len(self.free) < need or still:  # first come, first served
                 still.append(s)
@@ -373,14 +379,20 @@ class Scheduler:
         return "".join(self.vocab.gen.vocab[t] for t in tokens if t != self.vocab.eos)
 
     def _finish(
-        self, s: Stream, reason: str = "", text_end: int | None = None, error: str = "", beams: list | None = None
+        self,
+        s: Stream,
+        reason: str = "",
+        text_end: int | None = None,
+        error: str = "",
+        beams: list | None = None,
+        status: int = 500,
     ) -> None:
         if s.finished:
             return
         s.finished = True
         self.free.extend(s.slots)
         if error:
-            self._emit(s, {"event": "error", "error": error})
+            self._emit(s, {"event": "error", "error": error, "status": status})
             return
         if reason == "cancelled":  # nobody reads this; it tells the channel the stream is over
             if self.metrics is not None:

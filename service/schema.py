@@ -84,7 +84,18 @@ def _fast_sequence(seq: Any, feature_dim: int, max_length: int) -> np.ndarray | 
     return arr
 
 
-def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_SEQUENCES) -> Any:
+def _check_total_steps(field: str, lengths: Any, max_steps: int) -> None:
+    total = sum(len(s) for s in lengths if isinstance(s, list))
+    if total > max_steps:
+        raise _fail(
+            "too_many_steps",
+            f"{field}: {total} time steps in all, at most {max_steps} per request (SEQSERVE_MAX_REQUEST_STEPS)",
+        )
+
+
+def sequences_type(
+    feature_dim: int, max_length: int, max_sequences: int = MAX_SEQUENCES, max_steps: int = 1 << 62
+) -> Any:
     """The annotated parameter type: JSON schema of nested float lists, validated into float32 arrays."""
 
     def validate(value: Any, handler: Any) -> list[np.ndarray]:
@@ -94,6 +105,7 @@ def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_S
             )
         if not 1 <= len(value) <= max_sequences:
             raise _fail("sequence_count", f"sequences: {len(value)} sequences, must be 1..{max_sequences} per request")
+        _check_total_steps("sequences", value, max_steps)
         received = time.perf_counter()
         out = []
         for i, s in enumerate(value):
@@ -110,7 +122,9 @@ def sequences_type(feature_dim: int, max_length: int, max_sequences: int = MAX_S
     return Annotated[list[sequence], Len(1, max_sequences), WrapValidator(validate)]
 
 
-def feedback_type(feature_dim: int, max_length: int, classes: list[str], max_items: int = MAX_SEQUENCES) -> Any:
+def feedback_type(
+    feature_dim: int, max_length: int, classes: list[str], max_items: int = MAX_SEQUENCES, max_steps: int = 1 << 62
+) -> Any:
     """``POST /feedback``'s ``items``: 1..max_items ``{"sequence": ..., "label": ...}``, each sequence checked as
     in /predict (field ``items[i].sequence``), each label one of the model's classes; validated into
     ``(float32 [T, F] array, label)`` pairs."""
@@ -121,6 +135,7 @@ def feedback_type(feature_dim: int, max_length: int, classes: list[str], max_ite
             raise _fail("bad_type", f"items: must be a list of 1..{max_items} items, got {type(value).__name__}")
         if not 1 <= len(value) <= max_items:
             raise _fail("item_count", f"items: {len(value)} items, must be 1..{max_items} per request")
+        _check_total_steps("items", (i.get("sequence") for i in value if isinstance(i, dict)), max_steps)
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, dict) or "sequence" not in item or "label" not in item:

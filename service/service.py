@@ -50,13 +50,21 @@ from service.champion import served_ref
 from service.coalesce import Coalescer
 from service.engine import Engine
 from service.feedback import FeedbackStore, StoreFull, open_store
-from service.metrics import FEEDBACK_FULL, FEEDBACK_ITEMS, RejectionCounter, ServiceMetrics
+from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline
+from service.metrics import (
+    DEADLINE_DROPPED,
+    FEEDBACK_FULL,
+    FEEDBACK_ITEMS,
+    REJECTED,
+    RejectionCounter,
+    ServiceMetrics,
+)
 from service.openapi import OpenAPIPatch
 from service.runtime import Artifact, find_artifact
 from service.schema import MAX_SEQUENCES, FeedbackAck, Prediction, feedback_type, predictions_json, sequences_type
 from service.settings import Settings
 from service.slot import FollowsChampion, ModelSlot
-from service.v2 import label_v2_routes_by_template, v2_routes
+from service.v2 import route_template, v2_routes
 
 log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
@@ -65,8 +73,10 @@ SETTINGS = Settings()
 MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.database)
 ARTIFACT = find_artifact(MODEL_REF)
 MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
-Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES)
-FeedbackItems = feedback_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.meta.classes, MAX_SEQUENCES)
+MAX_STEPS = SETTINGS.max_request_steps
+Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES, MAX_STEPS)
+FeedbackItems = feedback_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.meta.classes, MAX_SEQUENCES, MAX_STEPS)
+JSON_PATHS = ("/predict", "/predict_nobatch", "/feedback", "/admin/retrain", "/admin/alert", "/admin/reload")
 
 
 class ClientErrorFilter(logging.Filter):
@@ -90,8 +100,9 @@ class ClientErrorFilter(logging.Filter):
     runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class SeqModel(FollowsChampion):
-    """Owns the session and the adaptive batcher. Items: ``(received_at, API worker pid, float32 [T, F])``.
-    The model slot and the champion following: ``service.slot``."""
+    """Owns the session and the adaptive batcher. Items: ``(received_at, API worker pid, float32 [T, F],
+    deadline)`` (``time.perf_counter`` values); an item whose deadline has passed is not computed (its result
+    is None). The model slot and the champion following: ``service.slot``."""
 
     task = "classify"
 
@@ -148,15 +159,22 @@ class SeqModel(FollowsChampion):
 
     def _run(self, items: list[Any]) -> list[Any]:
         started = time.perf_counter()
+        live = [it for it in items if it[3] > started]
+        if len(live) < len(items):  # past their deadline while queued: dropped, not computed
+            DEADLINE_DROPPED.labels("classify").inc(len(items) - len(live))
+            if not live:
+                return [None] * len(items)
+            answers = iter(self._run(live))
+            return [next(answers) if it[3] > started else None for it in items]
         slot = self.slot  # read once: a swap during this batch does not mix two models in it
-        seqs = [x for _, _, x in items]
+        seqs = [x for _, _, x, _ in items]
         try:
             probs, attention, stats = slot.engine.infer(seqs)
         except Exception:
             slot.metrics.failed(len(seqs))
             raise
-        slot.metrics.observe(seqs, stats, probs, started, [t for t, _, _ in items])
-        slot.metrics.batch_sources(len({pid for _, pid, _ in items}))
+        slot.metrics.observe(seqs, stats, probs, started, [t for t, _, _, _ in items])
+        slot.metrics.batch_sources(len({pid for _, pid, _, _ in items}))
         version = slot.version
         return [(p, a, version) for p, a in zip(probs, attention)]
 
@@ -227,17 +245,24 @@ class SeqServe:
         self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feedback")
         _tune_gc()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
-        label_v2_routes_by_template()  # bounded metric labels for the V2 routes (service/v2.py)
+        bound_metric_paths(ROUTE_PATHS, route_template)  # bounded metric labels (service/guard.py)
 
     @bentoml.api
     async def predict(self, sequences: Sequences) -> PredictionsDoc:
         """Classify 1..64 sequences, each [T][F] numbers (T <= max_length, F = feature_dim); batched with
         other requests' sequences on the model service."""
-        return self._respond(await self.infer_items(_items(sequences)))
+        try:
+            return self._respond(await self.infer_items(_items(sequences)))
+        except DeadlinePassed as e:
+            return JSONResponse({"error": str(e)}, status_code=504)
 
     async def infer_items(self, items: list[Any]) -> list[Any]:
         """Sequences (as ``_items``) through the model service's batcher: ``(probabilities, attention, version)``
-        each, in order. ``/predict`` and the V2 route (``service.v2``) both come here, so they share batches."""
+        each, in order. ``/predict`` and the V2 route (``service.v2``) both come here, so they share batches.
+        ``DeadlinePassed`` if the request's deadline passed before the model ran it."""
+        if items and items[0][3] <= time.perf_counter():
+            DEADLINE_DROPPED.labels("classify").inc(len(items))
+            raise DeadlinePassed()
         if SETTINGS.api_in_flight == 0:
             results = await self._call("infer", items)
         else:
@@ -245,13 +270,18 @@ class SeqServe:
                 infer = functools.partial(self._call, "infer")
                 self.coalescer = Coalescer(infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size)
             results = await self.coalescer.submit(items)
+        if any(r is None for r in results):
+            raise DeadlinePassed()
         self.version = results[0][2]  # the model that answered (after a swap, the new champion)
         return results
 
     @bentoml.api(route="/predict_nobatch")
     async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
         """The same answers without adaptive batching: one request per model call (for comparison)."""
-        return self._respond(await self._call("infer_nobatch", _items(sequences)))
+        results = await self._call("infer_nobatch", _items(sequences))
+        if any(r is None for r in results):
+            return JSONResponse({"error": str(DeadlinePassed())}, status_code=504)
+        return self._respond(results)
 
     @bentoml.api(route="/feedback")
     async def feedback(self, items: FeedbackItems) -> FeedbackAck:
@@ -303,12 +333,21 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 50, 1000)
 
 
-def _items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray]]:
-    pid = os.getpid()
-    return [(getattr(s, "received_at", 0.0), pid, np.asarray(s)) for s in sequences]
+def _items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray, float]]:
+    pid, due = os.getpid(), deadline()
+    return [(getattr(s, "received_at", 0.0), pid, np.asarray(s), due) for s in sequences]
 
 
+ROUTE_PATHS = (*JSON_PATHS, "/metadata", "/docs")
 SeqServe.add_asgi_middleware(RejectionCounter)
+SeqServe.add_asgi_middleware(
+    RequestGuard,
+    json_paths=JSON_PATHS,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    deadline_ms=SETTINGS.deadline_ms,
+    on_reject=lambda reason, path: REJECTED.labels(reason, "v2" if path.startswith("/v2/") else "json").inc(),
+)
 SeqServe.add_asgi_middleware(OpenAPIPatch, limits={"max_length": MAX_LENGTH, "max_sequences": MAX_SEQUENCES})
 
 

@@ -26,8 +26,13 @@
 ``SEQSERVE_RELOAD_INTERVAL_S``         5        how often the model service looks for a new champion (0: never)
 ``SEQSERVE_ADMIN_TOKEN``               -        bearer token of the /admin routes (unset: the routes are off)
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
+``SEQSERVE_MAX_BODY_BYTES``            8388608  largest request body; beyond it a 413 before parsing (service/guard.py)
+``SEQSERVE_BODY_TIMEOUT_S``            10       a body not complete this long after the request began: 408
+``SEQSERVE_DEADLINE_MS``               30000    a request's deadline (a client's X-Request-Deadline-Ms can only lower
+                                                it); work still queued when it passes is dropped, not computed (504)
+``SEQSERVE_MAX_REQUEST_STEPS``         65536    time steps per request, all sequences together (413 beyond)
 ``SEQSERVE_GENERATE_STREAMS``          4096     generation state slots (a request takes 1, a beam search num_beams)
-``SEQSERVE_GENERATE_MAX_WAITING``      4096     requests waiting for slots; beyond it /generate answers 503
+``SEQSERVE_GENERATE_MAX_WAITING``      4096     requests waiting for slots; beyond it /generate answers 429
 ``SEQSERVE_GENERATE_CHUNK``            32       prompt tokens a stream reads per step call (long prompts in chunks)
 ``SEQSERVE_GENERATE_PREFILL_STREAMS``  32       prompts read side by side in one call
 ``SEQSERVE_GENERATE_MAX_NEW_TOKENS``   0        most new tokens per request (0: the artifact's max_new_tokens)
@@ -134,6 +139,10 @@ class Settings:
     reload_interval_s: float = field(default_factory=lambda: env_float("SEQSERVE_RELOAD_INTERVAL_S", 5.0, minimum=0))
     admin_token: str = field(default_factory=lambda: os.environ.get("SEQSERVE_ADMIN_TOKEN", ""), repr=False)
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
+    max_body_bytes: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_BODY_BYTES", 8 << 20, minimum=1024))
+    body_timeout_s: float = field(default_factory=lambda: env_float("SEQSERVE_BODY_TIMEOUT_S", 10.0, minimum=0.1))
+    deadline_ms: float = field(default_factory=lambda: env_float("SEQSERVE_DEADLINE_MS", 30000.0, minimum=1))
+    max_request_steps: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_REQUEST_STEPS", 65536, minimum=1))
     generate_streams: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_STREAMS", 4096, minimum=16))
     generate_max_waiting: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_WAITING", 4096, minimum=0))
     generate_chunk: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_CHUNK", 32, minimum=1))

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from export.contract import ArtifactMeta
+from service.guard import DeadlinePassed
 
 HEADER = "inference-header-content-length"
 DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
@@ -291,6 +292,8 @@ def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[R
             return respond(parsed, meta, results[0][2], results, t)
         except V2Error as e:
             return error(e)
+        except DeadlinePassed as e:
+            return error(V2Error(str(e), 504, "deadline"))
 
     routes = [
         Route("/v2", server, methods=["GET"]),
@@ -317,28 +320,3 @@ def route_template(path: str) -> str | None:
         template += ["versions", "{version}"]
         rest = rest[2:]
     return "/".join(template + [r if r in ("ready", "infer") else "{other}" for r in rest[:1]])
-
-
-def label_v2_routes_by_template() -> bool:
-    """BentoML's request metrics label each request with its raw path: the model name and version in a V2
-    path would make a series per value anyone sends. Patch its middleware to label V2 paths by their route
-    template (the request itself still sees its real path). True if applied; the patch targets bentoml 1.4."""
-    import copy
-
-    try:
-        from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as M
-    except ImportError:
-        return False
-    original = getattr(M.__call__, "__wrapped__", M.__call__)
-
-    async def call(self, scope, receive, send) -> None:  # noqa: ANN001
-        template = route_template(scope.get("path", "")) if scope.get("type") == "http" else None
-        if template is None:
-            return await original(self, scope, receive, send)
-        proxy = copy.copy(self)  # the same metrics, its own inner app: the real scope goes on
-        proxy.app = lambda _scope, r, s: self.app(scope, r, s)
-        return await original(proxy, {**scope, "path": template}, receive, send)
-
-    call.__wrapped__ = original
-    M.__call__ = call
-    return True

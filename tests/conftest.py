@@ -90,6 +90,7 @@ def server(artifact: Path, bentoml_home: Path, data_dir: Path, tmp_path_factory:
     log = tmp_path_factory.mktemp("logs") / "bentoml.log"
     # SEQSERVE_MAX_LENGTH: the serve-time override of the artifact's (generous) limit, kept small to test it.
     env = {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MAX_LATENCY_MS": "20000", "SEQSERVE_MAX_LENGTH": "64"}
+    env["SEQSERVE_BODY_TIMEOUT_S"] = "3"  # a trickling client is cut off after 3 s (tests/test_hostile.py)
     env["SEQSERVE_DATA_DIR"] = str(data_dir)
     env["SEQSERVE_MODEL"] = "seqclassifier:" + json.loads((artifact / "metadata.json").read_text())["model_version"]
     proc, url = start_bentoml(ROOT, env, log)

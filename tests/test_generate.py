@@ -212,9 +212,9 @@ def test_promoted_language_models_swap_and_streams_finish_on_their_model(lm_arti
         stop_process(proc)
 
 
-def test_a_full_server_answers_503_and_recovers(lm_artifact: Path, tmp_path: Path) -> None:
-    """All slots taken and no waiting room: a new request is a 503 at once (nothing queued, nothing lost);
-    when the streams go, the server takes requests again."""
+def test_a_full_server_answers_429_and_recovers(lm_artifact: Path, tmp_path: Path) -> None:
+    """All slots taken and no waiting room: a new request is a 429 with Retry-After at once (nothing queued,
+    nothing lost); when the streams go, the server takes requests again."""
     env = {
         "SEQSERVE_MODEL": str(lm_artifact),
         "BENTOML_HOME": str(tmp_path / "home"),
@@ -228,7 +228,8 @@ def test_a_full_server_answers_503_and_recovers(lm_artifact: Path, tmp_path: Pat
         for _ in range(16):
             socks.append(open_generation(url, {"prompt": "A", "max_new_tokens": LONG, "stream": True}))
         r = httpx.post(f"{url}/generate", json={"prompt": "B", "max_new_tokens": 3}, timeout=30)
-        assert r.status_code == 503 and "capacity" in r.json()["error"], r.text
+        assert r.status_code == 429 and "capacity" in r.json()["error"], r.text
+        assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
         assert 'seqserve_generate_rejected_requests_total{reason="busy"}' in httpx.get(f"{url}/metrics").text
         for sock in socks:
             sock.close()

@@ -228,7 +228,7 @@ def train_lm(args: argparse.Namespace) -> dict:
 
 def load_lm(path: str | Path) -> tuple[CharLM, dict]:
     """A trained language model from ``checkpoint.pt`` (eval mode, CPU) and its run config."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     if ck.get("task") != "generate":
         raise ValueError(f"{path}: not a language-model checkpoint")
     model = CharLM(LMConfig(**ck["config"]))
