@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve train-lm export-lm serve-generate bench-generate test lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed
 
@@ -71,6 +71,25 @@ bench-generate: venv
 
 test: lint
 	$(PY) -m pytest -q
+
+# Schema fuzzing of both services (schemathesis against their /docs.json), more than CI's >= 1000 requests.
+FUZZ_EXAMPLES ?= 500
+fuzz: venv
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py
+
+# The classifier at 70% of its measured saturation for 10 minutes: p99 over time and RSS growth after warm-up
+# (bench/results-soak.json, docs/reliability.md). CI runs 60 s of it (tests/test_loadtest.py), errors only.
+SOAK_ARGS ?=
+soak: venv
+	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
+	  $(MAKE) --no-print-directory export; \
+	fi
+	$(PY) -m loadtest.soak --artifact $(ARTIFACT) $(SOAK_ARGS)
+
+# Known vulnerabilities of the installed packages (pip-audit; a report, not a CI gate: it needs the network).
+audit: venv
+	$(VENV)/bin/pip-audit --progress-spinner off || true
 
 # Against a running service (make serve in another shell): headless Locust, step ramp, stops by itself.
 PROFILE ?= jv

@@ -177,15 +177,20 @@ def run_open_loop(
         async def one(k: int, due: float) -> None:
             raw, n_seq = requests[k % len(requests)]
             async with slots:
-                conn = idle.pop() if idle else await asyncio.open_connection(host, port)
-                try:
-                    conn[1].write(raw)
-                    await conn[1].drain()
-                    status, body = await _read_response(conn[0])
-                    idle.append(conn)
-                except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
-                    status, body = 0, str(e).encode()
-                    conn[1].close()
+                for attempt in range(2):  # a kept-alive connection the server closed meanwhile: once more, fresh
+                    reused = bool(idle) and attempt == 0
+                    conn = idle.pop() if reused else await asyncio.open_connection(host, port)
+                    try:
+                        conn[1].write(raw)
+                        await conn[1].drain()
+                        status, body = await _read_response(conn[0])
+                        idle.append(conn)
+                        break
+                    except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
+                        status, body = 0, str(e).encode()
+                        conn[1].close()
+                        if not reused or isinstance(e, asyncio.IncompleteReadError):  # an answer had begun
+                            break
             t1 = time.perf_counter()
             if due >= t_measure:  # every request due in the window, answered late or not
                 res.record(status, body, n_seq, t1 - due)

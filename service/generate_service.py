@@ -40,6 +40,7 @@ from service.forms import Vocabulary
 from service.generate import GenerateError, Limits, parse, sse
 from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline
 from service.metrics import GEN_REJECTED, GenerateMetrics
+from service.openapi import GenerateOpenAPIPatch
 from service.runtime import Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
 from service.settings import Settings
@@ -385,6 +386,18 @@ class SeqGenerate:
         bound_metric_paths(("/generate", "/metadata"))  # bounded metric labels (service/guard.py)
 
 
+SeqGenerate.add_asgi_middleware(
+    GenerateOpenAPIPatch,
+    limits={
+        "max_prompt_tokens": LIMITS.max_prompt_tokens,
+        "max_new_tokens": LIMITS.max_new_tokens,
+        "max_beams": LIMITS.max_beams,
+    },
+    vocab_size=len(GEN.vocab),
+    forms=sorted(GEN.forms),
+    alphabet="".join(c for c in GEN.vocab if len(c) == 1 and VOCAB.index[c] not in GEN.special_ids.values()),
+    empty_prompt="bos" in GEN.special_ids,
+)
 SeqGenerate.add_asgi_middleware(
     RequestGuard,
     json_paths=("/generate",),

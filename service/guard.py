@@ -14,6 +14,8 @@
   one (chunked), the bytes are counted as they arrive and the request is cut off with a 413 at the limit.
 * **Slow bodies.** A body that has not fully arrived ``SEQSERVE_BODY_TIMEOUT_S`` after the request began is
   cut off with a 408 (a client trickling bytes holds no worker).
+* **JSON errors.** The framework's plain-text errors (404 for an unknown path, 405) become ``{"error": ...}``
+  like every other error.
 
 ``bound_metric_paths`` keeps BentoML's request metrics bounded: its ``endpoint`` label takes the raw path, so
 every path anyone sends would become a series. Known routes keep their path, V2 paths become their route
@@ -127,12 +129,24 @@ class RequestGuard:
                 return
         DEADLINE.set(started + budget / 1000)
         responded = False
+        plain: dict[str, Any] = {}  # a plain-text error of the framework (404, 405), rewritten as JSON
 
         async def send_with_id(message: dict) -> None:
             if responded:  # the guard answered already (413/408 mid-body): the app's answer goes nowhere
                 return
             if message["type"] == "http.response.start":
+                kind = dict(message.get("headers", [])).get(b"content-type", b"")
+                if message["status"] >= 400 and kind.startswith(b"text/plain"):
+                    plain.update(status=message["status"], body=b"")
+                    return
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            elif plain and message["type"] == "http.response.body":
+                plain["body"] += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                text = plain["body"].decode("utf-8", "replace").strip() or "error"
+                await self._send_error(send, plain["status"], f"{text}: {scope['method']} {scope['path']}"[:300], rid)
+                return
             await send(message)
 
         if scope["method"] in ("POST", "PUT", "PATCH"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from itertools import chain
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
@@ -156,7 +156,7 @@ def feedback_type(
 
     class FeedbackItemIn(BaseModel):
         sequence: Annotated[list[Annotated[list[float], Len(feature_dim, feature_dim)]], Len(1, max_length)]
-        label: str = Field(description=f"one of the model's classes: {', '.join(classes)}")
+        label: Literal[tuple(classes)] = Field(description="one of the model's classes")  # type: ignore[valid-type]
 
     return Annotated[list[FeedbackItemIn], Len(1, max_items), WrapValidator(validate)]
 
@@ -177,6 +177,19 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="class -> probability, in the model's class order")
     attention: list[float] = Field(description="attention weight per input time step (sums to 1)")
     model_version: str = Field(description="content hash of the model that answered")
+
+
+def first_non_finite(probabilities: list[np.ndarray]) -> int | None:
+    """The index of the first answer whose probabilities are not all finite (None if all are)."""
+    ok = np.isfinite(np.stack(probabilities)).all(axis=1)
+    return None if ok.all() else int(np.flatnonzero(~ok)[0])
+
+
+def non_finite_message(field: str) -> str:
+    return (
+        f"{field}: the model's output is not finite for this sequence (values this large overflow float32 inside "
+        "the model); scale the input"
+    )
 
 
 def predictions_json(classes: list[str], version: str, probs: np.ndarray, attention: list[np.ndarray]) -> bytes:

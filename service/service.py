@@ -61,7 +61,16 @@ from service.metrics import (
 )
 from service.openapi import OpenAPIPatch
 from service.runtime import Artifact, find_artifact
-from service.schema import MAX_SEQUENCES, FeedbackAck, Prediction, feedback_type, predictions_json, sequences_type
+from service.schema import (
+    MAX_SEQUENCES,
+    FeedbackAck,
+    Prediction,
+    feedback_type,
+    first_non_finite,
+    non_finite_message,
+    predictions_json,
+    sequences_type,
+)
 from service.settings import Settings
 from service.slot import FollowsChampion, ModelSlot
 from service.v2 import route_template, v2_routes
@@ -315,6 +324,10 @@ class SeqServe:
     def _respond(self, results: list[Any]) -> Response:
         version = results[0][2]  # the model that answered (after a swap, the new champion)
         self.version = version
+        bad = first_non_finite([p for p, _, _ in results])
+        if bad is not None:  # never a null probability: the request is refused, naming the sequence
+            REJECTED.labels("non_finite_output", "json").inc()
+            return JSONResponse({"error": non_finite_message(f"sequences[{bad}]")}, status_code=422)
         probs = np.stack([p for p, _, _ in results])
         body = predictions_json(self.classes, version, probs, [a for _, a, _ in results])
         return Response(body, media_type="application/json")
@@ -330,7 +343,8 @@ def _tune_gc() -> None:
     p99 259 -> 64 ms, 1,574 -> 1,711 seq/s (docs/performance.md)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
+    if not os.environ.get("XNOGC"):
+        gc.set_threshold(50_000, 50, 1000)
 
 
 def _items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray, float]]:
@@ -348,7 +362,11 @@ SeqServe.add_asgi_middleware(
     deadline_ms=SETTINGS.deadline_ms,
     on_reject=lambda reason, path: REJECTED.labels(reason, "v2" if path.startswith("/v2/") else "json").inc(),
 )
-SeqServe.add_asgi_middleware(OpenAPIPatch, limits={"max_length": MAX_LENGTH, "max_sequences": MAX_SEQUENCES})
+SeqServe.add_asgi_middleware(
+    OpenAPIPatch,
+    limits={"max_length": MAX_LENGTH, "max_sequences": MAX_SEQUENCES, "max_request_steps": MAX_STEPS},
+    model_name=ARTIFACT.meta.model_name,
+)
 
 
 __all__ = ["SeqServe", "SeqModel"]

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from export.contract import ArtifactMeta
 from service.guard import DeadlinePassed
+from service.schema import first_non_finite, non_finite_message
 
 HEADER = "inference-header-content-length"
 DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
@@ -83,6 +84,13 @@ def _tensor(spec: dict, binary: memoryview | None, datatype: str, name: str) -> 
     return arr.reshape(shape)
 
 
+def check_parameters(obj: dict, where: str) -> None:
+    """``obj``'s ``parameters`` must be an object, or absent: a 400 naming ``where`` otherwise."""
+    found = obj.get("parameters")
+    if found is not None and not isinstance(found, dict):
+        raise V2Error(f"{where}.parameters: must be an object, got {type(found).__name__}", reason="bad_input")
+
+
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict, dict[str, memoryview]]:
     """The JSON header and each binary input's bytes, by input name."""
     view = memoryview(body)
@@ -102,9 +110,23 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, dict[st
         raise V2Error("body: the inference request header is not valid JSON", reason="invalid_json") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise V2Error("body: expected an object with 'inputs' (a list of tensors)", reason="bad_input")
+    check_parameters(request, "body")
+    for i, spec in enumerate(request["inputs"]):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise V2Error(
+                f"inputs[{i}]: must be an object with a string name (and shape, datatype, data)", reason="bad_input"
+            )
+        check_parameters(spec, f"inputs[{i}]")
+    outputs = request.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise V2Error("outputs: must be a list of objects ({'name': ...})", reason="bad_output")
+    for i, spec in enumerate(outputs or []):
+        if not isinstance(spec, dict):
+            raise V2Error(f"outputs[{i}]: must be an object ({{'name': ...}})", reason="bad_output")
+        check_parameters(spec, f"outputs[{i}]")
     binaries, offset = {}, 0
     for spec in request["inputs"]:
-        size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec, dict) else None
+        size = (spec.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(rest):
                 raise V2Error(
@@ -288,6 +310,9 @@ def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[R
             seqs, t = sequences(parsed, binaries, meta, max_length, max_sequences)
             service = bentoml.get_current_service()
             results = await service.infer_items(_items(seqs))
+            bad = first_non_finite([p for p, _, _ in results])
+            if bad is not None:
+                raise V2Error(non_finite_message(f"x[{bad}]"), 422, "non_finite_output")
             _served(meta.model_name, request.path_params.get("version"), results[0][2])  # swapped meanwhile
             return respond(parsed, meta, results[0][2], results, t)
         except V2Error as e:

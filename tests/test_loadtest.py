@@ -208,3 +208,13 @@ def test_bench_generate_smoke(lm_artifact: Path, tmp_path: Path) -> None:
     assert res["scheduler_in_process"]["tokens_per_s"] > 0
     text = "\n".join(generate_section(res))
     assert "| step-batching | 4 |" in text and "In-process step limit" in text
+
+
+def test_soak_for_a_minute_has_no_errors(artifact: Path, tmp_path: Path) -> None:
+    """``make soak`` for 60 s (CI): zero errors; its timings are for the benchmark, not asserted here."""
+    cmd = [sys.executable, "-m", "loadtest.soak", "--artifact", str(artifact), "--duration", "60", "--window", "15"]
+    cmd += ["--warmup", "15", "--probe", "5", "--work", str(tmp_path), "--check"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["errors"] == 0 and summary["requests"] > 1000, summary

@@ -183,9 +183,10 @@ def test_bentoml_endpoints(server: str) -> None:
 def test_openapi_document_declares_routes_limits_and_schemas(server: str) -> None:
     spec = httpx.get(server + "/docs.json").json()
     assert spec["info"]["version"] == importlib.metadata.version("seqserve") and spec["info"]["title"] == "seqserve"
-    assert spec["info"]["x-seqserve-limits"] == {"max_length": 64, "max_sequences": 64}
+    assert spec["info"]["x-seqserve-limits"] == {"max_length": 64, "max_sequences": 64, "max_request_steps": 65536}
     assert {"/predict", "/predict_nobatch", "/metadata", "/docs"} <= set(spec["paths"])
-    assert not any("infer" in p for p in spec["paths"])  # the model service's internal API is not public
+    assert not any("infer" in p and not p.startswith("/v2/") for p in spec["paths"])  # the model service is internal
+    assert "/v2/models/{name}/infer" in spec["paths"] and "504" in spec["paths"]["/predict"]["post"]["responses"]
     body = spec["components"]["schemas"]["predict__Input"]["properties"]["sequences"]
     assert (body["minItems"], body["maxItems"]) == (1, 64)
     assert (body["items"]["minItems"], body["items"]["maxItems"]) == (1, 64)
