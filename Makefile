@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 3000
+GRACE_S ?= 10
 RUN ?= runs/default
 ARTIFACT ?= artifacts/default
 TRAIN_ARGS ?=
@@ -13,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed
 
@@ -39,7 +40,7 @@ serve: venv
 	  $(MAKE) --no-print-directory export; \
 	fi
 	$(PY) -m export.promote $(ARTIFACT) --store
-	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT)
+	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT) --timeout-graceful-shutdown $(GRACE_S)
 
 # Text generation (issue 12): a character language model; beside the classifier: make serve-generate PORT=3001.
 # Trains the default Tiny Shakespeare model (~9 minutes on 2 cores) if no exported one exists.
@@ -59,7 +60,8 @@ serve-generate: venv
 	  $(MAKE) --no-print-directory export-lm; \
 	fi
 	$(PY) -m export.promote $(LM_ARTIFACT) --store
-	$(VENV)/bin/bentoml serve service.generate_service:SeqGenerate --host $(HOST) --port $(PORT)
+	$(VENV)/bin/bentoml serve service.generate_service:SeqGenerate --host $(HOST) --port $(PORT) \
+	  --timeout-graceful-shutdown $(GRACE_S)
 
 # per-request loop vs request-level batching vs the step scheduler: bench/results-generate.json + docs.
 bench-generate: venv
@@ -86,6 +88,10 @@ soak: venv
 	  $(MAKE) --no-print-directory export; \
 	fi
 	$(PY) -m loadtest.soak --artifact $(ARTIFACT) $(SOAK_ARGS)
+
+# Classification's p99 alone vs while generation saturates the machine (bench/results-mixed.json, docs).
+bench-mixed: venv
+	$(PY) -m loadtest.mixed --artifact $(ARTIFACT) --lm-artifact $(LM_ARTIFACT) $(BENCH_ARGS)
 
 # Known vulnerabilities of the installed packages (pip-audit; a report, not a CI gate: it needs the network).
 audit: venv

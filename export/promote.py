@@ -14,7 +14,7 @@ from pathlib import Path
 from export.contract import ContractError
 from service.champion import Champion, ChampionPointer
 from service.database import add_database_arg
-from service.runtime import ModelNotFound, find_artifact, use_project_model_store
+from service.runtime import ModelNotFound, ReferenceMismatch, check_integrity, find_artifact, use_project_model_store
 
 
 def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
@@ -22,6 +22,7 @@ def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
     A directory is put into the BentoML model store when ``store`` (the versioned tag), else named by its
     absolute path."""
     art = find_artifact(ref)
+    check_integrity(art)  # a damaged model.onnx is refused here, not only by the services that would load it
     if Path(ref).is_dir():
         if store:
             from export.store import save_to_store
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     use_project_model_store()
     try:
         champion = promote(args.ref, args.data_dir, args.store)
-    except (ModelNotFound, ContractError) as e:
+    except (ModelNotFound, ContractError, ReferenceMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"champion: {champion.ref} (model {champion.version})", file=sys.stderr)

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+GRACE_S = 10  # as `make serve`: in-flight requests get this long after SIGTERM (Kubernetes gives the pod 30 s)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -42,16 +44,28 @@ def start_bentoml(
     port: int | None = None,
     timeout: float = 120.0,
     target: str = "service.service:SeqServe",
+    grace_s: int = GRACE_S,
 ) -> tuple[subprocess.Popen, str]:
     """``bentoml serve TARGET`` (the classifier; ``service.generate_service:SeqGenerate``, the language model) on
-    127.0.0.1; returns (process, base url) once ready."""
+    127.0.0.1; returns (process, base url) once ready. On SIGTERM it drains: no new connections, requests in
+    flight get ``grace_s`` seconds to finish, then they (and open streams) are cut and it exits."""
     port = port or free_port()
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
     script = Path(sys.executable).with_name("bentoml")  # a venv's entry point, else the module (GPU machine)
     bentoml = [str(script)] if script.exists() else [sys.executable, "-m", "bentoml"]
     fh = log.open("w")
     proc = subprocess.Popen(
-        [*bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+        [
+            *bentoml,
+            "serve",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--timeout-graceful-shutdown",
+            str(grace_s),
+        ],
         cwd=root,
         env=full_env,
         stdout=fh,

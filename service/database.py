@@ -38,6 +38,7 @@ class Database:
             import psycopg
 
             self.dialect = "postgresql"
+            self.errors: tuple[type[BaseException], ...] = (psycopg.Error, OSError)
             self.conn: Any = psycopg.connect(str(where), autocommit=True)
             settings = {k: self.conn.execute(f"SHOW {k}").fetchone()[0] for k in ("fsync", "synchronous_commit")}
             self.durability = settings
@@ -45,6 +46,7 @@ class Database:
                 raise StoreError(f"PostgreSQL: expected fsync=on and synchronous_commit=on, got {settings}")
         else:
             self.dialect = "sqlite"
+            self.errors = (sqlite3.Error, OSError)
             path = Path(where) / "feedback.db"
             path.parent.mkdir(parents=True, exist_ok=True)
             c = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
@@ -93,9 +95,19 @@ class Database:
             try:
                 yield
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                try:
+                    self.conn.execute("ROLLBACK")
+                except self.errors:  # the database rolled back already (e.g. SQLite on a full disk)
+                    pass
                 raise
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except self.errors:
+                    pass
+                raise
 
     def close(self) -> None:
         self.conn.close()

@@ -10,6 +10,9 @@ embedded SQLite file ``feedback.db`` under ``SEQSERVE_DATA_DIR``, or PostgreSQL 
   ``holdout`` (``SEQSERVE_FEEDBACK_HOLDOUT``, default 0.2). The split is stored with the item and never
   changes, so retraining never sees a holdout item.
 * **Bounded.** At most ``SEQSERVE_FEEDBACK_MAX_ITEMS`` items; beyond that ``add`` raises ``StoreFull``.
+* **Honest when the database fails.** A write the database refuses (disk full, read-only, connection gone)
+  raises ``StoreUnavailable`` (the route answers 503); its transaction did not commit, so nothing of it is
+  stored and nothing is acknowledged.
 
 Sequences are stored as float32 bytes with their shape. ``python -m training feedback export`` writes the
 store out as JSONL training data.
@@ -45,6 +48,10 @@ CREATE TABLE IF NOT EXISTS feedback (
 
 class StoreFull(RuntimeError):
     """The store holds its maximum number of items."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The database refused the write (disk full, read-only, gone): nothing of the request was stored."""
 
 
 @dataclass(frozen=True)
@@ -84,12 +91,15 @@ class FeedbackStore:
             (s.id, s.created_at, k, s.label, s.split, *s.sequence.shape, s.sequence.tobytes(), s.model_version)
             for k, s in enumerate(stored)
         ]
-        with self.db.transaction(lock="feedback"):
-            (n,) = self.db.execute("SELECT count(*) FROM feedback").fetchone()
-            if n + len(rows) > self.max_items:
-                raise StoreFull(f"the feedback store holds {n} items; its limit is {self.max_items} (max items)")
-            for row in rows:
-                self.db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        try:
+            with self.db.transaction(lock="feedback"):
+                (n,) = self.db.execute("SELECT count(*) FROM feedback").fetchone()
+                if n + len(rows) > self.max_items:
+                    raise StoreFull(f"the feedback store holds {n} items; its limit is {self.max_items} (max items)")
+                for row in rows:
+                    self.db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        except self.db.errors as e:  # the transaction did not commit: nothing of it is stored
+            raise StoreUnavailable(f"the feedback store cannot write now ({type(e).__name__}: {e})") from e
         return stored
 
     def counts(self) -> dict[str, int]:

@@ -169,7 +169,6 @@ class RequestGuard:
             try:
                 message = await asyncio.wait_for(receive(), max(left, 0.001))
             except TimeoutError:
-                log.info("seqserve: request body not complete after %.0f s: cut off (408)", self.body_timeout)
                 await self._send_error(
                     send, 408, f"body: not complete within {self.body_timeout:g} s (SEQSERVE_BODY_TIMEOUT_S)", rid
                 )
@@ -215,6 +214,8 @@ class RequestGuard:
         return f"body: {size.strip()} bytes, the limit is {self.max_body:,} bytes (SEQSERVE_MAX_BODY_BYTES)"
 
     async def _send_error(self, send: Callable, status: int, message: str, rid: str) -> None:
+        if status != 404:
+            log.info("seqserve: rejected (%d): %s", status, message)
         start, body = _error(status, message, rid)
         await send(start)
         await send(body)

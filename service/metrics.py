@@ -19,7 +19,8 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
 ``seqserve_model_info``                    1, labels model_version, rnn, provider, device_requested, gpu_present
                                            (0 for a model swapped out: multiprocess gauges cannot be removed)
 ``seqserve_model_swaps_total``             promoted models swapped in; ``..._swap_failures_total`` refused
-``seqserve_feedback_items_total``          feedback items stored, by split; ``..._full_requests_total`` refused
+``seqserve_feedback_items_total``          feedback items stored, by split; ``..._full_requests_total`` refused,
+                                           ``..._unavailable_requests_total`` 503 (the database refused the write)
 ``seqserve_deadline_dropped_total``         sequences/requests dropped, not computed, past their deadline, by task
 ``seqserve_predictions_total``             predicted class counts, by model_version and class
 ``seqserve_input_drift_score``             mean per-feature z-shift of recent inputs vs training (drift.py)
@@ -81,6 +82,9 @@ QUEUE_SECONDS = Histogram(
 FEEDBACK_ITEMS = Counter("seqserve_feedback_items", "Feedback items stored, by split", ["split"])
 DEADLINE_DROPPED = Counter(
     "seqserve_deadline_dropped", "Work dropped, not computed, because its deadline had passed", ["task"]
+)
+FEEDBACK_UNAVAILABLE = Counter(
+    "seqserve_feedback_unavailable_requests", "Feedback requests answered 503: the database refused the write"
 )
 FEEDBACK_FULL = Counter("seqserve_feedback_full_requests", "Feedback requests refused because the store is full")
 MODEL_SWAPS = Counter("seqserve_model_swaps", "Models swapped in after a promotion (load, check, swap)")

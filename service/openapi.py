@@ -177,7 +177,11 @@ def patch_spec(
                 "504": "the deadline passed before the model ran the request",
             }
             if route == "/feedback":
-                extra = {**GUARD_RESPONSES, "507": "the feedback store is full"}
+                extra = {
+                    **GUARD_RESPONSES,
+                    "503": "the database refused the write (disk full, read-only); nothing was stored",
+                    "507": "the feedback store is full",
+                }
             op["responses"].update(errors(extra))
     if model_name is not None:
         paths.update(v2_paths(model_name))

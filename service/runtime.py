@@ -18,6 +18,7 @@ alone and all of them batched together, and refuses a session that is off by mor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -198,11 +199,30 @@ def _judged(unit: str, n: int, diff_batched: float, diff_alone: float, tolerance
     return {unit: n, "max_abs_diff_batched": diff_batched, "max_abs_diff_alone": diff_alone, "tolerance": tolerance}
 
 
+def check_integrity(artifact: Artifact) -> None:
+    """``model.onnx`` must be the file that was exported: its SHA-256 against the metadata's ``onnx_sha256``
+    (a file damaged or replaced on disk is refused before ONNX Runtime reads it)."""
+    expected = artifact.meta.extra.get("onnx_sha256")
+    if not expected:
+        log.warning("seqserve: artifact %s records no onnx_sha256; integrity not checked", artifact.source)
+        return
+    digest = hashlib.sha256()
+    with artifact.onnx_path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ReferenceMismatch(
+            f"model {artifact.source}: model.onnx has SHA-256 {digest.hexdigest()[:16]}..., the metadata says "
+            f"{expected[:16]}...: the file was damaged or replaced; refusing to serve it"
+        )
+
+
 def open_checked_session(artifact: Artifact, device: str = "auto", threads: int = 0, spin: bool = True) -> SessionInfo:
     """Open a session on ``device`` and check it against the artifact's reference outputs (see module doc)."""
     device = device.lower()
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"SEQSERVE_DEVICE must be auto, cpu or cuda, got {device!r}")
+    check_integrity(artifact)
     has_reference = artifact.reference_path.exists()
     if not has_reference:
         log.warning("seqserve: artifact %s has no %s; load-time check skipped", artifact.path, REFERENCE_FILE)

@@ -49,12 +49,13 @@ from service.batcher import cap_learned_wait
 from service.champion import served_ref
 from service.coalesce import Coalescer
 from service.engine import Engine
-from service.feedback import FeedbackStore, StoreFull, open_store
-from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline
+from service.feedback import FeedbackStore, StoreFull, StoreUnavailable, open_store
+from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline, request_id
 from service.metrics import (
     DEADLINE_DROPPED,
     FEEDBACK_FULL,
     FEEDBACK_ITEMS,
+    FEEDBACK_UNAVAILABLE,
     REJECTED,
     RejectionCounter,
     ServiceMetrics,
@@ -95,6 +96,8 @@ class ClientErrorFilter(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ValidationError):
             record.msg, record.args = "rejected request on %s: %s", (record.args[0], exc.errors()[0]["msg"])
+            record.msg += f" [request_id={request_id()}]"
+            record._seqserve_rid = True
             record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
         return True
 
@@ -302,6 +305,10 @@ class SeqServe:
         except StoreFull as e:
             FEEDBACK_FULL.inc()
             return JSONResponse({"error": str(e)}, status_code=507)
+        except StoreUnavailable as e:  # nothing stored, nothing acknowledged
+            FEEDBACK_UNAVAILABLE.inc()
+            log.warning("seqserve: feedback not stored: %s", e)
+            return JSONResponse({"error": f"{e}; nothing was stored"}, status_code=503, headers={"retry-after": "30"})
         for item in stored:
             FEEDBACK_ITEMS.labels(item.split).inc()
         return FeedbackAck(
