@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import sys
-import threading
 from pathlib import Path
 
 from loadtest import workload
@@ -27,6 +27,11 @@ from loadtest.procs import start_bentoml, stop_process
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- mixed:begin (written by make bench-mixed) -->", "<!-- mixed:end -->"
+
+
+def generation_load(lm: str, port: int, streams: int, seconds: float) -> dict:
+    """Closed-loop generation streams for ``seconds`` (after 3 s of warm-up), in a process of its own."""
+    return asyncio.run(closed_loop(port, generate_workload(Path(lm), 512), streams, seconds, 3.0))
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -49,15 +54,11 @@ def measure(args: argparse.Namespace) -> dict:
         cap = run_load(port, "/predict", bodies, 64, args.probe, warmup=1.0).summary()["seq_per_s"]
         rate = round(args.fraction * cap, 1)
         alone = run_open_loop(port, "/predict", bodies, rate, args.duration, warmup=2.0).summary()
-        gen_bodies = generate_workload(lm, 512)
-        box: dict = {}
-        total = args.duration + 6.0
-        t = threading.Thread(
-            target=lambda: box.update(asyncio.run(closed_loop(gen_port, gen_bodies, args.streams, total - 3, 3.0)))
-        )
-        t.start()
-        with_gen = run_open_loop(port, "/predict", bodies, rate, args.duration, warmup=4.0).summary()
-        t.join()
+        total = args.duration + 6.0  # the generation load runs in its own process: it must not slow this client
+        with mp.get_context("spawn").Pool(1) as pool:
+            pending = pool.apply_async(generation_load, (str(lm), gen_port, args.streams, total - 3))
+            with_gen = run_open_loop(port, "/predict", bodies, rate, args.duration, warmup=4.0).summary()
+            box = pending.get(timeout=total + 120)
     finally:
         stop_process(cls)
         stop_process(gen)

@@ -350,8 +350,7 @@ def _tune_gc() -> None:
     p99 259 -> 64 ms, 1,574 -> 1,711 seq/s (docs/performance.md)."""
     gc.collect()
     gc.freeze()
-    if not os.environ.get("XNOGC"):
-        gc.set_threshold(50_000, 50, 1000)
+    gc.set_threshold(50_000, 50, 1000)
 
 
 def _items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray, float]]:

@@ -30,7 +30,7 @@
 ``SEQSERVE_BODY_TIMEOUT_S``            10       a body not complete this long after the request began: 408
 ``SEQSERVE_DEADLINE_MS``               30000    a request's deadline (a client's X-Request-Deadline-Ms can only lower
                                                 it); work still queued when it passes is dropped, not computed (504)
-``SEQSERVE_MAX_REQUEST_STEPS``         65536    time steps per request, all sequences together (413 beyond)
+``SEQSERVE_MAX_REQUEST_STEPS``         65536    time steps per request, all sequences together (400 beyond)
 ``SEQSERVE_GENERATE_STREAMS``          4096     generation state slots (a request takes 1, a beam search num_beams)
 ``SEQSERVE_GENERATE_MAX_WAITING``      4096     requests waiting for slots; beyond it /generate answers 429
 ``SEQSERVE_GENERATE_CHUNK``            32       prompt tokens a stream reads per step call (long prompts in chunks)
