@@ -111,7 +111,7 @@ class PerRequestLoops:
     def active(self) -> list:
         return [s for sched in list(self._running) for s in sched.active]
 
-    def submit(self, req: Any, emit: Any) -> Any:
+    def submit(self, req: Any, emit: Any, deadline: float = float("inf")) -> Any:
         sched = Scheduler(self.model, self.version, req.num_beams, self.model.gen.chunk, 1, self.metrics)
         sched.deliver = self.deliver
         self._running.add(sched)
@@ -121,7 +121,7 @@ class PerRequestLoops:
                 self._running.discard(sched)
             emit(event)
 
-        stream = sched.submit(req, done)
+        stream = sched.submit(req, done, deadline)
         sched.start().drain()
         return stream
 

@@ -126,6 +126,7 @@ class ServiceMetrics:
     def __init__(self, engine: Engine, device_requested: str, drift_window_steps: int = 4096) -> None:
         self.version = engine.model_version
         self.classes = engine.classes
+        DEADLINE_DROPPED.labels("classify")  # the series exists (at 0) before the first drop
         meta = engine.artifact.meta
         self.drift = DriftMonitor(meta.normalisation.mean, meta.normalisation.std, window_steps=drift_window_steps)
         rnn = meta.rnn["rnn"]
@@ -264,6 +265,7 @@ class GenerateMetrics:
 
     def __init__(self, version: str, rnn: str, provider: str, device_requested: str) -> None:
         self.version = version
+        DEADLINE_DROPPED.labels("generate")  # the series exists (at 0) before the first drop
         self._tokens = GEN_TOKENS.labels(version)
         self._active = GEN_ACTIVE.labels(version)
         self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false")

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -213,26 +214,39 @@ def test_promoted_language_models_swap_and_streams_finish_on_their_model(lm_arti
 
 
 def test_a_full_server_answers_429_and_recovers(lm_artifact: Path, tmp_path: Path) -> None:
-    """All slots taken and no waiting room: a new request is a 429 with Retry-After at once (nothing queued,
-    nothing lost); when the streams go, the server takes requests again."""
+    """All slots taken: a request waits (up to SEQSERVE_GENERATE_MAX_WAITING of them) and is dropped, never
+    computed, if its deadline passes first (504); with the waiting room full too, a new request is a 429 with
+    Retry-After at once (nothing queued, nothing lost); when the streams go, the waiting one runs and the
+    server takes requests again."""
     env = {
         "SEQSERVE_MODEL": str(lm_artifact),
         "BENTOML_HOME": str(tmp_path / "home"),
         "SEQSERVE_DATA_DIR": str(tmp_path),
     }
-    env.update({"SEQSERVE_GENERATE_STREAMS": "16", "SEQSERVE_GENERATE_MAX_WAITING": "0"})
+    env.update({"SEQSERVE_GENERATE_STREAMS": "16", "SEQSERVE_GENERATE_MAX_WAITING": "1"})
     env["SEQSERVE_GENERATE_MAX_NEW_TOKENS"] = str(LONG)
     proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt", target="service.generate_service:SeqGenerate")
-    socks = []
+    socks, waiter = [], {}
     try:
         for _ in range(16):
             socks.append(open_generation(url, {"prompt": "A", "max_new_tokens": LONG, "stream": True}))
+        short = {"prompt": "B", "max_new_tokens": 3}
+        r = httpx.post(f"{url}/generate", json=short, headers={"x-request-deadline-ms": "300"}, timeout=30)
+        assert r.status_code == 504 and "deadline" in r.json()["error"], r.text
+        assert 'seqserve_deadline_dropped_total{task="generate"} 1.0' in httpx.get(f"{url}/metrics").text
+        t = threading.Thread(target=lambda: waiter.update(r=httpx.post(f"{url}/generate", json=short, timeout=60)))
+        t.start()
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{url}/metadata").json()["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         r = httpx.post(f"{url}/generate", json={"prompt": "B", "max_new_tokens": 3}, timeout=30)
         assert r.status_code == 429 and "capacity" in r.json()["error"], r.text
         assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
         assert 'seqserve_generate_rejected_requests_total{reason="busy"}' in httpx.get(f"{url}/metrics").text
         for sock in socks:
             sock.close()
+        t.join(60)
+        assert waiter["r"].status_code == 200 and waiter["r"].json()["tokens"] == 3  # the waiting one ran
         deadline = time.monotonic() + 15
         while active_streams(url) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -253,6 +253,8 @@ def test_dashboard_panels_query_existing_metrics(stack) -> None:  # noqa: ANN001
     assert any(v["type"] == "datasource" and v["query"] == "prometheus" for v in dash["templating"]["list"])
     feedback = {"items": [{"sequence": [[0.1] * 12] * 3, "label": "1"}]}  # so that the feedback series exist
     assert httpx.post(f"{url}/feedback", json=feedback, timeout=60).status_code == 200
+    assert httpx.post(f"{url}/predict", json={"sequences": []}).status_code == 400  # ...and the rejection series
+    assert httpx.post(f"{url}/predict", json={"sequences": [[[0.1] * 12] * 3]}, timeout=60).status_code == 200
     exported = {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][\w:]*)", httpx.get(f"{url}/metrics").text, re.M)}
     recorded = {r["record"] for g in _yaml(PROM_DIR / "rules/recording.yml")["groups"] for r in g["rules"]}
     known = exported | recorded | {"up"}

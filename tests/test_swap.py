@@ -15,6 +15,7 @@ import pytest
 
 from export.promote import promote
 from loadtest.procs import start_bentoml, stop_process
+from service.champion import ChampionPointer
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,8 @@ def test_promotions_swap_models_under_load(artifact: Path, challenger: Path, tmp
             time.sleep(4)
         for bad in broken_copies(artifact, tmp_path):  # version a, but unloadable / another contract
             promotions.append((time.monotonic(), b))  # b must keep serving
-            promote(str(bad), data_dir)
+            # the pointer set directly: promote itself refuses a damaged file, as if it broke after promotion
+            ChampionPointer(data_dir, "classify").set(str(bad), version_of(bad))
             time.sleep(3)
         stop.set()
         for t in threads:
