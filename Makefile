@@ -14,9 +14,9 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
 # torch first and pinned exactly (a local CPU wheel); then the project, which pins the same torch.
 $(VENV)/.installed: pyproject.toml
@@ -26,15 +26,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-train: venv
+train: venv ## train the default classifier (RUN=runs/default, TRAIN_ARGS=...)
 	$(PY) -m training train --out $(RUN) $(TRAIN_ARGS)
 
-export: venv
+export: venv ## export RUN to ONNX + metadata (ARTIFACT=artifacts/default)
 	$(PY) -m export --run $(RUN) --out $(ARTIFACT)
 
 # Train only if no exported model exists; store the artifact (idempotent) and promote it to champion (the
 # model the service serves and follows: service/champion.py); serve on HOST:PORT.
-serve: venv
+serve: venv ## train and export if needed, promote, serve on HOST:PORT (default 127.0.0.1:3000)
 	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
 	  $(MAKE) --no-print-directory export; \
@@ -48,13 +48,13 @@ LM_TEXT ?= data/text/tinyshakespeare.txt
 LM_RUN ?= runs/shakespeare
 LM_ARTIFACT ?= artifacts/shakespeare
 LM_ARGS ?=
-train-lm: venv
+train-lm: venv ## train the default language model (Tiny Shakespeare; LM_TEXT, LM_RUN, LM_ARGS)
 	$(PY) -m training lm --text $(LM_TEXT) --out $(LM_RUN) $(LM_ARGS)
 
-export-lm: venv
+export-lm: venv ## export LM_RUN to the step graph (LM_ARTIFACT)
 	$(PY) -m export --run $(LM_RUN) --out $(LM_ARTIFACT)
 
-serve-generate: venv
+serve-generate: venv ## train and export the language model if needed, serve /generate on HOST:PORT
 	@if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-lm; fi; \
 	  $(MAKE) --no-print-directory export-lm; \
@@ -64,25 +64,25 @@ serve-generate: venv
 	  --timeout-graceful-shutdown $(GRACE_S)
 
 # per-request loop vs request-level batching vs the step scheduler: bench/results-generate.json + docs.
-bench-generate: venv
+bench-generate: venv ## per-request vs request batching vs step scheduler (bench/results-generate.json)
 	@if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-lm; fi; \
 	  $(MAKE) --no-print-directory export-lm; \
 	fi
 	$(PY) -m loadtest.bench_generate --artifact $(LM_ARTIFACT) $(BENCH_ARGS)
 
-test: lint
+test: lint ## lint + the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
 # Schema fuzzing of both services (schemathesis against their /docs.json), more than CI's >= 1000 requests.
 FUZZ_EXAMPLES ?= 500
-fuzz: venv
+fuzz: venv ## schema fuzzing of both services, FUZZ_EXAMPLES per route (default 500)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py
 
 # The classifier at 70% of its measured saturation for 10 minutes: p99 over time and RSS growth after warm-up
 # (bench/results-soak.json, docs/reliability.md). CI runs 60 s of it (tests/test_loadtest.py), errors only.
 SOAK_ARGS ?=
-soak: venv
+soak: venv ## 10 minutes at 70% of saturation: p99 over time, RSS growth (docs/reliability.md)
 	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
 	  $(MAKE) --no-print-directory export; \
@@ -90,17 +90,17 @@ soak: venv
 	$(PY) -m loadtest.soak --artifact $(ARTIFACT) $(SOAK_ARGS)
 
 # Classification's p99 alone vs while generation saturates the machine (bench/results-mixed.json, docs).
-bench-mixed: venv
+bench-mixed: venv ## classifier p99 alone vs while generation saturates the machine
 	$(PY) -m loadtest.mixed --artifact $(ARTIFACT) --lm-artifact $(LM_ARTIFACT) $(BENCH_ARGS)
 
 # Known vulnerabilities of the installed packages (pip-audit; a report, not a CI gate: it needs the network).
-audit: venv
+audit: venv ## pip-audit of the installed packages (a report; needs PyPI's vulnerability data)
 	$(VENV)/bin/pip-audit --progress-spinner off || true
 
 # Against a running service (make serve in another shell): headless Locust, step ramp, stops by itself.
 PROFILE ?= jv
 DATA ?=
-loadtest: venv
+loadtest: venv ## Locust, headless, against a running service (PROFILE=jv|longtail)
 	mkdir -p loadtest/results
 	LOADTEST_PROFILE=$(PROFILE) LOADTEST_DATA=$(DATA) $(VENV)/bin/locust -f loadtest/locustfile.py --headless --host http://$(HOST):$(PORT) \
 	  --csv loadtest/results/$(PROFILE) --csv-full-history --html loadtest/results/$(PROFILE).html --only-summary
@@ -108,17 +108,17 @@ loadtest: venv
 
 # seqserve vs Triton vs Ray Serve, same model and load: bench/results.json + docs/benchmarks.md (~12 min).
 # Re-render docs/benchmarks.md from bench/results.json and bench/results-gpu.json (after a GPU visit).
-bench-report: venv
+bench-report: venv ## re-render docs/benchmarks.md from bench/*.json
 	$(PY) -m loadtest.gpu_report
 
-bench: venv
+bench: venv ## seqserve vs Triton vs Ray Serve on the same model and load (~16 min)
 	@if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
 	$(PY) -m loadtest.bench $(if $(DATA),--data $(DATA)) $(BENCH_ARGS)
 
 # GPU layout vs CPU layout vs in-process GPU engine (bench/results-gpu.json); the recipe for the GPU machine is
 # in loadtest/gpu_visit.sh. Here: make bench-gpu DEVICE=cpu (a dry run of the same script on CPU).
 DEVICE ?= cuda
-bench-gpu: venv
+bench-gpu: venv ## GPU layout vs CPU layout (the GPU machine; DEVICE=cpu for a dry run)
 	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
 	  $(MAKE) --no-print-directory export; \
@@ -127,33 +127,43 @@ bench-gpu: venv
 
 # Accuracy suite: defaults on the shipped UCR/UEA sets, 3 seeds -> docs/accuracy.md + .json (~40 min on 2 cores).
 EVAL_ARGS ?=
-eval: venv
+eval: venv ## accuracy of the defaults on the shipped UCR/UEA sets (~40 min)
 	$(PY) -m training eval $(EVAL_ARGS)
 
 # Prometheus + promtool from Debian (the monitoring tests use the real binary; CI installs it here).
-prometheus:
+prometheus: ## install Prometheus + promtool (Debian package) if missing
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
 
 # A Bento of the champion (or MODEL=tag|dir), ready for `bentoml containerize` where a Docker daemon exists.
-bento: venv
+bento: venv ## a Bento of the champion (or MODEL=tag|dir)
 	$(PY) -m export.bento $(MODEL)
 
 # PostgreSQL for the database-backend tests (Debian package; the tests start their own cluster as user postgres).
-postgresql:
+postgresql: ## install PostgreSQL (Debian package) if missing
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	fi
 
-# Prometheus on 127.0.0.1:9090 scraping `make serve` (rules and alerts from deploy/prometheus/).
-monitor: prometheus
-	prometheus --config.file=deploy/prometheus/prometheus.yml --web.listen-address=127.0.0.1:9090 \
-	  --storage.tsdb.path=.prometheus
+# Prometheus on 127.0.0.1:9090 scraping `make serve` on HOST:PORT and `make serve-generate` on GENERATE_PORT
+# (rules and alerts from deploy/prometheus/; the config is written to .prometheus/ with these targets).
+GENERATE_PORT ?= 3001
+monitor: prometheus ## Prometheus on 127.0.0.1:9090 scraping HOST:PORT and GENERATE_PORT
+	mkdir -p .prometheus
+	sed -e 's|127.0.0.1:3000|$(HOST):$(PORT)|; s|127.0.0.1:3001|$(HOST):$(GENERATE_PORT)|' \
+	  -e 's|  - rules/|  - $(CURDIR)/deploy/prometheus/rules/|' deploy/prometheus/prometheus.yml > .prometheus/prometheus.yml
+	promtool check config .prometheus/prometheus.yml
+	prometheus --config.file=.prometheus/prometheus.yml --web.listen-address=127.0.0.1:9090 \
+	  --storage.tsdb.path=.prometheus/data
 
-lint: venv
+# Every target with its one-line description (the `## ...` after it).
+help: ## this list
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/  make \1\t\2/' | expand -t 24
+
+lint: venv ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-clean:
+clean: ## remove .venv, the model store, runs and artifacts
 	rm -rf $(VENV) .bentoml runs artifacts .pytest_cache .ruff_cache

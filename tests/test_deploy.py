@@ -56,3 +56,16 @@ def test_alertmanager_routes_the_drift_alert_to_the_retrain_webhook() -> None:
     hook = receiver["webhook_configs"][0]
     assert hook["url"].endswith("/admin/alert") and hook["http_config"]["authorization"]["type"] == "Bearer"
     assert "credentials_file" in hook["http_config"]["authorization"]  # the token is not in the file
+
+
+def test_make_help_lists_every_target_and_monitor_follows_port(tmp_path: Path) -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    targets = {line.split(":")[0] for line in makefile.splitlines() if line[:1].isalpha() and ":" in line}
+    targets = {t for t in targets if t.replace("-", "").isalpha() and not t.isupper()}
+    shown = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert {line.split()[1] for line in shown.splitlines()} == targets  # every target, each with a description
+    plan = subprocess.run(
+        ["make", "-n", "monitor", "PORT=3999", "GENERATE_PORT=3998"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert "127.0.0.1:3999" in plan and "127.0.0.1:3998" in plan and "promtool check config" in plan
+    assert (ROOT / "LICENSE").read_text().split()[:2] == ["Apache", "License"]
