@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -156,6 +156,12 @@ monitor: prometheus ## Prometheus on 127.0.0.1:9090 scraping HOST:PORT and GENER
 	promtool check config .prometheus/prometheus.yml
 	prometheus --config.file=.prometheus/prometheus.yml --web.listen-address=127.0.0.1:9090 \
 	  --storage.tsdb.path=.prometheus/data
+
+# Both overlays (and the CPU one with in-cluster PostgreSQL) rendered to .manifests/ with kubectl kustomize.
+manifests: ## render the Kubernetes overlays (deploy/k8s) to .manifests/
+	mkdir -p .manifests
+	for o in cpu gpu cpu-postgresql; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
+	@ls -l .manifests
 
 # Every target with its one-line description (the `## ...` after it).
 help: ## this list
