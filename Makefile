@@ -158,7 +158,8 @@ monitor: prometheus ## Prometheus on 127.0.0.1:9090 scraping HOST:PORT and GENER
 	  --storage.tsdb.path=.prometheus/data
 
 # Both overlays (and the CPU one with in-cluster PostgreSQL) rendered to .manifests/ with kubectl kustomize.
-manifests: ## render the Kubernetes overlays (deploy/k8s) to .manifests/
+manifests: venv ## render the Kubernetes overlays (deploy/k8s) to .manifests/ (the PrometheusRule regenerated first)
+	$(PY) deploy/k8s/prometheusrule.py
 	mkdir -p .manifests
 	for o in cpu gpu cpu-postgresql; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
 	@ls -l .manifests

@@ -5,6 +5,7 @@ service writes; the grace period covers the drain; the HPA's custom metric is th
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 import yaml
 
@@ -22,10 +24,57 @@ BIN = Path(sys.executable).parent
 KUBE_VERSION = "1.30.0"
 
 
-def render(overlay: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+CRDS = ROOT / "tests" / "schemas" / "crds"  # the upstream projects' own, see PROVENANCE.md there
+CUSTOM = {
+    "ServiceMonitor": "monitoring.coreos.com_servicemonitors",
+    "PrometheusRule": "monitoring.coreos.com_prometheusrules",
+    "ServingRuntime": "serving.kserve.io_servingruntimes",
+    "InferenceService": "serving.kserve.io_inferenceservices",
+}
+
+
+def render(overlay: str, where: Path = K8S / "overlays") -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(where / overlay)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def crd_schema(kind: str, api_version: str) -> dict:
+    crd = yaml.safe_load(gzip.decompress((CRDS / f"{CUSTOM[kind]}.yaml.gz").read_bytes()))
+    version = api_version.split("/")[1]
+    found = [v for v in crd["spec"]["versions"] if v["name"] == version and v.get("served", True)]
+    assert found, f"{kind} {api_version}: not a version the CRD serves"
+    return found[0]["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(obj: object, schema: dict, path: str = "") -> list[str]:
+    """Fields the schema does not declare (what --strict rejects for built-in kinds; the API server would
+    silently prune them from a custom resource, so a typo would vanish instead of failing)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields") or not isinstance(obj, (dict, list)):
+        return []
+    if isinstance(obj, list):
+        return [f for i, x in enumerate(obj) for f in unknown_fields(x, schema.get("items", {}), f"{path}[{i}]")]
+    props = schema.get("properties")
+    if props is None:
+        return []
+    out = []
+    for key, value in obj.items():
+        if key not in props:
+            if not schema.get("additionalProperties"):
+                out.append(f"{path}.{key}")
+            continue
+        out += unknown_fields(value, props[key], f"{path}.{key}")
+    return out
+
+
+def validate_custom(doc: dict) -> None:
+    schema = crd_schema(doc["kind"], doc["apiVersion"])
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+    props = {k: v for k, v in schema["properties"].items() if k not in ("apiVersion", "kind", "metadata")}
+    validator = jsonschema.Draft7Validator({**schema, "properties": props})  # the CRDs' Go regexes: no schema check
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
+    assert not errors, (doc["kind"], errors[:5])
+    assert not unknown_fields(body, schema), (doc["kind"], unknown_fields(body, schema))
 
 
 def by_kind(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
@@ -39,7 +88,10 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 def test_overlays_render_and_validate_strictly(overlay: str, tmp_path: Path) -> None:
     docs = render(overlay)
     rendered = tmp_path / f"{overlay}.yaml"
-    rendered.write_text(yaml.safe_dump_all(docs))
+    rendered.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] not in CUSTOM]))
+    for doc in docs:
+        if doc["kind"] in CUSTOM:  # against the operator's own CRD
+            validate_custom(doc)
     cmd = [str(BIN / "kubernetes-validate"), "--strict", "-k", KUBE_VERSION, "--quiet", str(rendered)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -129,3 +181,55 @@ def test_one_list_of_serving_packages_for_the_image_and_the_bento() -> None:
     lines = (ROOT / "deploy" / "requirements-serve.txt").read_text().splitlines()
     packages = [line for line in lines if line and not line.startswith("#")]
     assert packages and not any(p.startswith("torch") for p in packages)
+
+
+def test_prometheus_rule_is_generated_from_deploy_prometheus_and_passes_promtool(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "deploy" / "k8s"))
+    try:
+        import prometheusrule
+    finally:
+        sys.path.pop(0)
+    assert prometheusrule.OUT.read_text() == prometheusrule.render(), "run make manifests (never edit it by hand)"
+    rule = yaml.safe_load(prometheusrule.OUT.read_text())
+    validate_custom(rule)
+    assert any(d["kind"] == "PrometheusRule" for d in render("cpu")) and any(
+        d["kind"] == "ServiceMonitor" for d in render("gpu")
+    )
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (make prometheus installs it; CI does)")
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    out = subprocess.run([promtool, "check", "rules", str(extracted)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_kserve_runtime_and_inference_service(server: str) -> None:
+    docs = render("kserve", ROOT / "deploy")
+    for doc in docs:
+        validate_custom(doc)
+    runtime = by_kind(docs, "ServingRuntime")[0]["spec"]
+    assert runtime["protocolVersions"] == ["v2"]
+    c = runtime["containers"][0]
+    port = c["ports"][0]["containerPort"]
+    assert c["args"][c["args"].index("--port") + 1] == str(port)
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] == port
+        assert httpx.get(server + c[probe]["httpGet"]["path"]).status_code == 200, probe
+    isvc = by_kind(docs, "InferenceService")[0]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == "seqserve" and model["protocolVersion"] == "v2"
+    assert model["storageUri"].startswith("pvc://seqserve-models/")
+
+
+def test_the_custom_resource_check_catches_typos_and_wrong_types() -> None:
+    monitor = next(d for d in render("cpu") if d["kind"] == "ServiceMonitor")
+    typo = yaml.safe_load(yaml.safe_dump(monitor))
+    typo["spec"]["endpoints"][0]["interva"] = "15s"
+    with pytest.raises(AssertionError, match="interva"):
+        validate_custom(typo)
+    wrong = yaml.safe_load(yaml.safe_dump(monitor))
+    wrong["spec"]["endpoints"] = "http"
+    with pytest.raises(AssertionError, match="is not of type"):
+        validate_custom(wrong)
