@@ -161,7 +161,7 @@ monitor: prometheus ## Prometheus on 127.0.0.1:9090 scraping HOST:PORT and GENER
 manifests: venv ## render the Kubernetes overlays (deploy/k8s) to .manifests/ (the PrometheusRule regenerated first)
 	$(PY) deploy/k8s/prometheusrule.py
 	mkdir -p .manifests
-	for o in cpu gpu cpu-postgresql; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
+	for o in cpu gpu cpu-postgresql cpu-generate; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
 	@ls -l .manifests
 
 # Every target with its one-line description (the `## ...` after it).

@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu", "cpu-postgresql")
+OVERLAYS = ("cpu", "gpu", "cpu-postgresql", "cpu-generate")
 BIN = Path(sys.executable).parent
 KUBE_VERSION = "1.30.0"
 
@@ -129,7 +129,7 @@ def pod_labels(docs: list[dict]) -> dict:
     return by_kind(docs, "Deployment", "seqserve")[0]["spec"]["template"]["metadata"]["labels"]
 
 
-@pytest.mark.parametrize("overlay", ("cpu", "gpu"))
+@pytest.mark.parametrize("overlay", ("cpu", "gpu", "cpu-generate"))
 def test_pods_are_locked_down_and_write_only_to_volumes(overlay: str) -> None:
     docs = render(overlay)
     dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
@@ -233,3 +233,16 @@ def test_the_custom_resource_check_catches_typos_and_wrong_types() -> None:
     wrong["spec"]["endpoints"] = "http"
     with pytest.raises(AssertionError, match="is not of type"):
         validate_custom(wrong)
+
+
+def test_the_generation_pods_use_the_classifiers_image() -> None:
+    docs = render("cpu-generate")
+    images = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for d in by_kind(docs, "Deployment")
+    }
+    assert images["seqserve-generate"] == images["seqserve"], images
+    c = by_kind(docs, "Deployment", "seqserve-generate")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][0] == "service.generate_service:SeqGenerate"
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")["spec"]["selector"]["matchExpressions"][0]
+    assert set(monitor["values"]) == {"seqserve", "seqserve-generate"}  # job labels the rules expect
