@@ -177,7 +177,8 @@ def test_one_list_of_serving_packages_for_the_image_and_the_bento() -> None:
     bentofile = yaml.safe_load((ROOT / "deploy" / "bentofile.yaml").read_text())
     assert bentofile["python"]["requirements_txt"] == "deploy/requirements-serve.txt"
     dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
-    assert dockerfile.count("COPY deploy/requirements-serve.txt") == 2  # serve and serve-gpu
+    assert dockerfile.count("COPY deploy/requirements-serve.txt") == 1  # the app stage, for serve and serve-gpu
+    assert dockerfile.count("COPY --from=app /app /app") == 2
     lines = (ROOT / "deploy" / "requirements-serve.txt").read_text().splitlines()
     packages = [line for line in lines if line and not line.startswith("#")]
     assert packages and not any(p.startswith("torch") for p in packages)
