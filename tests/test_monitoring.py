@@ -116,7 +116,7 @@ def stack(artifact: Path, tmp_path_factory: pytest.TempPathFactory):
     drift_fast = tmp / "drift_fast.yml"
     drift_fast.write_text(
         "groups:\n- name: test-only\n  rules:\n  - alert: SeqserveInputDriftFast\n"
-        '    expr: max by (job, model_version) (seqserve_input_drift_score) > 0.5\n'
+        "    expr: max by (job, model_version) (seqserve_input_drift_score) > 0.5\n"
         "    for: 2s\n"
     )
     config = tmp / "prometheus.yml"
