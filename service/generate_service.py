@@ -41,6 +41,7 @@ from service.generate import GenerateError, Limits, parse, sse
 from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline
 from service.metrics import GEN_REJECTED, GenerateMetrics
 from service.openapi import GenerateOpenAPIPatch
+from service.per_request import PerRequestLoops
 from service.runtime import Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
 from service.settings import Settings
@@ -90,43 +91,6 @@ class LMEngine:
                 request_batching=settings.generate_mode == "request-batching",
                 interval=settings.generate_stream_interval_ms / 1000,
             ).start()
-
-
-class PerRequestLoops:
-    """``SEQSERVE_GENERATE_MODE=per-request``, the benchmark's baseline: what a user of a general server writes.
-    Each request runs its own decoding loop of batch-1 steps in its own thread (a ``Scheduler`` of one request),
-    on the same session, workers and ORT options as the step scheduler."""
-
-    def __init__(self, model: StepModel, version: str, metrics: GenerateMetrics) -> None:
-        self.model, self.version, self.metrics = model, version, metrics
-        self.deliver = None
-        self.capacity = 0
-        self._running: set[Scheduler] = set()
-
-    @property
-    def load(self) -> int:
-        return len(self._running)
-
-    @property
-    def active(self) -> list:
-        return [s for sched in list(self._running) for s in sched.active]
-
-    def submit(self, req: Any, emit: Any, deadline: float = float("inf")) -> Any:
-        sched = Scheduler(self.model, self.version, req.num_beams, self.model.gen.chunk, 1, self.metrics)
-        sched.deliver = self.deliver
-        self._running.add(sched)
-
-        def done(event: dict) -> None:
-            if event.get("event") in ("done", "error"):
-                self._running.discard(sched)
-            emit(event)
-
-        stream = sched.submit(req, done, deadline)
-        sched.start().drain()
-        return stream
-
-    def drain(self) -> None:
-        pass
 
 
 class Retiring:
