@@ -28,7 +28,7 @@ from loadtest import workload
 from loadtest.bench import machine
 from loadtest.client import run_load, run_open_loop
 from loadtest.peer_servers import json_bodies
-from loadtest.procs import start_bentoml, stop_process
+from loadtest.procs import descendants, start_bentoml, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -37,18 +37,8 @@ BEGIN, END = "<!-- soak:begin (written by make soak) -->", "<!-- soak:end -->"
 
 def tree_rss_mib(pid: int) -> float:
     """Resident memory of ``pid`` and all its descendants (MiB)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
+    total = 0
+    for p in [pid, *descendants(pid)]:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from loadtest.procs import start_bentoml, stop_process
+from loadtest.procs import descendants, start_bentoml, stop_process
 from service.feedback import StoreUnavailable, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_killing_the_model_worker_is_a_bounded_counted_outage(artifact: Path, tm
                 results.append((t0, time.monotonic(), status))
 
     def model_worker() -> int | None:
-        found = [p for p in _descendants(proc.pid) if b"seqserve-model" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        found = [p for p in descendants(proc.pid) if b"seqserve-model" in Path(f"/proc/{p}/cmdline").read_bytes()]
         return found[0] if found else None
 
     threads = [threading.Thread(target=load) for _ in range(4)]
@@ -201,20 +201,3 @@ def test_killing_the_model_worker_is_a_bounded_counted_outage(artifact: Path, tm
         assert httpx.post(f"{url}/predict", json=GOOD).status_code == 200
     finally:
         stop_process(proc)
-
-
-def _descendants(root: int) -> list[int]:
-    parent = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, todo = [], [root]
-    while todo:
-        here = todo.pop()
-        kids = [c for c, p in parent.items() if p == here]
-        found += kids
-        todo += kids
-    return found

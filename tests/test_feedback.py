@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from loadtest.procs import start_bentoml
+from loadtest.procs import kill_tree, start_bentoml
 from service.feedback import StoreFull, assign_split, open_store
 from service.runtime import ModelNotFound
 from training import data
@@ -169,7 +167,7 @@ def test_acknowledged_feedback_survives_kill_9(artifact: Path, tmp_path: Path, d
     try:
         assert enough.wait(120), "no feedback acknowledged"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole server: arbiter and every worker, no clean shutdown
+        kill_tree(proc)  # the whole server: arbiter and every worker at once, no clean shutdown
         proc.wait(30)
         for t in senders:
             t.join(60)

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from loadtest.procs import start_bentoml
+from loadtest.procs import descendants, start_bentoml
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
-    pairs = list(zip(map(int, out[::2]), map(int, out[1::2])))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in pairs if pp == p]
-        found += kids
-        todo += kids
-    return found
 
 
 def test_sigterm_drains_streams_and_requests_then_exits_0(lm_artifact: Path, tmp_path: Path) -> None:
@@ -38,7 +25,7 @@ def test_sigterm_drains_streams_and_requests_then_exits_0(lm_artifact: Path, tmp
     env["SEQSERVE_GENERATE_MAX_NEW_TOKENS"] = "10000000"
     log = tmp_path / "log.txt"
     proc, url = start_bentoml(ROOT, env, log, target="service.generate_service:SeqGenerate", grace_s=3)
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     stream: dict = {"events": 0}
 
     def read_stream() -> None:
