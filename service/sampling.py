@@ -6,7 +6,8 @@ depend on its neighbours); rows with top-k or top-p are sampled one by one from 
 row draws from its own generator (``numpy.random.Generator`` seeded by the request), so the choice depends on
 nothing but that row's log-probabilities and the request's seed.
 
-Sampling: ``z = log_probs / temperature``; ``top_k`` keeps the k largest; ``top_p`` keeps the smallest set of
+Sampling: ``z = (log_probs - max) / temperature`` (the row's maximum taken first, so that a temperature as
+small as a float allows is greedy, not an overflow); ``top_k`` keeps the k largest; ``top_p`` keeps the smallest set of
 largest tokens whose probability reaches ``p`` (looked for among the 256 largest first, which almost always
 hold it, else among all); one uniform number picks from the kept tokens' cumulative probabilities.
 """
@@ -33,7 +34,9 @@ def sample_row(log_probs: np.ndarray, s: Sampling, rng: np.random.Generator) -> 
         return int(np.argmax(log_probs))
     if not s.top_k and s.top_p >= 1.0:  # plain temperature: no order needed
         return int(sample_plain(log_probs[None], np.array([s.temperature]), np.array([rng.random()]))[0])
-    z = log_probs.astype(np.float64) / s.temperature
+    lp = log_probs.astype(np.float64)
+    with np.errstate(over="ignore"):  # the max first: any temperature > 0, however small, keeps it finite
+        z = (lp - lp.max()) / s.temperature
     v = len(z)
     if s.top_k and s.top_k < v:
         cand = np.argpartition(-z, s.top_k - 1)[: s.top_k]
@@ -66,8 +69,9 @@ def sample_plain(log_probs: np.ndarray, temperatures: np.ndarray, u: np.ndarray)
     Each row's result is the same bits whatever rows it comes with: division, subtraction of the row's max,
     ``exp`` and a row-wise ``cumsum`` are element-wise or row-sequential (``exp`` checked position-independent
     on numpy's SIMD paths; ``tests/test_lm.py`` checks the texts alone vs among 200 others)."""
-    z = log_probs.astype(np.float64) / temperatures[:, None]
-    p = np.exp(z - z.max(axis=1, keepdims=True))
+    lp = log_probs.astype(np.float64)
+    with np.errstate(over="ignore"):  # the max first: finite for any temperature > 0 (the rest may go to -inf)
+        p = np.exp((lp - lp.max(axis=1, keepdims=True)) / temperatures[:, None])
     cum = np.cumsum(p, axis=1)
     if not np.all(np.isfinite(cum[:, -1]) & (cum[:, -1] > 0)):
         raise ValueError("every token is forbidden at this position")

@@ -286,3 +286,13 @@ def test_bad_form_requests(poems: Running) -> None:
         with pytest.raises(GenerateError) as e:
             parse(body, poems.vocab, LIMITS)
         assert needle in str(e.value), str(e.value)
+
+
+def test_a_vanishing_temperature_is_greedy_not_an_error() -> None:
+    """Found by the schema fuzzer: temperature 2.2e-311 overflowed and failed the request (500)."""
+    from service.sampling import Sampling, choose
+
+    rows = np.log(np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]], np.float32))
+    for s in (Sampling(2.2e-311), Sampling(2.2e-311, 0, 7e-307), Sampling(1e-300, 2)):
+        out = choose(rows.copy(), [s, s], [np.random.default_rng(0), np.random.default_rng(1)])
+        assert out.tolist() == [1, 0]
