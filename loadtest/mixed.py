@@ -23,6 +23,7 @@ from loadtest.bench_generate import workload as generate_workload
 from loadtest.client import run_load, run_open_loop
 from loadtest.peer_servers import json_bodies
 from loadtest.procs import start_bentoml, stop_process
+from loadtest.soak import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -110,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     r = measure(args)
     Path(args.out).write_text(json.dumps(r, indent=2) + "\n")
-    text = DOC.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        DOC.write_text(head + render(r) + rest.split(END, 1)[1])
+    write_section(DOC, BEGIN, END, render(r))
     print(render(r))
     print(json.dumps({k: r[k] for k in ("p99_factor", "alone", "with_generation")}), file=sys.stderr)
     return 0

@@ -135,12 +135,13 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(result: dict, doc: Path = DOC) -> None:
+def write_section(doc: Path, begin: str, end: str, block: str) -> None:
+    """Replace what stands between the markers ``begin`` and ``end`` of ``doc`` with ``block`` (which has them)."""
     text = doc.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{doc}: the soak markers are missing")
-    head, rest = text.split(BEGIN, 1)
-    doc.write_text(head + render(result) + rest.split(END, 1)[1])
+    if begin not in text or end not in text:
+        raise SystemExit(f"{doc}: the markers {begin!r} and {end!r} are missing")
+    head, rest = text.split(begin, 1)
+    doc.write_text(head + block + rest.split(end, 1)[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    write_doc(result)
+    write_section(DOC, BEGIN, END, render(result))
     print(render(result))
     return 0
 

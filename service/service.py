@@ -171,13 +171,16 @@ class SeqModel(FollowsChampion):
 
     def _run(self, items: list[Any]) -> list[Any]:
         started = time.perf_counter()
-        live = [it for it in items if it[3] > started]
-        if len(live) < len(items):  # past their deadline while queued: dropped, not computed
+        live = [i for i, it in enumerate(items) if it[3] > started]
+        answers: list[Any] = [None] * len(items)  # past their deadline while queued: dropped, not computed
+        if len(live) < len(items):
             DEADLINE_DROPPED.labels("classify").inc(len(items) - len(live))
-            if not live:
-                return [None] * len(items)
-            answers = iter(self._run(live))
-            return [next(answers) if it[3] > started else None for it in items]
+        if live:
+            for i, answer in zip(live, self._compute([items[i] for i in live], started)):
+                answers[i] = answer
+        return answers
+
+    def _compute(self, items: list[Any], started: float) -> list[Any]:
         slot = self.slot  # read once: a swap during this batch does not mix two models in it
         seqs = [x for _, _, x, _ in items]
         try:
@@ -282,18 +285,17 @@ class SeqServe:
                 infer = functools.partial(self._call, "infer")
                 self.coalescer = Coalescer(infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size)
             results = await self.coalescer.submit(items)
-        if any(r is None for r in results):
-            raise DeadlinePassed()
+        results = _answered(results)
         self.version = results[0][2]  # the model that answered (after a swap, the new champion)
         return results
 
     @bentoml.api(route="/predict_nobatch")
     async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
         """The same answers without adaptive batching: one request per model call (for comparison)."""
-        results = await self._call("infer_nobatch", _items(sequences))
-        if any(r is None for r in results):
-            return JSONResponse({"error": str(DeadlinePassed())}, status_code=504)
-        return self._respond(results)
+        try:
+            return self._respond(_answered(await self._call("infer_nobatch", _items(sequences))))
+        except DeadlinePassed as e:
+            return JSONResponse({"error": str(e)}, status_code=504)
 
     @bentoml.api(route="/feedback")
     async def feedback(self, items: FeedbackItems) -> FeedbackAck:
@@ -351,6 +353,13 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
+
+
+def _answered(results: list[Any]) -> list[Any]:
+    """The model service's answers for one request; ``DeadlinePassed`` if it dropped any of them."""
+    if any(r is None for r in results):
+        raise DeadlinePassed()
+    return results
 
 
 def _items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray, float]]:
