@@ -8,8 +8,10 @@ K = 1; a prompt is read in calls of up to ``chunk`` tokens.
 Parity gate: reading a held-out passage step by step through ORT (a first chunk, then one token a call) gives
 torch's whole-passage probabilities within 1e-5 (the log-probabilities' difference is reported: for tokens the
 model all but rules out, float32 rounding of a log-probability near -20 is ~1e-5), and a stream's outputs do
-not change when it is batched with others of other lengths and states: within 1e-6 in ORT, the serving path
-(it measures 0), and 1e-5 in torch, whose batched kernels round differently by batch size.
+not change in ORT (the serving path) when it is batched with others of other lengths and states: exactly, bit
+for bit. Torch's own alone-vs-batched difference is reported but not gated: torch's CPU kernels round differently
+by batch size (up to ~1.1e-5 measured on a trained 2x512 LSTM, `docs/generation.md`), which says nothing about the
+artifact; the ORT-vs-torch tolerance already bounds how far the served graph may be from the model.
 
 Form presets (``generation.forms``, used by ``service/forms.py``): for a corpus of one document a line, the
 commonest document shapes, with every non-punctuation character a free position: for Tang poems ``5x4``,
@@ -43,8 +45,7 @@ CHUNK = 64  # the most tokens per stream per call the service should use
 MAX_PROMPT_TOKENS = 4096
 MAX_NEW_TOKENS = 1024
 PROB_TOLERANCE = 1e-5  # step-by-step ORT vs torch's whole-passage forward, probabilities (as the classifier's gate)
-INVARIANCE_TOLERANCE = 1e-6  # ORT, the serving path: one stream alone vs batched (it measures 0 here)
-TORCH_INVARIANCE_TOLERANCE = 1e-5  # torch's own batched kernels round differently by batch size (~4e-6)
+INVARIANCE_TOLERANCE = 0.0  # ORT, the serving path: one stream alone vs batched, bit for bit
 FORM_MIN_SHARE = 0.05  # a document shape becomes a preset when at least this share of documents has it
 MAX_FORMS = 8
 
@@ -134,14 +135,13 @@ def parity_report(model: CharLM, sess: ort.InferenceSession, ids: np.ndarray, se
         "alone_vs_batched_max_abs_diff_torch": worst_inv["torch"],
         "prob_tolerance": PROB_TOLERANCE,
         "invariance_tolerance": INVARIANCE_TOLERANCE,
-        "torch_invariance_tolerance": TORCH_INVARIANCE_TOLERANCE,
+        "gated": ["stepwise_ort_vs_torch_max_abs_prob_diff", "alone_vs_batched_max_abs_diff_ort"],
     }
     problems = []
     if worst["prob"] > PROB_TOLERANCE:
         problems.append(f"step-by-step ORT differs from torch by {worst['prob']:.3g} > {PROB_TOLERANCE}")
-    for name, d in worst_inv.items():
-        if d > (INVARIANCE_TOLERANCE if name == "ort" else TORCH_INVARIANCE_TOLERANCE):
-            problems.append(f"{name}: a stream's output changes by {d:.3g} when batched with others")
+    if worst_inv["ort"] > INVARIANCE_TOLERANCE:  # torch's own figure is reported only (module docstring)
+        problems.append(f"ORT: a stream's output changes by {worst_inv['ort']:.3g} when batched with others")
     report["passed"] = not problems
     if problems:
         raise ParityError("parity gate failed: " + "; ".join(problems) + f"\nreport: {json.dumps(report)}")

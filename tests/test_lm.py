@@ -66,8 +66,10 @@ def test_export_contract_parity_and_load_check(lm_artifact: Path, tmp_path: Path
     assert gen["vocab"][0] == "<unk>" and len(gen["vocab"]) == 66 and gen["special_ids"] == {"unk": 0}
     parity = meta["parity"]
     assert parity["passed"] and parity["stepwise_ort_vs_torch_max_abs_prob_diff"] <= 1e-5
-    assert parity["alone_vs_batched_max_abs_diff_ort"] <= 1e-6
-    assert parity["alone_vs_batched_max_abs_diff_torch"] <= 1e-5
+    assert parity["alone_vs_batched_max_abs_diff_ort"] == 0.0  # the served path is bit-exact alone vs batched
+    # torch's batch-size rounding is reported, not gated (issue 22: a 1.14e-05 failed a good model's export)
+    assert parity["alone_vs_batched_max_abs_diff_torch"] >= 0.0
+    assert "alone_vs_batched_max_abs_diff_torch" not in parity["gated"]
     info = open_checked_session(find_artifact(str(lm_artifact)), "cpu", 1)
     assert [i.name for i in info.session.get_inputs()] == ["tokens", "lengths", "h", "c"]
     assert info.check["max_abs_diff_alone"] <= 1e-5

@@ -1,0 +1,73 @@
+"""How far torch's own CPU kernels move one stream's step output when it is batched with others (issue 22).
+
+``python -m loadtest.torch_rounding [--trials N] [--checkpoint RUN/checkpoint.pt]``: the language model's step
+graph (a trained checkpoint, or the default 2x512 LSTM at random initialisation) run on the same stream alone and
+inside batches of 2..64 streams of other lengths and states; prints the distribution of the largest absolute
+difference per trial. This is why the export gate reports torch's alone-vs-batched figure and does not gate on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from training.lm_model import CharLM, LMConfig, StepGraph
+
+
+def measure(graph: StepGraph, cfg: LMConfig, vocab: int, trials: int, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    n_state = 2 if cfg.rnn == "lstm" else 1
+    worst = []
+    for _ in range(trials):
+        b = int(rng.integers(2, 65))
+        k = int(rng.integers(1, 13))
+        lens = rng.integers(1, k + 1, size=b)
+        toks = rng.integers(0, vocab, size=(b, k))
+        states = [rng.standard_normal((cfg.layers, b, cfg.hidden)).astype(np.float32) * 0.5 for _ in range(n_state)]
+        r = int(rng.integers(0, b))
+        with torch.no_grad():
+            batched = graph(torch.from_numpy(toks), torch.from_numpy(lens), *map(torch.from_numpy, states))
+            alone = graph(
+                torch.from_numpy(toks[r : r + 1, : lens[r]]),
+                torch.from_numpy(lens[r : r + 1]),
+                *(torch.from_numpy(s[:, r : r + 1]) for s in states),
+            )
+        worst.append(max(float((a[..., 0, :] - o[..., r, :]).abs().max()) for a, o in zip(alone, batched)))
+    return worst
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=300)
+    p.add_argument("--checkpoint", default="", help="a trained LM's checkpoint.pt (default: random 2x512 LSTM)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    if args.checkpoint:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        cfg = LMConfig(**ckpt["config"])
+        model = CharLM(cfg)
+        model.load_state_dict(ckpt["state_dict"])
+    else:
+        cfg = LMConfig(vocab_size=66)
+        model = CharLM(cfg)
+    graph = StepGraph(model.eval()).eval()
+    d = np.array(measure(graph, cfg, cfg.vocab_size, args.trials))
+    print(
+        json.dumps(
+            {
+                "trials": args.trials,
+                "threads": torch.get_num_threads(),
+                "max": float(d.max()),
+                "p99": float(np.quantile(d, 0.99)),
+                "median": float(np.median(d)),
+                "exact_fraction": float(np.mean(d == 0.0)),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
