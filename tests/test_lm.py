@@ -19,6 +19,7 @@ from service.forms import Vocabulary, fits
 from service.generate import GenerateError, Limits, parse
 from service.runtime import ReferenceMismatch, find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
+from tests.conftest import SHAKESPEARE as SHAKESPEARE_TEXT
 from tests.conftest import train_tiny_lm
 
 LIMITS = Limits(max_prompt_tokens=4096, max_new_tokens=1024, max_beams=16)
@@ -298,3 +299,21 @@ def test_a_vanishing_temperature_is_greedy_not_an_error() -> None:
     for s in (Sampling(2.2e-311), Sampling(2.2e-311, 0, 7e-307), Sampling(1e-300, 2)):
         out = choose(rows.copy(), [s, s], [np.random.default_rng(0), np.random.default_rng(1)])
         assert out.tolist() == [1, 0]
+
+
+def test_the_schedule_counts_steps_and_a_binding_time_cap_says_so(tmp_path: Path) -> None:
+    """Issue 22: the same seed gives the same model whatever the machine's load (the schedule spans steps, not
+    seconds); a wall-clock cap is opt-in, and when it ends the run early the metrics say so."""
+    import torch
+
+    a = train_tiny_lm(tmp_path / "a", SHAKESPEARE_TEXT, "--max-steps", "12")
+    b = train_tiny_lm(tmp_path / "b", SHAKESPEARE_TEXT, "--max-steps", "12")
+    ma = json.loads((a / "metrics.json").read_text())
+    assert ma["steps"] == 12 and ma["planned_steps"] == 12 and ma["stopped_by"] == "steps"
+    sa = torch.load(a / "checkpoint.pt", weights_only=True)["state_dict"]
+    sb = torch.load(b / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = train_tiny_lm(tmp_path / "c", SHAKESPEARE_TEXT, "--max-steps", "100000", "--time-budget", "1")
+    mc = json.loads((c / "metrics.json").read_text())
+    assert mc["stopped_by"] == "time_budget" and 0 < mc["steps"] < 100000
+    assert "cut the run short" in (c / "log.txt").read_text()
