@@ -14,10 +14,12 @@ import json
 import numpy as np
 import torch
 
+from export.lm_export import torch_alone_vs_batched
 from training.lm_model import CharLM, LMConfig, StepGraph
+from training.lm_train import load_lm
 
 
-def measure(graph: StepGraph, cfg: LMConfig, vocab: int, trials: int, seed: int = 0) -> list[float]:
+def measure(graph: StepGraph, cfg: LMConfig, trials: int, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
     n_state = 2 if cfg.rnn == "lstm" else 1
     worst = []
@@ -25,17 +27,9 @@ def measure(graph: StepGraph, cfg: LMConfig, vocab: int, trials: int, seed: int 
         b = int(rng.integers(2, 65))
         k = int(rng.integers(1, 13))
         lens = rng.integers(1, k + 1, size=b)
-        toks = rng.integers(0, vocab, size=(b, k))
+        toks = rng.integers(0, cfg.vocab_size, size=(b, k))
         states = [rng.standard_normal((cfg.layers, b, cfg.hidden)).astype(np.float32) * 0.5 for _ in range(n_state)]
-        r = int(rng.integers(0, b))
-        with torch.no_grad():
-            batched = graph(torch.from_numpy(toks), torch.from_numpy(lens), *map(torch.from_numpy, states))
-            alone = graph(
-                torch.from_numpy(toks[r : r + 1, : lens[r]]),
-                torch.from_numpy(lens[r : r + 1]),
-                *(torch.from_numpy(s[:, r : r + 1]) for s in states),
-            )
-        worst.append(max(float((a[..., 0, :] - o[..., r, :]).abs().max()) for a, o in zip(alone, batched)))
+        worst.append(torch_alone_vs_batched(graph, toks, lens, states, int(rng.integers(0, b))))
     return worst
 
 
@@ -45,16 +39,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default="", help="a trained LM's checkpoint.pt (default: random 2x512 LSTM)")
     args = p.parse_args()
     torch.manual_seed(0)
-    if args.checkpoint:
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        cfg = LMConfig(**ckpt["config"])
-        model = CharLM(cfg)
-        model.load_state_dict(ckpt["state_dict"])
-    else:
-        cfg = LMConfig(vocab_size=66)
-        model = CharLM(cfg)
-    graph = StepGraph(model.eval()).eval()
-    d = np.array(measure(graph, cfg, cfg.vocab_size, args.trials))
+    model = load_lm(args.checkpoint)[0] if args.checkpoint else CharLM(LMConfig(vocab_size=66)).eval()
+    d = np.array(measure(StepGraph(model).eval(), model.cfg, args.trials))
     print(
         json.dumps(
             {

@@ -130,6 +130,8 @@ def sample(model: CharLM, vocab: list[str], prompt: list[int], n: int, temperatu
 
 def train_lm(args: argparse.Namespace) -> dict:
     """Run one training; return the metrics (also in ``--out/metrics.json``)."""
+    if args.max_steps < 1 or args.time_budget < 0:
+        raise data.DataError("--max-steps must be >= 1 and --time-budget >= 0 (0: no cap)")
     t_start = time.perf_counter()
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -161,8 +163,6 @@ def train_lm(args: argparse.Namespace) -> dict:
     train_loss, next_eval = float("nan"), args.eval_every
     t_loop = time.perf_counter()
     done, stopped_by = False, "steps"
-    if args.max_steps < 1 or args.time_budget < 0:
-        raise data.DataError("--max-steps must be >= 1 and --time-budget >= 0 (0: no cap)")
     while not done:
         rows = streams(train_ids, args.batch, int(rng.integers(args.bptt)))
         state = None
