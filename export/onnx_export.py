@@ -34,7 +34,10 @@ from training.model import ExportWrapper, load_checkpoint
 OPSET = 17
 MODEL_NAME = "seqclassifier"
 PROB_TOLERANCE = 1e-5  # ORT vs torch, max abs difference of probabilities
-INVARIANCE_TOLERANCE = 1e-6  # one sequence alone vs batched with longer ones (ORT and torch)
+# One sequence alone vs batched with longer ones, in the ONNX graph (what is served). Torch's own figure is
+# reported, not gated: its CPU kernels round differently with batch size (~1e-6 here, as for the language
+# model: loadtest/torch_rounding.py), which is a property of torch's kernels, not of the artifact.
+INVARIANCE_TOLERANCE = 1e-6
 # The longest sequence the service accepts unless export (--max-length) or serving (SEQSERVE_MAX_LENGTH) says
 # otherwise. An RNN takes any length: this is a resource limit (time and memory of one call), not a property
 # of the model. The training length range is recorded beside it for monitoring.
@@ -135,13 +138,17 @@ def parity_report(
         "alone_vs_batched_max_abs_diff_torch": inv["torch"],
         "prob_tolerance": PROB_TOLERANCE,
         "invariance_tolerance": INVARIANCE_TOLERANCE,
+        "gated": [
+            "ort_vs_torch_max_abs_prob_diff",
+            "ort_vs_torch_max_abs_attention_diff",
+            "alone_vs_batched_max_abs_diff_ort",
+        ],
     }
     problems = []
     if prob_diff > PROB_TOLERANCE or att_diff > PROB_TOLERANCE:
         problems.append(f"ORT differs from torch by {max(prob_diff, att_diff):.3g} > {PROB_TOLERANCE}")
-    for name, d in inv.items():
-        if d > INVARIANCE_TOLERANCE:
-            problems.append(f"{name}: a sequence's output changes by {d:.3g} when batched with longer ones")
+    if inv["ort"] > INVARIANCE_TOLERANCE:
+        problems.append(f"ort: a sequence's output changes by {inv['ort']:.3g} when batched with longer ones")
     report["passed"] = not problems
     if problems:
         raise ParityError("parity gate failed: " + "; ".join(problems) + f"\nreport: {json.dumps(report)}")
@@ -213,6 +220,7 @@ def export_run(
                 "stride",
                 "conv_channels",
                 "conv_kernels",
+                "kernel_features",
             )
         },
         "inputs": {

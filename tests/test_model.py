@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from training import data
+from training.kernels import KernelFeatures, dilation_plan, fit_kernels, fit_ridge
 from training.model import MaskedBatchNorm1d, ModelConfig, SequenceClassifier, auto_stride
 
 CONFIGS = [
@@ -26,15 +27,25 @@ CONFIGS = [
     dict(
         rnn="lstm", bidirectional=True, attention="additive", stride=4, conv_channels=[8, 8, 8], normalisation="series"
     ),
+    dict(rnn="gru", bidirectional=True, attention="additive", stride=2, conv_channels=[8, 8], kernel_features=400),
+    dict(rnn="gru", bidirectional=True, attention="additive", stride=1, normalisation="series", kernel_features=400),
 ]
 
 
 def make_model(**kw: object) -> SequenceClassifier:
     torch.manual_seed(0)
+    if kw.get("conv_channels"):
+        kw = {"conv_kernels": [7, 5, 3][: len(kw["conv_channels"])], **kw}
+    if kw.get("kernel_features"):
+        kw = {"kernel_length": 40, **kw}
     cfg = ModelConfig(feature_dim=5, num_classes=4, hidden=16, layers=2, dropout=0.0, **kw)
     model = SequenceClassifier(cfg).eval()
     model.mean.copy_(torch.randn(5))
     model.std.copy_(torch.rand(5) + 0.5)
+    if model.kernels is not None:  # biases from real quantiles, as training sets them
+        fit_kernels(model.kernels, [torch.randn(n, 5) for n in (12, 40, 25)], seed=0)
+        model.feature_mean.copy_(torch.rand_like(model.feature_mean))
+        model.feature_std.copy_(torch.rand_like(model.feature_std) + 0.1)
     for bn in model.bns:
         bn.running_mean.copy_(torch.randn_like(bn.running_mean))
         bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
@@ -119,6 +130,59 @@ def test_branches_fuse_by_adding_logits() -> None:
     logits, _ = run(model, [rng.normal(size=(9, 5)).astype(np.float32)])
     rnn_logits, conv_logits = model.branch_logits
     np.testing.assert_allclose(logits, (rnn_logits + conv_logits).numpy(), atol=1e-6)
+
+
+def test_three_branches_fuse_by_adding_logits() -> None:
+    kw = dict(rnn="gru", bidirectional=True, attention="additive", stride=1, conv_channels=[8, 8], kernel_features=400)
+    model = make_model(**kw)
+    rng = np.random.default_rng(3)
+    logits, _ = run(model, [rng.normal(size=(9, 5)).astype(np.float32)])
+    assert len(model.branch_logits) == 3
+    np.testing.assert_allclose(logits, torch.stack(model.branch_logits).sum(0).numpy(), atol=1e-5)
+    model.use_kernel_branch = False  # what training does while the kernel head is frozen
+    neural, _ = run(model, [rng.normal(size=(9, 5)).astype(np.float32)])
+    assert len(model.branch_logits) == 2
+
+
+def test_kernel_plan_spans_the_length_and_the_feature_count() -> None:
+    plan = dilation_plan(2000, 4000)
+    assert plan[0][0] == 1 and plan[-1][0] <= (2000 - 1) // 8 and plan[-1][0] >= 128
+    assert [d for d, _ in plan] == sorted({d for d, _ in plan})  # distinct, increasing
+    assert 84 * sum(b for _, b in plan) == 84 * (4000 // 84)
+    assert dilation_plan(9, 4000) == [(1, 4000 // 84)]  # a short series: dilation 1 only
+
+
+def test_kernel_features_count_real_steps_only() -> None:
+    """PPV is a proportion of a sequence's own steps: zeros or garbage beyond its length change nothing, and
+    a series and its copy padded inside a longer batch get the same features."""
+    torch.manual_seed(0)
+    kf = KernelFeatures(channels=2, length=50, num_features=300, seed=1)
+    fit_kernels(kf, [torch.randn(n, 2) for n in (50, 20, 33)], seed=0)
+    s = torch.randn(13, 2)
+    x = torch.zeros(2, 50, 2)
+    x[0, :13] = s
+    x[1] = torch.randn(50, 2)
+    lengths = torch.tensor([13, 50])
+    mask = torch.arange(50)[None] < lengths[:, None]
+    batched = kf(x, mask, lengths)
+    alone = kf(s[None], torch.ones(1, 13, dtype=torch.bool), lengths[:1])
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-6, rtol=0)
+    assert batched.shape == (2, kf.num_features) and 0.0 <= float(batched.min()) and float(batched.max()) <= 1.0
+    assert 0.2 < float(batched[1].mean()) < 0.8  # quantile biases: neither always nor never positive
+
+
+def test_ridge_head_classifies_and_is_calibrated() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 40)) * 2.0
+    y = rng.integers(0, 3, 60)
+    f = torch.from_numpy(centres[y] + rng.normal(size=(60, 40))).float()
+    fit = fit_ridge(f, torch.from_numpy(y), 3)
+    assert fit["weight"].shape == (3, 40) and fit["bias"].shape == (3,)
+    yt = rng.integers(0, 3, 200)
+    ft = torch.from_numpy(centres[yt] + rng.normal(size=(200, 40))).float()
+    logits = ft @ fit["weight"].T + fit["bias"]
+    assert float((logits.argmax(1).numpy() == yt).mean()) > 0.9
+    assert fit["temperature"] > 0.1 and fit["alpha"] in np.logspace(-3, 3, 10)
 
 
 def test_series_normalised_data_is_detected() -> None:

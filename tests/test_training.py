@@ -34,6 +34,11 @@ def test_small_run_writes_everything(small_run: Path) -> None:
     assert m["normalisation"] == "global" and m["selected_on"] == "training" and m["device"] == "cpu"
     model, _ = load_checkpoint(str(small_run / "checkpoint.pt"))
     assert model.cfg.rnn == "gru" and not model.training and model.cfg.conv_channels == [128, 256, 128]
+    # The fixed-kernel branch: biases and feature statistics from the training split, the head in closed form.
+    assert model.cfg.kernel_features == 4000 and model.cfg.kernel_length == 26 and model.kernels is not None
+    assert m["kernel_head"] == "ridge" and m["ridge_alpha"] > 0 and m["ridge_temperature"] > 0
+    assert float(model.feature_std.min()) > 0 and float(model.kernels.bias0.abs().sum()) > 0
+    assert model.use_kernel_branch  # training turns it off while the head is frozen; the saved model has it
     assert (small_run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

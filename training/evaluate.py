@@ -24,27 +24,41 @@ from training import data
 from training.train import add_train_args, train
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-DATASETS = ["ACSF1", "OSULeaf", "ArrowHead", "GunPoint", "BasicMotions", "JapaneseVowels", "ItalyPowerDemand"]
+DATASETS = [
+    "PigCVP",
+    "Coffee",
+    "ArrowHead",
+    "OSULeaf",
+    "ACSF1",
+    "GunPoint",
+    "BasicMotions",
+    "JapaneseVowels",
+    "ItalyPowerDemand",
+]
 
-# Published test accuracy. ROCKET: Dempster et al. 2020 (as quoted in issue 8); FCN/ResNet: Wang et al. 2017
-# (W), Fawaz et al. 2019 bake-off (F). None: the cited studies did not run the dataset.
+# Published test accuracy. ROCKET: Dempster et al. 2020, mean of its 10 runs on the archive's split
+# (results/results_ucr.csv of github.com/angus924/rocket; BasicMotions from the multivariate study);
+# FCN/ResNet: Wang et al. 2017 (W), Fawaz et al. 2019 bake-off (F). None: the cited studies did not run it.
 PUBLISHED = {
+    "PigCVP": {"rocket": 0.934, "fcn": None, "resnet": None},
     "ACSF1": {"rocket": 0.886, "fcn": None, "resnet": None},
     "OSULeaf": {"rocket": 0.941, "fcn": 0.988, "resnet": 0.979, "source": "W"},
+    "Coffee": {"rocket": 1.00, "fcn": 1.00, "resnet": 1.00, "source": "F"},
     "ArrowHead": {"rocket": 0.814, "fcn": 0.843, "resnet": 0.845, "source": "F"},
     "GunPoint": {"rocket": 1.00, "fcn": 1.00, "resnet": 0.993, "source": "W"},
     "BasicMotions": {"rocket": 1.00, "fcn": None, "resnet": None},
     "JapaneseVowels": {"rocket": None, "fcn": 0.993, "resnet": 0.992, "source": "F"},
-    "ItalyPowerDemand": {"rocket": None, "fcn": 0.970, "resnet": 0.960, "source": "W"},
+    "ItalyPowerDemand": {"rocket": 0.970, "fcn": 0.970, "resnet": 0.960, "source": "W"},
 }
+ROCKET_MARGIN = 0.03  # every set must come within this of ROCKET's published accuracy (issue 22)
+# Earlier, stricter targets stand where they are above ROCKET - margin; JapaneseVowels has no ROCKET figure.
+EARLIER_TARGETS = {"ACSF1": 0.89, "OSULeaf": 0.94, "ArrowHead": 0.82, "GunPoint": 0.98, "JapaneseVowels": 0.98}
 TARGETS = {
-    "ACSF1": 0.89,
-    "OSULeaf": 0.94,
-    "ArrowHead": 0.82,
-    "GunPoint": 0.98,
-    "BasicMotions": 0.97,
-    "JapaneseVowels": 0.98,
+    name: round(max(EARLIER_TARGETS.get(name, 0.0), (pub["rocket"] or 0.0) - ROCKET_MARGIN), 3)
+    for name, pub in PUBLISHED.items()
+    if pub["rocket"] is not None or name in EARLIER_TARGETS
 }
+NOTES_HEADING = "## Notes"  # the report keeps everything from this heading on (hand-written findings)
 
 
 def dataset_files(name: str) -> tuple[Path, Path]:
@@ -170,10 +184,13 @@ def write_report(rows: list[dict], runs: list[dict], path: Path, env: dict) -> N
     lines = [
         "# Accuracy suite (`make eval`)",
         "",
+        f"Datasets in this report: {len(rows)} (written after each dataset).",
+        "",
         "Each dataset is trained with the defaults of `python -m training train` (nothing set but the data and",
         f"the seed), {env['machine']}. Accuracy and macro-F1 on the archive's test split: median over seeds",
         "(min..max). Published figures: ROCKET (Dempster et al. 2020), FCN and ResNet from Wang et al. 2017 (W)",
-        "or the Fawaz et al. 2019 bake-off (F); '-' where the cited study did not run the dataset.",
+        "or the Fawaz et al. 2019 bake-off (F); '-' where the cited study did not run the dataset. Target:",
+        f"ROCKET's accuracy - {ROCKET_MARGIN} (or an earlier, stricter target).",
         "",
         "| dataset | train/test | channels | lengths | classes | accuracy (min..max) | macro-F1 | train s | "
         "epochs | norm | mixup | ROCKET | FCN | ResNet | target |",
@@ -217,6 +234,8 @@ def write_report(rows: list[dict], runs: list[dict], path: Path, env: dict) -> N
                 f"| {r['dataset']} | {r['length_max']} | {r['train']} | {r['device_name']} | {r['epoch_seconds']:.3f} |"
             )
         lines.append("")
+    if path.exists() and NOTES_HEADING in path.read_text():
+        lines.append(path.read_text()[path.read_text().index(NOTES_HEADING) :].rstrip() + "\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     path.with_suffix(".json").write_text(json.dumps({"env": env, "datasets": rows, "runs": runs}, indent=2))
@@ -236,6 +255,14 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
         print(f"wrote {target}", file=sys.stderr)
         return timing["rows"]
     rows, all_runs = [], []
+    env = {
+        "machine": f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()}",
+        "seeds": seeds,
+        "torch": torch.__version__,
+        "device": "",
+        "time_budget": args.time_budget or "default",
+        "written": time.strftime("%Y-%m-%d"),
+    }
     with tempfile.TemporaryDirectory(prefix="seqserve-eval-") as tmp:
         for n in names:
             info = describe(n)
@@ -251,14 +278,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                 )
             rows.append(summarise(info, runs))
             all_runs += runs
-    env = {
-        "machine": f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()}",
-        "seeds": seeds,
-        "torch": torch.__version__,
-        "device": all_runs[0]["device"],
-        "time_budget": args.time_budget or "default",
-        "written": time.strftime("%Y-%m-%d"),
-    }
-    write_report(rows, all_runs, Path(args.out), env)
+            env["device"] = all_runs[0]["device"]
+            write_report(rows, all_runs, Path(args.out), env)  # after every dataset: a long run can be cut short
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}", file=sys.stderr)
     return rows

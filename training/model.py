@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from training.kernels import KernelFeatures
+
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 NORMALISATIONS = ("global", "series")
 
@@ -51,6 +53,9 @@ class ModelConfig:
     conv_channels: list[int] = field(default_factory=list)  # convolutional block widths; [] = none
     conv_kernels: list[int] = field(default_factory=lambda: [7, 5, 3])
     normalisation: str = "global"  # or "series": per-sequence, per-channel z-normalisation
+    kernel_features: int = 0  # fixed random-kernel (MiniRocket) branch: about this many features; 0 = none
+    kernel_length: int = 0  # the sequence length its dilations span (the longest training sequence)
+    kernel_seed: int = 0  # its kernels' channel subsets
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +124,13 @@ class SequenceClassifier(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(out, cfg.num_classes)
         self.conv_head = nn.Linear(cfg.conv_channels[-1], cfg.num_classes) if cfg.conv_channels else None
+        self.kernels = None
+        self.use_kernel_branch = True  # training leaves a closed-form (frozen) kernel head out of its passes
+        if cfg.kernel_features:  # fixed features, standardised with training-set statistics, then linear
+            self.kernels = KernelFeatures(cfg.feature_dim, cfg.kernel_length, cfg.kernel_features, cfg.kernel_seed)
+            self.register_buffer("feature_mean", torch.zeros(self.kernels.num_features))
+            self.register_buffer("feature_std", torch.ones(self.kernels.num_features))
+            self.kernel_head = nn.Linear(self.kernels.num_features, cfg.num_classes)
         self.branch_logits: tuple[torch.Tensor, ...] = ()  # last forward's per-branch logits (training losses)
 
     def normalise(self, x: torch.Tensor, in_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -149,7 +161,7 @@ class SequenceClassifier(nn.Module):
         T = x.shape[1]
         steps = torch.arange(T, device=x.device).unsqueeze(0)
         in_mask = steps < lengths.unsqueeze(1)  # [B, T]
-        x = self.normalise(x, in_mask, lengths)
+        x = x_norm = self.normalise(x, in_mask, lengths)
         pooled_conv = None
         if self.cfg.conv_channels:
             x = self.conv_features(x, in_mask)
@@ -175,11 +187,21 @@ class SequenceClassifier(nn.Module):
                 h = self.cfg.hidden
                 pooled = torch.cat([pooled[:, :h], hseq[:, 0, h:]], dim=1)
         logits = self.head(self.drop(pooled))
-        if self.conv_head is not None:  # late fusion: the branches' logits add up (a product of experts)
-            conv_logits = self.conv_head(self.drop(pooled_conv))
-            self.branch_logits = (logits, conv_logits)
-            logits = logits + conv_logits
+        branches = [logits]
+        if self.conv_head is not None:
+            branches.append(self.conv_head(self.drop(pooled_conv)))
+        if self.kernels is not None and self.use_kernel_branch:
+            branches.append(self.kernel_head(self.kernel_features(x_norm, in_mask, lengths)))
+        if len(branches) > 1:  # late fusion: the branches' logits add up (a product of experts)
+            self.branch_logits = tuple(branches)
+            logits = torch.stack(branches).sum(0)
         return logits, self._spread(att, s, T, in_mask)
+
+    def kernel_features(self, x: torch.Tensor, in_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The fixed kernels' features of the normalised input, standardised (no gradient flows into them)."""
+        with torch.no_grad():
+            f = self.kernels(x, in_mask, lengths)
+        return (f - self.feature_mean) / self.feature_std
 
     def project(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The RNN head's input projection: ``proj`` (a Conv1d whose kernel equals its stride) computed as

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from training import data
+from training.kernels import fit_kernels, fit_ridge
 from training.model import ModelConfig, SequenceClassifier, auto_stride
 
 DEFAULT_TRAIN = "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
@@ -55,6 +56,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="widths of the convolutional branch beside the RNN, comma-separated; 'none' for no branch",
     )
     p.add_argument("--conv-kernels", default="7,5,3", help="odd kernel sizes, one per conv channel entry")
+    p.add_argument(
+        "--kernel-features",
+        type=int,
+        default=4000,
+        help="features of the fixed random-kernel (MiniRocket) branch beside the RNN; 0 for no branch",
+    )
     p.add_argument(
         "--normalisation",
         choices=["auto", "global", "series"],
@@ -124,9 +131,14 @@ def to_tensors(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, ds: data.Dataset, class_index: dict[str, int], batch_size: int = 256
+    model: nn.Module,
+    ds: data.Dataset,
+    class_index: dict[str, int],
+    batch_size: int = 32,
+    offset: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Return (predicted class ids, true class ids, mean cross-entropy)."""
+    """Return (predicted class ids, true class ids, mean cross-entropy); ``offset`` [N, classes] (in ``ds``
+    order) is added to the model's logits (the frozen kernel branch's, computed once)."""
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort(ds.lengths, kind="stable")
@@ -136,6 +148,8 @@ def predict(
         x, lengths, y = to_tensors(ds, idx, class_index)
         logits, _ = model(x.to(device), lengths.to(device))
         logits = logits.cpu()
+        if offset is not None:
+            logits = logits + offset[idx]
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         preds.append(logits.argmax(1).numpy())
         trues.append(y.numpy())
@@ -201,6 +215,54 @@ def plan_epochs(epoch: int, loop_seconds: float, seconds_left: float, max_epochs
     return max(epoch + 1, min(max_epochs, epoch + int(seconds_left / (loop_seconds / epoch))))
 
 
+@torch.no_grad()
+def kernel_branch_logits(model: SequenceClassifier, ds: data.Dataset, batch_size: int = 16) -> torch.Tensor:
+    """The kernel branch's logits for every sequence of ``ds``, in its order: [N, classes]."""
+    model.eval()
+    out = []
+    for i in range(0, len(ds), batch_size):
+        x, lengths, _ = to_tensors(ds, np.arange(i, min(i + batch_size, len(ds))), {c: 0 for c in ds.labels})
+        mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        out.append(model.kernel_head(model.kernel_features(model.normalise(x, mask, lengths), mask, lengths)))
+    return torch.cat(out)
+
+
+RIDGE_MAX_SEQUENCES = 4000  # above this the kernel head is trained with the rest (an n x n eigensolve)
+
+
+@torch.no_grad()
+def fit_kernel_branch(
+    model: SequenceClassifier, ds: data.Dataset, class_index: dict[str, int], seed: int, fit_biases: bool = True
+) -> dict:
+    """Set the kernel branch up from the training split: its biases (quantiles on training sequences, unless
+    warm-started), its features' mean and std, and (up to RIDGE_MAX_SEQUENCES) its head in closed form,
+    frozen. Returns what was fitted, for metrics.json."""
+    model.eval()
+    if fit_biases:
+        normalised = []
+        for s in ds.sequences:
+            x = torch.from_numpy(np.asarray(s, dtype=np.float32)).unsqueeze(0)
+            steps = torch.ones(1, x.shape[1], dtype=torch.bool)
+            normalised.append(model.normalise(x, steps, torch.tensor([x.shape[1]]))[0])
+        fit_kernels(model.kernels, normalised, seed)
+    feats, ys = [], []
+    for i in range(0, len(ds), 16):
+        x, lengths, y = to_tensors(ds, np.arange(i, min(i + 16, len(ds))), class_index)
+        mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        feats.append(model.kernels(model.normalise(x, mask, lengths), mask, lengths))
+        ys.append(y)
+    f, y = torch.cat(feats), torch.cat(ys)
+    model.feature_mean.copy_(f.mean(0))
+    model.feature_std.copy_(f.std(0).clamp_min(1e-3))
+    if len(ds) > RIDGE_MAX_SEQUENCES:
+        return {"kernel_head": "gradient"}
+    ridge = fit_ridge((f - model.feature_mean) / model.feature_std, y, model.cfg.num_classes)
+    model.kernel_head.weight.copy_(ridge["weight"])
+    model.kernel_head.bias.copy_(ridge["bias"])
+    model.kernel_head.requires_grad_(False)
+    return {"kernel_head": "ridge", "ridge_alpha": ridge["alpha"], "ridge_temperature": ridge["temperature"]}
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run one training; return the metrics dict (also written to ``--out/metrics.json``)."""
     t_start = time.perf_counter()
@@ -243,6 +305,9 @@ def train(args: argparse.Namespace) -> dict:
         conv_channels=conv,
         conv_kernels=kernels,
         normalisation=normalisation,
+        kernel_features=args.kernel_features,
+        kernel_length=int(full.lengths.max()),
+        kernel_seed=args.seed,
     )
     model = SequenceClassifier(cfg)
     if getattr(args, "init_from", ""):  # warm start (retraining); this data's statistics replace the old ones
@@ -255,6 +320,13 @@ def train(args: argparse.Namespace) -> dict:
             param.requires_grad_(name.split(".")[0] in BACK_END)
     model.mean.copy_(torch.from_numpy(mean))
     model.std.copy_(torch.from_numpy(std))
+    kernel_fit = {}
+    if model.kernels is not None:
+        kernel_fit = fit_kernel_branch(model, train_ds, class_index, args.seed, not getattr(args, "init_from", ""))
+    val_offset = None
+    if kernel_fit.get("kernel_head") == "ridge":  # fixed from here on: its validation logits once, not per epoch
+        val_offset = kernel_branch_logits(model, val_ds)
+        model.use_kernel_branch = False
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
@@ -306,7 +378,7 @@ def train(args: argparse.Namespace) -> dict:
                 bar.update(1)
         if bar:
             bar.close()
-        vp, vt, vloss = predict(model, val_ds, class_index)
+        vp, vt, vloss = predict(model, val_ds, class_index, offset=val_offset)
         vacc = float(np.mean(vp == vt))
         left = args.time_budget - (time.perf_counter() - t_start)
         planned = plan_epochs(epoch, time.perf_counter() - t_loop, left, args.epochs)
@@ -350,6 +422,7 @@ def train(args: argparse.Namespace) -> dict:
 
     model.to("cpu")
     model.load_state_dict(best["state"])
+    model.use_kernel_branch = True
     train_seconds = time.perf_counter() - t_start
     tp, tt, tloss = predict(model, test, class_index)
     vp, vt, _ = predict(model, val_ds, class_index)
@@ -369,6 +442,7 @@ def train(args: argparse.Namespace) -> dict:
         "batch_size": batch_size,
         "normalisation": normalisation,
         "mixup": use_mixup,
+        **kernel_fit,
         "history": history,
     }
     out = Path(args.out)
