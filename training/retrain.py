@@ -93,6 +93,8 @@ def train_args(
     cfg = champion_ckpt.get("model_config")
     if cfg:
         targs.stride, targs.normalisation = str(cfg["stride"]), cfg["normalisation"]  # as resolved for the champion
+        # The kernel branch if the champion has one (none from before it existed); a warm start keeps its shape.
+        targs.kernel_features = cfg.get("kernel_features", 0)
     targs.train, targs.test, targs.out, targs.quiet = str(train), str(test), str(run), args.quiet
     targs.init_from = str(warm) if warm else ""
     targs.original_train, targs.original_test = str(original["train"]), str(original["test"])  # for the next retrain

@@ -292,6 +292,8 @@ def train(args: argparse.Namespace) -> dict:
     conv = [] if args.conv_channels in ("", "none") else [int(c) for c in str(args.conv_channels).split(",")]
     kernels = [int(k) for k in str(args.conv_kernels).split(",")][: len(conv)]
 
+    warm = torch.load(args.init_from, map_location="cpu", weights_only=True) if getattr(args, "init_from", "") else None
+    warm_cfg = ModelConfig(**warm["model_config"]) if warm else None  # (older configs lack newer fields)
     cfg = ModelConfig(
         feature_dim=full.feature_dim,
         num_classes=len(classes),
@@ -306,13 +308,14 @@ def train(args: argparse.Namespace) -> dict:
         conv_kernels=kernels,
         normalisation=normalisation,
         kernel_features=args.kernel_features,
-        kernel_length=int(full.lengths.max()),
-        kernel_seed=args.seed,
+        # The kernel branch is fixed, not learnt: a warm start keeps the checkpoint's (dilations spanning the data
+        # it was fitted on, channel subsets from its seed); a fresh run spans its own longest sequence.
+        kernel_length=(warm_cfg.kernel_length if warm_cfg else int(full.lengths.max())) if args.kernel_features else 0,
+        kernel_seed=(warm_cfg.kernel_seed if warm_cfg else args.seed) if args.kernel_features else 0,
     )
     model = SequenceClassifier(cfg)
-    if getattr(args, "init_from", ""):  # warm start (retraining); this data's statistics replace the old ones
-        warm = torch.load(args.init_from, map_location="cpu", weights_only=True)
-        if warm["model_config"] != cfg.to_dict():
+    if warm is not None:  # warm start (retraining); this data's statistics replace the old ones
+        if warm_cfg.to_dict() != cfg.to_dict():
             raise ArchitectureChanged(f"{args.init_from}: another architecture than this run's; cannot fine-tune")
         model.load_state_dict(warm["state_dict"])
     if getattr(args, "freeze_front", False):  # the layers before the RNN keep their (warm-started) weights
@@ -322,7 +325,7 @@ def train(args: argparse.Namespace) -> dict:
     model.std.copy_(torch.from_numpy(std))
     kernel_fit = {}
     if model.kernels is not None:
-        kernel_fit = fit_kernel_branch(model, train_ds, class_index, args.seed, not getattr(args, "init_from", ""))
+        kernel_fit = fit_kernel_branch(model, train_ds, class_index, args.seed, warm is None)
     val_offset = None
     if kernel_fit.get("kernel_head") == "ridge":  # fixed from here on: its validation logits once, not per epoch
         val_offset = kernel_branch_logits(model, val_ds)
