@@ -192,6 +192,23 @@ def test_gpu_bench_dry_run_on_cpu(artifact: Path, tmp_path: Path) -> None:
     assert inproc["batch"] == 8 and inproc["seq_per_s"] > 0
 
 
+def test_classifier_cost_smoke(tmp_path: Path) -> None:
+    """The serving-cost script of the kernel branch: both graphs exported by the real exporter and timed, per shape."""
+    from loadtest.classifier_cost import main
+
+    out = tmp_path / "cost.json"
+    args = ["--lengths", "40,60", "--batches", "1,3", "--channels", "2", "--repeats", "1", "--json", str(out)]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    assert res["channels"] == 2 and [(r["length"], r["batch"]) for r in res["rows"]] == [
+        (40, 1),
+        (40, 3),
+        (60, 1),
+        (60, 3),
+    ]
+    assert all(r["without"] > 0 and r["with"] > 0 and r["ratio"] == r["with"] / r["without"] for r in res["rows"])
+
+
 def test_bench_generate_smoke(lm_artifact: Path, tmp_path: Path) -> None:
     """make bench-generate in miniature: every system over real HTTP, the in-process limits, the report section."""
     from loadtest.bench_generate import generate_section, main

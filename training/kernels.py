@@ -73,15 +73,14 @@ class KernelFeatures(nn.Module):
         return F.conv1d(x.transpose(1, 2), w, padding=(KERNEL_LENGTH // 2) * d, dilation=d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        m = mask.to(x.dtype)[:, None, None, :]  # [B, 1, 1, T]
-        n = lengths.to(x.dtype).unsqueeze(1)
+        padding = ~mask[:, None, :]  # [B, 1, T]
         feats = []
         for i in range(len(self.plan)):
-            c = self.convolve(x, i)  # [B, K, T]
+            # Padded steps become -inf, which exceeds no bias: masked on [B, K, T], not on the [B, K, nb, T] compare.
+            c = self.convolve(x, i).masked_fill(padding, float("-inf"))  # [B, K, T]
             b = getattr(self, f"bias{i}")  # [K, nb]
-            positive = (c.unsqueeze(2) > b[None, :, :, None]).to(x.dtype) * m  # [B, K, nb, T]
-            feats.append(positive.sum(-1).flatten(1) / n)
-        return torch.cat(feats, dim=1)
+            feats.append((c.unsqueeze(2) > b[None, :, :, None]).to(x.dtype).sum(-1).flatten(1))
+        return torch.cat(feats, dim=1) / lengths.to(x.dtype).unsqueeze(1)
 
 
 @torch.no_grad()

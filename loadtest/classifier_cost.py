@@ -1,0 +1,103 @@
+"""What the kernel branch costs at serving time (issue 22: within 2x of the classifier without it).
+
+``python -m loadtest.classifier_cost [--lengths 100,500,1460,2000] [--batches 1,16] [--threads 2] [--channels 1]
+[--classes 10]``: builds the default classifier with and without the fixed-kernel branch (random weights, kernels fitted
+on random sequences: the cost does not depend on what was learnt), exports both with the real exporter, and times
+ONNX Runtime on the CPU: median seconds per call over ``--repeats`` calls, per length and batch size. Prints a
+markdown table and the ratio; ``--json`` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.onnx_export import export_onnx
+from training.kernels import fit_kernels
+from training.model import ModelConfig, SequenceClassifier, auto_stride
+
+
+def build(kernel_features: int, length: int, channels: int = 1, classes: int = 10) -> SequenceClassifier:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        feature_dim=channels,
+        num_classes=classes,
+        rnn="gru",
+        hidden=64,
+        layers=1,
+        dropout=0.3,
+        stride=auto_stride(length),
+        conv_channels=[128, 256, 128],
+        conv_kernels=[7, 5, 3],
+        normalisation="series" if channels == 1 else "global",
+        kernel_features=kernel_features,
+        kernel_length=length,
+    )
+    model = SequenceClassifier(cfg).eval()
+    if model.kernels is not None:
+        fit_kernels(model.kernels, [torch.randn(length, channels) for _ in range(8)])
+    return model
+
+
+def time_session(path: Path, length: int, batch: int, channels: int, threads: int, repeats: int) -> float:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, length, channels)).astype(np.float32)
+    feed = {"x": x, "lengths": np.full(batch, length, dtype=np.int64)}
+    sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.classifier_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", default="100,500,1460,2000")
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--kernel-features", type=int, default=4000)
+    p.add_argument(
+        "--channels", type=int, default=1, help="input channels (JapaneseVowels, what make serve serves: 12)"
+    )
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", default="", help="write the rows here")
+    args = p.parse_args(argv)
+    rows = []
+    print("| length | batch | without kernels s | with kernels s | ratio |\n|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="seqserve-cost-") as tmp:
+        for length in [int(v) for v in args.lengths.split(",")]:
+            paths = {}
+            for nf in (0, args.kernel_features):
+                paths[nf] = Path(tmp) / f"m{nf}_{length}.onnx"
+                export_onnx(build(nf, length, args.channels, args.classes), args.channels, paths[nf])
+            for batch in [int(v) for v in args.batches.split(",")]:
+                t = {
+                    nf: time_session(pth, length, batch, args.channels, args.threads, args.repeats)
+                    for nf, pth in paths.items()
+                }
+                row = {"length": length, "batch": batch, "without": t[0], "with": t[args.kernel_features]}
+                row["ratio"] = row["with"] / row["without"]
+                rows.append(row)
+                print(f"| {length} | {batch} | {row['without']:.4f} | {row['with']:.4f} | {row['ratio']:.2f} |")
+    if args.json:
+        meta = {"threads": args.threads, "channels": args.channels, "classes": args.classes}
+        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
