@@ -37,9 +37,29 @@ def test_small_run_writes_everything(small_run: Path) -> None:
     # The fixed-kernel branch: biases and feature statistics from the training split, the head in closed form.
     assert model.cfg.kernel_features == 4000 and model.cfg.kernel_length == 26 and model.kernels is not None
     assert m["kernel_head"] == "ridge" and m["ridge_alpha"] > 0 and m["ridge_temperature"] > 0
+    assert m["kernel_head_sequences"] == m["n_train"] == 270  # under 300 sequences nothing is held out
     assert float(model.feature_std.min()) > 0 and float(model.kernels.bias0.abs().sum()) > 0
     assert model.use_kernel_branch  # training turns it off while the head is frozen; the saved model has it
     assert (small_run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_kernel_head_is_fitted_again_on_every_training_sequence(tmp_path: Path) -> None:
+    """A validation split chooses the network's epoch; then the closed-form kernel head sees all the training data
+    (its feature statistics too), as MiniRocket's would."""
+    from training import data
+    from training.train import to_tensors
+
+    argv = ["train", *SMALL, "--epochs", "1", "--val-fraction", "0.2", "--conv-channels", "none"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["n_val"] > 0 and m["n_train"] + m["n_val"] == 270 and m["kernel_head_sequences"] == 270
+    model, _ = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    full = data.load(JV_TRAIN)
+    x, lengths, _ = to_tensors(full, np.arange(len(full)), {c: i for i, c in enumerate(full.classes)})
+    mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    with torch.no_grad():
+        feats = model.kernels(model.normalise(x, mask, lengths), mask, lengths)
+    assert torch.allclose(model.feature_mean, feats.mean(0), atol=1e-5)
 
 
 def test_same_seed_same_model(tmp_path: Path) -> None:

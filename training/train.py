@@ -260,7 +260,8 @@ def fit_kernel_branch(
     model.kernel_head.weight.copy_(ridge["weight"])
     model.kernel_head.bias.copy_(ridge["bias"])
     model.kernel_head.requires_grad_(False)
-    return {"kernel_head": "ridge", "ridge_alpha": ridge["alpha"], "ridge_temperature": ridge["temperature"]}
+    fitted = {"kernel_head": "ridge", "kernel_head_sequences": len(ds)}
+    return fitted | {"ridge_alpha": ridge["alpha"], "ridge_temperature": ridge["temperature"]}
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -384,6 +385,7 @@ def train(args: argparse.Namespace) -> dict:
         vp, vt, vloss = predict(model, val_ds, class_index, offset=val_offset)
         vacc = float(np.mean(vp == vt))
         left = args.time_budget - (time.perf_counter() - t_start)
+        epoch_seconds = (time.perf_counter() - t_loop) / epoch  # the mean so far
         planned = plan_epochs(epoch, time.perf_counter() - t_loop, left, args.epochs)
         if epoch == 1:
             # Mixup trades fitting speed for generalisation: only with epochs to spare, i.e. when the budget
@@ -418,17 +420,21 @@ def train(args: argparse.Namespace) -> dict:
             since_best += 1
         if since_best >= args.patience:
             break
-        if left <= 0:
+        if left < epoch_seconds:  # another epoch at this pace would end past the budget: stop within it
             if show:
-                print(f"time budget {args.time_budget:.0f}s reached after epoch {epoch}", file=sys.stderr)
+                print(f"time budget {args.time_budget:.0f}s: no room for another epoch after {epoch}", file=sys.stderr)
             break
 
     model.to("cpu")
     model.load_state_dict(best["state"])
     model.use_kernel_branch = True
+    vp, vt, _ = predict(model, val_ds, class_index)
+    if kernel_fit.get("kernel_head") == "ridge" and val_ds is not train_ds and len(full) <= RIDGE_MAX_SEQUENCES:
+        # The validation split has chosen the network's epoch; the closed-form head needs none of it (its penalty
+        # and temperature come from leave-one-out), so it is fitted again on every training sequence.
+        kernel_fit = fit_kernel_branch(model, full, class_index, args.seed, fit_biases=False)
     train_seconds = time.perf_counter() - t_start
     tp, tt, tloss = predict(model, test, class_index)
-    vp, vt, _ = predict(model, val_ds, class_index)
     metrics = {
         "test_accuracy": float(np.mean(tp == tt)),
         "test_macro_f1": macro_f1(tp, tt, len(classes)),
