@@ -1,10 +1,10 @@
 """What the kernel branch costs at serving time (issue 22: within 2x of the classifier without it).
 
 ``python -m loadtest.classifier_cost [--lengths 100,500,1460,2000] [--batches 1,16] [--threads 2] [--channels 1]
-[--classes 10]``: builds the default classifier with and without the fixed-kernel branch (random weights, kernels fitted
-on random sequences: the cost does not depend on what was learnt), exports both with the real exporter, and times
-ONNX Runtime on the CPU: median seconds per call over ``--repeats`` calls, per length and batch size. Prints a
-markdown table and the ratio; ``--json`` writes the figures.
+[--classes 10]``: builds the default classifier with and without the fixed-kernel branch (random weights, kernels
+fitted on random sequences: the cost does not depend on what was learnt), exports both with the real exporter, and
+times ONNX Runtime on the CPU, the two graphs' calls interleaved: median seconds per call over ``--repeats`` calls,
+per length and batch size. Prints a markdown table and the ratio; ``--json`` writes the figures.
 """
 
 from __future__ import annotations
@@ -47,20 +47,26 @@ def build(kernel_features: int, length: int, channels: int = 1, classes: int = 1
     return model
 
 
-def time_session(path: Path, length: int, batch: int, channels: int, threads: int, repeats: int) -> float:
+def time_sessions(
+    paths: dict[int, Path], length: int, batch: int, channels: int, threads: int, repeats: int
+) -> dict[int, float]:
+    """Median seconds per call of each graph on the same batch, their calls interleaved (a drift in the
+    machine's speed reaches both graphs alike, not their ratio)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
     x = np.random.default_rng(0).standard_normal((batch, length, channels)).astype(np.float32)
     feed = {"x": x, "lengths": np.full(batch, length, dtype=np.int64)}
-    sess.run(None, feed)
-    times = []
+    for sess in sessions.values():
+        sess.run(None, feed)  # warm-up
+    times: dict[int, list[float]] = {k: [] for k in sessions}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, sess in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--json", default="", help="write the rows here")
     args = p.parse_args(argv)
     rows = []
@@ -85,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 paths[nf] = Path(tmp) / f"m{nf}_{length}.onnx"
                 export_onnx(build(nf, length, args.channels, args.classes), args.channels, paths[nf])
             for batch in [int(v) for v in args.batches.split(",")]:
-                t = {
-                    nf: time_session(pth, length, batch, args.channels, args.threads, args.repeats)
-                    for nf, pth in paths.items()
-                }
+                t = time_sessions(paths, length, batch, args.channels, args.threads, args.repeats)
                 row = {"length": length, "batch": batch, "without": t[0], "with": t[args.kernel_features]}
                 row["ratio"] = row["with"] / row["without"]
                 rows.append(row)
