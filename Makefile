@@ -43,7 +43,7 @@ serve: venv ## train and export if needed, promote, serve on HOST:PORT (default 
 	$(VENV)/bin/bentoml serve service.service:SeqServe --host $(HOST) --port $(PORT) --timeout-graceful-shutdown $(GRACE_S)
 
 # Text generation (issue 12): a character language model; beside the classifier: make serve-generate PORT=3001.
-# Trains the default Tiny Shakespeare model (1750 steps: ~9 minutes on 2 idle cores, the same model when busy)
+# Trains the default Tiny Shakespeare model (1750 steps: 9-18 minutes on 2 idle cores, the same model when busy)
 # if no exported one exists.
 LM_TEXT ?= data/text/tinyshakespeare.txt
 LM_RUN ?= runs/shakespeare
