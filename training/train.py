@@ -385,8 +385,9 @@ def train(args: argparse.Namespace) -> dict:
         vp, vt, vloss = predict(model, val_ds, class_index, offset=val_offset)
         vacc = float(np.mean(vp == vt))
         left = args.time_budget - (time.perf_counter() - t_start)
-        epoch_seconds = (time.perf_counter() - t_loop) / epoch  # the mean so far
-        planned = plan_epochs(epoch, time.perf_counter() - t_loop, left, args.epochs)
+        loop_seconds = time.perf_counter() - t_loop
+        epoch_seconds = loop_seconds / epoch  # the mean so far
+        planned = plan_epochs(epoch, loop_seconds, left, args.epochs)
         if epoch == 1:
             # Mixup trades fitting speed for generalisation: only with epochs to spare, i.e. when the budget
             # holds the whole schedule at the first epoch's pace (ACSF1, budget-bound: 0.90 -> 0.85 with it).
