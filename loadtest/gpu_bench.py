@@ -133,14 +133,15 @@ def http_layout(layout: str, art: Path, work: Path, mixes: dict, args: argparse.
 
 
 def inprocess(art: Path, mixes: dict, args: argparse.Namespace) -> list[dict]:
+    """The engine alone with the device's default settings (on CUDA: the fixed call shapes), fed
+    length-sorted batches of each size: the most the HTTP layouts could get out of it."""
     from service.engine import Engine
     from service.runtime import find_artifact
     from service.settings import Settings
 
     runs = []
+    engine = Engine(find_artifact(str(art)), Settings(device=args.device))
     for batch in args.inprocess_batches:
-        settings = Settings(device=args.device, step_budget=batch * 2048, max_sub_batch=batch)
-        engine = Engine(find_artifact(str(art)), settings)
         for profile, seqs in mixes.items():
             pool = seqs * -(-4 * batch // len(seqs))  # repeated: at least 4 full batches of any size
             order = sorted(pool, key=len)

@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from loadtest import workload
 from service.engine import Engine
-from service.runtime import CPU, CUDA, CUDA_OPTIONS, _session_options, find_artifact
+from service.runtime import CPU, CUDA, CUDA_OPTIONS, find_artifact, session_options
 from service.settings import Settings
 
 
@@ -46,7 +46,7 @@ def summary(values: list[float]) -> dict:
 
 
 def session(art_path: Path, device: str, threads: int, mem_pattern: bool) -> ort.InferenceSession:
-    opts = _session_options(threads, quiet=True)
+    opts = session_options(threads, quiet=True)
     opts.enable_mem_pattern = mem_pattern
     providers = [(CUDA, CUDA_OPTIONS), CPU] if device == "cuda" else [CPU]
     return ort.InferenceSession(str(art_path / "model.onnx"), opts, providers=providers)

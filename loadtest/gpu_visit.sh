@@ -8,7 +8,8 @@
 # Measured 2026-11-26: machine start ~30 s, chunk commands ~5 s each, the default STAGES ~190 s; with
 # STAGES="check probe variants bench" and three variants ~350 s.
 # STAGES (default "check bench"), each writing under $OUT (or bench/ when OUT is unset):
-#   check     the load-time check and the CUDA options read back from the session -> provider-check.json
+#   check     loadtest/gpu_check.py: the load-time check, the CUDA options read back, and the fixed call shapes
+#             without and with CUDA graphs (load s, GPU MiB, parity, ms per call) -> provider-check.json
 #   probe     loadtest/gpu_probe.py: where a call's time goes in serving-like use -> gpu-probe.json
 #   variants  the gpu layout at c=256 under each of GPU_VARIANTS ("name:SEQSERVE_A=1 SEQSERVE_B=2;name2:...")
 #             -> variant-NAME.json; the best (geometric mean of seq/s) becomes the bench's gpu settings
@@ -43,17 +44,9 @@ for stage in $STAGES; do
   echo "gpu-visit: stage $stage at $(date +%T)" >&2
   case $stage in
   check)
-    timeout 120 "$PY" - "$ART" "$DEVICE" > "$OUT/provider-check.json" <<'PYEOF'
-import json, sys, time
-from service.runtime import find_artifact, open_checked_session
-art, device = find_artifact(sys.argv[1]), sys.argv[2]
-t0 = time.perf_counter()
-info = open_checked_session(art, device, threads=1)
-print(json.dumps({"provider": info.provider, "provider_options": info.provider_options,
-                  "fallback_reason": info.fallback_reason, "check": info.check,
-                  "open_seconds": round(time.perf_counter() - t0, 2)}, indent=2))
-PYEOF
-    cat "$OUT/provider-check.json" ;;
+    timeout "${CHECK_TIMEOUT:-150}" "$PY" -m loadtest.gpu_check --artifact "$ART" --device "$DEVICE" \
+      --out "$OUT/provider-check.json" ${CHECK_ARGS:-} || echo "gpu-visit: check did not finish" >&2
+    head -c 1500 "$OUT/provider-check.json" || true; echo ;;
   probe)
     timeout "${PROBE_TIMEOUT:-120}" "$PY" -m loadtest.gpu_probe --device "$DEVICE" --artifact "$ART" \
       --out "$OUT/gpu-probe.json" ${PROBE_ARGS:-} || echo "gpu-visit: probe did not finish" >&2 ;;

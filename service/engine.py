@@ -19,6 +19,7 @@ from service.padding import PadBuffer, plan_batches
 from service.runtime import CUDA, Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
 from service.schema import predictions_json
 from service.settings import Batching, Settings
+from service.shapes import ShapedSessions, fixed_shapes_wanted, parse_ladder
 
 
 @dataclass
@@ -55,15 +56,32 @@ class Engine:
         self.ort_threads = threads
         self._pad = PadBuffer(self.feature_dim)
         self.batching: Batching = self.settings.batching(cuda=self.provider == CUDA)
+        self.shapes: ShapedSessions | None = None  # fixed call shapes (service/shapes.py): CUDA's default
+        if fixed_shapes_wanted(self.settings.fixed_shapes, self.provider == CUDA):
+            ladder = parse_ladder(self.settings.cuda_shapes, self.max_length, self.batching.step_budget)
+            self.shapes = ShapedSessions(
+                self.artifact, self.info, ladder, threads, self.settings.ort_spin, self.settings.cuda_graph
+            )
 
     def infer(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], BatchStats]:
         """Probabilities [N, C] and per-sequence attention (own length), in input order, plus batch stats."""
         b = self.batching
         lengths = np.fromiter((len(q) for q in seqs), dtype=np.int64, count=len(seqs))
-        groups = plan_batches(lengths, b.step_budget, b.max_sub_batch, b.min_efficiency)
         probs = np.empty((len(seqs), len(self.classes)), dtype=np.float32)
         attention: list[np.ndarray] = [None] * len(seqs)  # type: ignore[list-item]
         stats = BatchStats(sequences=len(seqs), real_steps=int(lengths.sum()))
+        if self.shapes is not None:
+            for g, rows, steps in self.shapes.ladder.plan(lengths):
+                t0 = time.perf_counter()
+                p, a = self.shapes.run([seqs[i] for i in g], rows, steps)
+                stats.call_seconds.append(time.perf_counter() - t0)
+                probs[g] = p
+                for k, i in enumerate(g):
+                    attention[i] = a[k, : lengths[i]].copy()
+                stats.padded_steps += rows * steps
+                stats.call_sizes.append(len(g))
+            return probs, attention, stats
+        groups = plan_batches(lengths, b.step_budget, b.max_sub_batch, b.min_efficiency)
         for g in groups:
             x, lens = self._pad.pad([seqs[i] for i in g], b.shape_buckets)
             t0 = time.perf_counter()

@@ -127,7 +127,7 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def _session_options(threads: int, quiet: bool, spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int, quiet: bool, spin: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     if not spin:  # idle intra-op threads sleep instead of spinning (they would take CPU from the API workers)
@@ -146,7 +146,7 @@ def _try_cuda(model_path: Path, threads: int, spin: bool = True) -> tuple[ort.In
     ort.set_default_logger_severity(4)
     try:
         sess = ort.InferenceSession(
-            str(model_path), _session_options(threads, quiet=True, spin=spin), providers=[(CUDA, CUDA_OPTIONS), CPU]
+            str(model_path), session_options(threads, quiet=True, spin=spin), providers=[(CUDA, CUDA_OPTIONS), CPU]
         )
     except Exception as e:  # noqa: BLE001 - any CUDA init failure means "no CUDA here"
         return None, f"CUDA did not initialise ({str(e).splitlines()[0]})"
@@ -242,7 +242,7 @@ def open_checked_session(artifact: Artifact, device: str = "auto", threads: int 
         fallback = why
         if CUDA in ort.get_available_providers():
             log.info("seqserve: auto device: using CPU because %s", why)
-    opts = _session_options(threads, quiet=False, spin=spin)
+    opts = session_options(threads, quiet=False, spin=spin)
     sess = ort.InferenceSession(str(artifact.onnx_path), opts, providers=[CPU])
     try:
         check = check_session(sess, artifact.reference_path) if has_reference else {}

@@ -44,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from service import hop
 from service.admin import admin_routes
 from service.batcher import cap_learned_wait
 from service.champion import served_ref
@@ -51,6 +52,7 @@ from service.coalesce import Coalescer
 from service.engine import Engine
 from service.feedback import FeedbackStore, StoreFull, StoreUnavailable, open_store
 from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline, request_id
+from service.hop import Answer, Pack
 from service.metrics import (
     DEADLINE_DROPPED,
     FEEDBACK_FULL,
@@ -107,14 +109,15 @@ class ClientErrorFilter(logging.Filter):
     workers=SETTINGS.model_workers,
     traffic={"timeout": 60},
     logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={"excluded_urls": ["/"]},  # no OpenTelemetry spans on the internal hop (every URL holds "/")
     # BentoML's client replaces its connection pool every 100 requests by default and closes the old one
     # with calls still running on it (~1% of requests failed with "Server disconnected" under load).
     runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class SeqModel(FollowsChampion):
-    """Owns the session and the adaptive batcher. Items: ``(received_at, API worker pid, float32 [T, F],
-    deadline)`` (``time.perf_counter`` values); an item whose deadline has passed is not computed (its result
-    is None). The model slot and the champion following: ``service.slot``."""
+    """Owns the session and the adaptive batcher. Items: one ``service.hop.Pack`` per API worker call (its
+    sequences as one array), answered by one ``service.hop.Answer``; a sequence whose deadline has passed is
+    not computed. The model slot and the champion following: ``service.slot``."""
 
     task = "classify"
 
@@ -142,12 +145,12 @@ class SeqModel(FollowsChampion):
         return {"outcome": outcome, "model_version": self.slot.version}
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
-    def infer(self, items: list[Any]) -> list[Any]:
-        return self._run(items)
+    def infer(self, packs: list[Any]) -> list[Any]:
+        return self._run(packs)
 
     @bentoml.api
-    def infer_nobatch(self, items: list[Any]) -> list[Any]:
-        return self._run(items)
+    def infer_nobatch(self, packs: list[Any]) -> list[Any]:
+        return self._run(packs)
 
     @bentoml.api
     def info(self) -> dict:
@@ -169,29 +172,33 @@ class SeqModel(FollowsChampion):
             "served_because": slot.source,
         }
 
-    def _run(self, items: list[Any]) -> list[Any]:
+    def _run(self, packs: list[Pack]) -> list[Answer]:
         started = time.perf_counter()
-        live = [i for i, it in enumerate(items) if it[3] > started]
-        answers: list[Any] = [None] * len(items)  # past their deadline while queued: dropped, not computed
-        if len(live) < len(items):
-            DEADLINE_DROPPED.labels("classify").inc(len(items) - len(live))
-        if live:
-            for i, answer in zip(live, self._compute([items[i] for i in live], started)):
-                answers[i] = answer
-        return answers
-
-    def _compute(self, items: list[Any], started: float) -> list[Any]:
         slot = self.slot  # read once: a swap during this batch does not mix two models in it
-        seqs = [x for _, _, x, _ in items]
-        try:
-            probs, attention, stats = slot.engine.infer(seqs)
-        except Exception:
-            slot.metrics.failed(len(seqs))
-            raise
-        slot.metrics.observe(seqs, stats, probs, started, [t for t, _, _, _ in items])
-        slot.metrics.batch_sources(len({pid for _, pid, _, _ in items}))
-        version = slot.version
-        return [(p, a, version) for p, a in zip(probs, attention)]
+        packs = [Pack(*p) for p in packs]  # they arrive as plain tuples
+        batch = hop.merge(packs)
+        computed = batch.deadline > started  # past their deadline while queued: dropped, not computed
+        n_live = int(computed.sum())
+        if n_live < batch.count:
+            DEADLINE_DROPPED.labels("classify").inc(batch.count - n_live)
+        probs = np.zeros((batch.count, len(slot.engine.classes)), np.float32)
+        attention = np.zeros(len(batch.x), np.float32)
+        if n_live:
+            seqs = batch.sequences()
+            live = np.flatnonzero(computed)
+            live_seqs = seqs if n_live == batch.count else [seqs[i] for i in live]
+            try:
+                p, att, stats = slot.engine.infer(live_seqs)
+            except Exception:
+                slot.metrics.failed(n_live)
+                raise
+            probs[live] = p
+            ends = np.cumsum(batch.lengths)
+            for i, a in zip(live.tolist(), att):
+                attention[ends[i] - len(a) : ends[i]] = a
+            slot.metrics.observe(live_seqs, stats, p, started, batch.received[live].tolist())
+            slot.metrics.batch_sources(hop.sources(packs))
+        return hop.split(Answer(probs, attention, computed, slot.version), packs)
 
 
 async def metadata(request: Request) -> JSONResponse:
@@ -324,11 +331,13 @@ class SeqServe:
         """Call the model service; once more if the connection broke (a keep-alive connection the model
         service closed as it was reused). Inference has no side effects, so a repeat is safe."""
         method = getattr(self.model.to_async, api)
+        call = hop.pack(items)  # one array for the whole call (service/hop.py)
         try:
-            return await method(items)
+            answer = (await method([call]))[0]
         except aiohttp.ClientConnectionError as e:
             log.info("seqserve: model service connection lost (%s); calling again", type(e).__name__)
-            return await method(items)
+            answer = (await method([call]))[0]
+        return hop.unpack(answer, call.lengths)
 
     def _respond(self, results: list[Any]) -> Response:
         version = results[0][2]  # the model that answered (after a swap, the new champion)

@@ -9,7 +9,7 @@
                                                 call (service/coalesce.py); 0: one call per request
 ``SEQSERVE_ORT_THREADS``               0        ORT intra-op threads per model worker (0: usable CPUs / model workers)
 ``SEQSERVE_ORT_SPIN``                  1        0: idle ORT threads sleep, not spin (leaves CPU to the API workers)
-``SEQSERVE_MAX_BATCH_SIZE``            256      sequences per adaptive batch of the model service
+``SEQSERVE_MAX_BATCH_SIZE``            256      sequences per model call of an API worker; calls per adaptive batch
 ``SEQSERVE_MAX_LATENCY_MS``            2000     adaptive batching deadline (requests beyond it get a 503)
 ``SEQSERVE_BATCH_WAIT_MS``             2        cap on the batcher's learned idle wait (service/batcher.py)
 ``SEQSERVE_STEP_BUDGET``               auto     max ``B x T_max`` of one model call (CPU 8192, CUDA 65536)
@@ -17,6 +17,10 @@
 ``SEQSERVE_MIN_PADDING_EFFICIENCY``    auto     split a sub-batch before its real/padded steps drop below (CPU 0.85,
                                                 CUDA 0: one call per batch)
 ``SEQSERVE_SHAPE_BUCKETS``             auto     on | off | auto (on with CUDA): round call shapes (service/padding.py)
+``SEQSERVE_FIXED_SHAPES``              auto     on | off | auto (on with CUDA): a session per shape (service/shapes.py)
+``SEQSERVE_CUDA_SHAPES``               -        fixed shapes ``B1,B2,..[@T1,T2,..]`` (default 16,64,256,512; T
+                                                doubling from 16 to max_length; B x T within the step budget)
+``SEQSERVE_CUDA_GRAPH``                0        1: capture each fixed shape's call as a CUDA graph where ORT can
 ``SEQSERVE_MAX_LENGTH``                0        longest accepted sequence (0: the artifact's max_length)
 ``SEQSERVE_DRIFT_WINDOW_STEPS``        4096     time steps in the input drift window
 ``SEQSERVE_DATA_DIR``                  -        feedback store directory (``feedback.db``; default ``.seqserve``)
@@ -128,6 +132,11 @@ class Settings:
     shape_buckets: str = field(
         default_factory=lambda: env_choice("SEQSERVE_SHAPE_BUCKETS", "auto", ("auto", "on", "off"))
     )
+    fixed_shapes: str = field(
+        default_factory=lambda: env_choice("SEQSERVE_FIXED_SHAPES", "auto", ("auto", "on", "off"))
+    )
+    cuda_shapes: str = field(default_factory=lambda: os.environ.get("SEQSERVE_CUDA_SHAPES", "").strip())
+    cuda_graph: bool = field(default_factory=lambda: env_int("SEQSERVE_CUDA_GRAPH", 0, minimum=0) == 1)
     max_length: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_LENGTH", 0, minimum=0))
     drift_window_steps: int = field(default_factory=lambda: env_int("SEQSERVE_DRIFT_WINDOW_STEPS", 4096, minimum=1))
     data_dir: str = field(default_factory=lambda: os.environ.get("SEQSERVE_DATA_DIR", "").strip() or ".seqserve")
