@@ -12,7 +12,8 @@
 #             without and with CUDA graphs (load s, GPU MiB, parity, ms per call) -> provider-check.json
 #   probe     loadtest/gpu_probe.py: where a call's time goes in serving-like use -> gpu-probe.json
 #   variants  the gpu layout at c=256 under each of GPU_VARIANTS ("name:SEQSERVE_A=1 SEQSERVE_B=2;name2:...")
-#             -> variant-NAME.json; the best (geometric mean of seq/s) becomes the bench's gpu settings
+#             -> variant-NAME.json; the best (geometric mean of seq/s) becomes the bench's gpu settings; if none
+#             answered, FALLBACK_GPU_ENV (default SEQSERVE_FIXED_SHAPES=off) does
 #   bench     loadtest/gpu_bench.py over LAYOUTS -> results-gpu.json
 #   lm        issue 12: train the default Tiny Shakespeare model on the GPU (LM_BUDGET s, default 540; the
 #             target is <= 1.47 nats/char within 10 minutes), export it -> lm-metrics.json, artifacts/shakespeare-gpu
@@ -58,7 +59,7 @@ for stage in $STAGES; do
         --layouts gpu --concurrency 256 --tag "$name" --gpu-env "${v#*:}" --out "$OUT/variant-$name.json" \
         --work "$WORK" ${VARIANT_ARGS:-} || echo "gpu-visit: variant $name did not finish" >&2
     done
-    GPU_ENV=$("$PY" - "$OUT" <<'PYEOF'
+    GPU_ENV=$("$PY" - "$OUT" "${FALLBACK_GPU_ENV:-SEQSERVE_FIXED_SHAPES=off}" <<'PYEOF'
 import glob, json, math, sys
 best, score = "", -1.0
 for f in sorted(glob.glob(f"{sys.argv[1]}/variant-*.json")):
@@ -68,7 +69,7 @@ for f in sorted(glob.glob(f"{sys.argv[1]}/variant-*.json")):
         print(f"gpu-visit: {f}: geometric mean {s:.0f} seq/s", file=sys.stderr)
         if s > score:
             best, score = runs[0].get("gpu_env", ""), s
-print(best)
+print(best if score > 1 else sys.argv[2])  # no variant answered: the fallback settings
 PYEOF
     )
     echo "gpu-visit: best gpu settings: '$GPU_ENV'" >&2 ;;
