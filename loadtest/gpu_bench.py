@@ -5,8 +5,8 @@ Layouts (both are the composed services of service/service.py, built from the sa
 
 * ``cpu``: ``SEQSERVE_DEVICE=cpu``, ``--api-workers`` API workers, ``--cpu-model-workers`` model workers with
   ``--cpu-ort-threads`` ORT threads each;
-* ``gpu``: ``SEQSERVE_DEVICE=cuda`` (``--device``), the same API workers, ONE model worker owning the session, so
-  its batcher sees the sequences of every API worker;
+* ``gpu``: ``SEQSERVE_DEVICE=cuda`` (``--device``), the same API workers, ``--gpu-model-workers`` model workers
+  sharing the GPU (each with its own fixed-shape sessions, service/shapes.py);
 * ``gpu-inprocess``: the engine alone (no HTTP) on length-sorted batches of ``--inprocess-batches`` sequences.
 
 Load: jv and longtail (loadtest/workload.py), closed loop at each ``--concurrency``, with 1 and 16 sequences per
@@ -96,7 +96,7 @@ def http_layout(layout: str, art: Path, work: Path, mixes: dict, args: argparse.
         "SEQSERVE_MODEL": str(art),
         "SEQSERVE_DEVICE": args.device if gpu else "cpu",
         "SEQSERVE_WORKERS": str(args.api_workers),
-        "SEQSERVE_MODEL_WORKERS": "1" if gpu else str(args.cpu_model_workers),
+        "SEQSERVE_MODEL_WORKERS": str(args.gpu_model_workers if gpu else args.cpu_model_workers),
         "SEQSERVE_ORT_THREADS": str(args.gpu_ort_threads if gpu else args.cpu_ort_threads),
         "SEQSERVE_MAX_BATCH_SIZE": str(args.gpu_max_batch if gpu else 256),
         "SEQSERVE_MAX_SUB_BATCH": str(args.gpu_max_batch if gpu else 128),
@@ -145,7 +145,7 @@ def inprocess(art: Path, mixes: dict, args: argparse.Namespace) -> list[dict]:
         for profile, seqs in mixes.items():
             pool = seqs * -(-4 * batch // len(seqs))  # repeated: at least 4 full batches of any size
             order = sorted(pool, key=len)
-            chunks = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
+            chunks = [order[i : i + batch] for i in range(0, len(order), batch)]  # the longest too
             seq_per_s = time_engine(engine, chunks, args.duration / 2)["seq_per_s"]
             run = {"layout": "gpu-inprocess", "provider": engine.provider, "profile": profile, "batch": batch}
             run.update({"seq_per_s": seq_per_s, "mode": "inprocess"})
@@ -172,6 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-model-workers", type=int, default=max(1, cores // 4))
     p.add_argument("--cpu-ort-threads", type=int, default=2)
     p.add_argument("--gpu-ort-threads", type=int, default=1)
+    p.add_argument("--gpu-model-workers", type=int, default=4, help="the GPU overlay's SEQSERVE_MODEL_WORKERS")
     p.add_argument("--gpu-max-batch", type=int, default=512, help="adaptive batch and sub-batch limit on the GPU")
     p.add_argument("--gpu-step-budget", type=int, default=65536, help="max B x T of one GPU call")
     p.add_argument("--gpu-env", default="", help="extra settings of the gpu layout: 'SEQSERVE_X=1 SEQSERVE_Y=2'")

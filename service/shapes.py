@@ -191,7 +191,7 @@ class ShapedSessions:
                     raise RuntimeError(
                         f"{VARIABLE}: the ladder does not fit: after shape [{b}, {t}] only {after[1] - after[0]} "
                         f"of {after[1]} MiB of GPU memory are free (at least {GPU_RESERVE:.0%} must stay free); "
-                        "give fewer or smaller shapes"
+                        "give fewer or smaller shapes, or fewer SEQSERVE_MODEL_WORKERS (each holds its own sessions)"
                     )
             shapes.append(row)
         self.report["load_seconds"] = round(time.perf_counter() - started, 2)
