@@ -3,8 +3,9 @@
 One call carries a ``Pack``: every sequence of the call in one contiguous float32 array ``[sum T, F]`` with
 int64 lengths, their arrival times and deadlines as float64 arrays, and the API worker's pid. The answer is an
 ``Answer``: probabilities ``[n, C]``, every attention weight in one float32 array ``[sum T]``, which sequences
-were computed, and the model version. Both are named tuples: BentoML's argument model turns other classes
-into dicts, while a tuple arrives as a tuple (``Pack(*t)`` names its fields again). BentoML pickles them with
+were computed, and the model version. Both are named tuples sent as plain tuples (no project class crosses
+BentoML's pickle, and its argument model would turn other classes into dicts); ``Pack(*t)`` names the fields
+again on arrival. BentoML pickles them with
 protocol 5, so each array travels as one out-of-band buffer: a call costs the same few objects whether it holds
 1 sequence or 256 (it was one pickled tuple with its own array per sequence, in both directions).
 

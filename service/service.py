@@ -198,7 +198,7 @@ class SeqModel(FollowsChampion):
                 attention[ends[i] - len(a) : ends[i]] = a
             slot.metrics.observe(live_seqs, stats, p, started, batch.received[live].tolist())
             slot.metrics.batch_sources(hop.sources(packs))
-        return hop.split(Answer(probs, attention, computed, slot.version), packs)
+        return [tuple(a) for a in hop.split(Answer(probs, attention, computed, slot.version), packs)]
 
 
 async def metadata(request: Request) -> JSONResponse:
@@ -332,11 +332,12 @@ class SeqServe:
         service closed as it was reused). Inference has no side effects, so a repeat is safe."""
         method = getattr(self.model.to_async, api)
         call = hop.pack(items)  # one array for the whole call (service/hop.py)
+        wire = [tuple(call)]  # plain tuples of arrays cross BentoML's pickle, never a project class
         try:
-            answer = (await method([call]))[0]
+            answer = (await method(wire))[0]
         except aiohttp.ClientConnectionError as e:
             log.info("seqserve: model service connection lost (%s); calling again", type(e).__name__)
-            answer = (await method([call]))[0]
+            answer = (await method(wire))[0]
         return hop.unpack(answer, call.lengths)
 
     def _respond(self, results: list[Any]) -> Response:
