@@ -33,7 +33,7 @@ export: venv ## export RUN to ONNX + metadata (ARTIFACT=artifacts/default)
 	$(PY) -m export --run $(RUN) --out $(ARTIFACT)
 
 # Train only if no exported model exists; store the artifact (idempotent) and promote it to champion (the
-# model the service serves and follows: service/champion.py); serve on HOST:PORT.
+# model the service serves and follows: service/core/store/champion.py); serve on HOST:PORT.
 serve: venv ## train and export if needed, promote, serve on HOST:PORT (default 127.0.0.1:3000)
 	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \

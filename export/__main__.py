@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from export.onnx_export import ParityError, export_run
-from service.runtime import use_project_model_store
+from service.core.artifact import use_project_model_store
 
 
 def is_language_model(run_dir: str) -> bool:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     if not args.no_store:
-        from export.store import save_to_store
+        from service.core.artifact import save_to_store
 
         print(f"stored as {save_to_store(args.out)}", file=sys.stderr)
     return 0

@@ -1,6 +1,6 @@
 """``python -m export.bento [REF]`` (``make bento``): build the Bento of one named model, saying which.
 
-REF is a model store tag or an artifact directory; without it, the promoted champion (``service.champion``).
+REF is a model store tag or an artifact directory; without it, the promoted champion (``service.core.store.champion``).
 The build uses ``deploy/bentofile.yaml`` with its ``models`` set to that one tag and ``SEQSERVE_MODEL`` set to
 it in the image, so the container serves exactly the model it bundles (never the store's latest). No Docker
 daemon is needed to build; ``bentoml containerize seqserve:<tag>`` is the next step where one exists.
@@ -17,10 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from export.contract import ContractError
 from export.promote import lasting_ref
-from service.database import add_database_arg
-from service.runtime import ModelNotFound, use_project_model_store
+from service.core.artifact import ContractError, ModelNotFound, use_project_model_store
+from service.core.store.database import add_database_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ def build(ref: str | None, data_dir: str) -> tuple[str, str]:
     """Build; return (model tag bundled, bento tag)."""
     use_project_model_store()
     if not ref:
-        from service.champion import ChampionPointer
+        from service.core.store.champion import ChampionPointer
 
         champion = ChampionPointer(data_dir).get()
         if champion is None:

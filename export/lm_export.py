@@ -33,8 +33,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.contract import SCHEMA_VERSION, ArtifactMeta
 from export.onnx_export import OPSET, ParityError, content_version, cpu_session
+from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
 from service.forms import is_free_char
 from training import data
 from training.lm_model import CharLM, StepGraph

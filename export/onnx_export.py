@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.contract import SCHEMA_VERSION, ArtifactMeta
+from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
 from training import data
 from training.model import ExportWrapper, load_checkpoint
 

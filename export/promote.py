@@ -1,7 +1,7 @@
 """``python -m export.promote REF [--data-dir DIR]``: make REF the champion every replica serves.
 
 REF is a model store tag (``seqclassifier:<version>``) or an exported artifact directory. The artifact is
-opened and its contract read before the pointer moves (``service.champion``); running services that follow
+opened and its contract read before the pointer moves (``service.core.store.champion``); running services that follow
 the pointer (no ``SEQSERVE_MODEL``) load, check and swap to it within ``SEQSERVE_RELOAD_INTERVAL_S``.
 """
 
@@ -11,10 +11,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.contract import ContractError
-from service.champion import Champion, ChampionPointer
-from service.database import add_database_arg
-from service.runtime import ModelNotFound, ReferenceMismatch, check_integrity, find_artifact, use_project_model_store
+from service.core.artifact import (
+    ContractError,
+    ModelNotFound,
+    ReferenceMismatch,
+    check_integrity,
+    find_artifact,
+    use_project_model_store,
+)
+from service.core.store.champion import Champion, ChampionPointer
+from service.core.store.database import add_database_arg
 
 
 def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
@@ -25,7 +31,7 @@ def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
     check_integrity(art)  # a damaged model.onnx is refused here, not only by the services that would load it
     if Path(ref).is_dir():
         if store:
-            from export.store import save_to_store
+            from service.core.artifact import save_to_store
 
             ref = save_to_store(ref)
         else:

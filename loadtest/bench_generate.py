@@ -126,7 +126,8 @@ async def closed_loop(port: int, bodies: list[dict], concurrency: int, duration:
 
 def step_limit(art: Path, batch: int, threads: int, steps: int = 200, device: str = "cpu") -> dict:
     """The step graph alone at ``batch`` streams (greedy argmax included), no scheduler, no HTTP."""
-    from service.runtime import find_artifact, open_checked_session
+    from service.core.artifact import find_artifact
+    from service.core.runtime import open_checked_session
     from service.scheduler import StepModel
 
     artifact = find_artifact(str(art))
@@ -152,9 +153,10 @@ def scheduler_limit(
     what the scheduler's Python and ONNX Runtime allow before any serving overhead."""
     import threading
 
+    from service.core.artifact import find_artifact
+    from service.core.runtime import open_checked_session
     from service.forms import Vocabulary
     from service.generate import Limits, parse
-    from service.runtime import find_artifact, open_checked_session
     from service.scheduler import Scheduler, StepModel
 
     artifact = find_artifact(str(art))

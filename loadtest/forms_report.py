@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from service.core.artifact import find_artifact
+from service.core.runtime import open_checked_session
 from service.forms import Vocabulary, fits
 from service.generate import Limits, parse
-from service.runtime import find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
 
 ROOT = Path(__file__).resolve().parents[1]

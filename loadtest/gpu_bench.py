@@ -6,7 +6,7 @@ Layouts (both are the composed services of service/service.py, built from the sa
 * ``cpu``: ``SEQSERVE_DEVICE=cpu``, ``--api-workers`` API workers, ``--cpu-model-workers`` model workers with
   ``--cpu-ort-threads`` ORT threads each;
 * ``gpu``: ``SEQSERVE_DEVICE=cuda`` (``--device``), the same API workers, ``--gpu-model-workers`` model workers
-  sharing the GPU (each with its own fixed-shape sessions, service/shapes.py);
+  sharing the GPU (each with its own fixed-shape sessions, service/core/batching/shapes.py);
 * ``gpu-inprocess``: the engine alone (no HTTP) on length-sorted batches of ``--inprocess-batches`` sequences.
 
 Load: jv and longtail (loadtest/workload.py), closed loop at each ``--concurrency``, with 1 and 16 sequences per
@@ -135,9 +135,9 @@ def http_layout(layout: str, art: Path, work: Path, mixes: dict, args: argparse.
 def inprocess(art: Path, mixes: dict, args: argparse.Namespace) -> list[dict]:
     """The engine alone with the device's default settings (on CUDA: the fixed call shapes), fed
     length-sorted batches of each size: the most the HTTP layouts could get out of it."""
+    from service.core.artifact import find_artifact
+    from service.core.settings import Settings
     from service.engine import Engine
-    from service.runtime import find_artifact
-    from service.settings import Settings
 
     runs = []
     engine = Engine(find_artifact(str(art)), Settings(device=args.device))

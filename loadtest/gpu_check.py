@@ -1,5 +1,5 @@
 """The GPU visit's first stage (``loadtest/gpu_visit.sh``, stage ``check``): the load-time check of the plain
-session, then the fixed call shapes (service/shapes.py) opened as the service opens them, without and with
+session, then the fixed call shapes (service/core/batching/shapes.py) opened as the service opens them, without and with
 CUDA graphs: per shape the load seconds, GPU memory, parity, and milliseconds per call of a full padded call
 (the median of ``--calls``). Writes one JSON document.
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from service.core.artifact import find_artifact
+from service.core.settings import Settings
 from service.engine import Engine
-from service.runtime import find_artifact
-from service.settings import Settings
 
 
 def shape_timings(engine: Engine, calls: int) -> list[dict]:

@@ -5,7 +5,7 @@ batches (bench/results-gpu.json). Serving differs from that loop in three ways, 
 session configuration (ORT threads, memory pattern):
 
 * ``shapes``: a random batch of B sequences has a ``[B, T]`` the session may not have seen: time its first
-  call and a second call of the same input, exact shapes vs ``service.padding.bucket_shape`` buckets;
+  call and a second call of the same input, exact shapes vs ``service.core.batching.padding.bucket_shape`` buckets;
 * ``cycle``: calls that alternate between a few shapes, all seen before (is only the last shape cached?);
 * ``plans``: whole merged batches through ``Engine.infer``: sub-batches by padding efficiency (CPU default)
   vs one call per batch, exact vs bucketed shapes;
@@ -29,9 +29,10 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest import workload
+from service.core.artifact import find_artifact
+from service.core.runtime import CPU, CUDA, CUDA_OPTIONS, session_options
+from service.core.settings import Settings
 from service.engine import Engine
-from service.runtime import CPU, CUDA, CUDA_OPTIONS, find_artifact, session_options
-from service.settings import Settings
 
 
 def ms(fn) -> float:  # noqa: ANN001

@@ -1,11 +1,11 @@
 """The in-process inference engine: the same batching code the HTTP service runs, without HTTP.
 
 ``Engine.infer`` takes a merged batch of variable-length sequences (from any number of requests), sorts it
-by length, cuts it into sub-batches (``service.padding.plan_batches``), pads each into a reused buffer, runs
-ONNX Runtime, and returns results in the order the sequences came in.
+by length, cuts it into sub-batches (``service.core.batching.padding.plan_batches``), pads each into a reused
+buffer, runs ONNX Runtime, and returns results in the order the sequences came in.
 
-Settings: ``service.settings.Settings`` (the ``SEQSERVE_*`` variables). The session is opened and checked
-against the artifact's reference outputs by ``service.runtime.open_checked_session``.
+Settings: ``service.core.settings.Settings`` (the ``SEQSERVE_*`` variables). The session is opened and checked
+against the artifact's reference outputs by ``service.core.runtime.open_checked_session``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.padding import PadBuffer, plan_batches
-from service.runtime import CUDA, Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
+from service.core.artifact import Artifact, find_artifact
+from service.core.batching.padding import PadBuffer, plan_batches
+from service.core.batching.shapes import ShapedSessions, fixed_shapes_wanted, parse_ladder
+from service.core.runtime import CUDA, SessionInfo, available_cpus, open_checked_session
+from service.core.settings import Batching, Settings
 from service.schema import predictions_json
-from service.settings import Batching, Settings
-from service.shapes import ShapedSessions, fixed_shapes_wanted, parse_ladder
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Engine:
         self.ort_threads = threads
         self._pad = PadBuffer(self.feature_dim)
         self.batching: Batching = self.settings.batching(cuda=self.provider == CUDA)
-        self.shapes: ShapedSessions | None = None  # fixed call shapes (service/shapes.py): CUDA's default
+        self.shapes: ShapedSessions | None = None  # fixed call shapes (service/core/batching/shapes.py): CUDA's default
         if fixed_shapes_wanted(self.settings.fixed_shapes, self.provider == CUDA):
             ladder = parse_ladder(self.settings.cuda_shapes, self.max_length, self.batching.step_budget)
             self.shapes = ShapedSessions(

@@ -1,6 +1,6 @@
 """Durable feedback: labelled sequences posted to ``POST /feedback``, kept for retraining (issue 10).
 
-The store is one small interface (``FeedbackStore``) over the service database (``service.database``): an
+The store is one small interface (``FeedbackStore``) over the service database (``service.core.store.database``): an
 embedded SQLite file ``feedback.db`` under ``SEQSERVE_DATA_DIR``, or PostgreSQL (``SEQSERVE_DATABASE_URL``):
 
 * **Durable.** One transaction per request, committed before the response, so a 2xx means the items are on
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.database import Database, StoreError  # noqa: F401 - StoreError: part of this API
+from service.core.store.database import Database, StoreError  # noqa: F401 - StoreError: part of this API
 
 SPLITS = ("train", "holdout")
 SCHEMA = """

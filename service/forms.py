@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.contract import Generation
+from service.core.artifact import Generation
 
 Position = int | np.ndarray | None
 

@@ -37,8 +37,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.core.decoding.sampling import Sampling
 from service.forms import Constraint, ConstraintError, Vocabulary, from_form, from_request
-from service.sampling import Sampling
 
 FIELDS = {
     "prompt",

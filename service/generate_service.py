@@ -11,7 +11,7 @@ the service database and the metrics registry. The topology is the classifier's:
 * ``LMModel`` (model service, one process): the step graph's session, checked at load, and the step scheduler
   (``service.scheduler``) that batches every decoding step of every active request. An API worker submits
   each request (``submit``) and reads the events of all its requests from one streaming call (``channel``:
-  the token channel, ``service.channel``).
+  the token channel, ``service.core.decoding.channel``).
 
 A swap (a new champion) starts a new scheduler for new requests; the old one finishes the streams it has on
 the model they started with, then stops.
@@ -34,18 +34,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from service.champion import served_ref
-from service.channel import Channel, Outbox
+from service.core.artifact import Artifact, find_artifact
+from service.core.bentoml_patches import bound_metric_paths
+from service.core.decoding.channel import Channel, Outbox
+from service.core.guard import DeadlinePassed, RequestGuard, deadline
+from service.core.lifecycle import FollowsChampion, ModelSlot
+from service.core.runtime import SessionInfo, available_cpus, open_checked_session
+from service.core.settings import Settings
+from service.core.store.champion import served_ref
 from service.forms import Vocabulary
 from service.generate import GenerateError, Limits, parse, sse
-from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline
 from service.metrics import GEN_REJECTED, GenerateMetrics
 from service.openapi import GenerateOpenAPIPatch
 from service.per_request import PerRequestLoops
-from service.runtime import Artifact, SessionInfo, available_cpus, find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
-from service.settings import Settings
-from service.slot import FollowsChampion, ModelSlot
 
 log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)
@@ -158,7 +160,7 @@ class LMModel(FollowsChampion):
 
     @bentoml.api
     async def channel(self, worker: str) -> AsyncGenerator[str, None]:
-        """The events of ``worker``'s generations, newline-delimited ASCII JSON (``service.channel``)."""
+        """The events of ``worker``'s generations, newline-delimited ASCII JSON (``service.core.decoding.channel``)."""
         self._loop = asyncio.get_running_loop()
         async for chunk in self._outbox(worker).chunks():
             yield chunk
@@ -347,7 +349,7 @@ class SeqGenerate:
     model = bentoml.depends(LMModel)
 
     def __init__(self) -> None:
-        bound_metric_paths(("/generate", "/metadata"))  # bounded metric labels (service/guard.py)
+        bound_metric_paths(("/generate", "/metadata"))  # bounded metric labels (service/core/guard.py)
 
 
 SeqGenerate.add_asgi_middleware(

@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from service.drift import DriftMonitor
+from service.core.drift import DriftMonitor
+from service.core.metrics import MODEL_SWAP_FAILURES, MODEL_SWAPS  # noqa: F401 - shared families, re-exported
 from service.engine import BatchStats, Engine
 
 LENGTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -87,8 +88,6 @@ FEEDBACK_UNAVAILABLE = Counter(
     "seqserve_feedback_unavailable_requests", "Feedback requests answered 503: the database refused the write"
 )
 FEEDBACK_FULL = Counter("seqserve_feedback_full_requests", "Feedback requests refused because the store is full")
-MODEL_SWAPS = Counter("seqserve_model_swaps", "Models swapped in after a promotion (load, check, swap)")
-MODEL_SWAP_FAILURES = Counter("seqserve_model_swap_failures", "Promoted models refused; the old one kept serving")
 MODEL_INFO = Gauge(
     "seqserve_model_info",
     "The loaded model (always 1)",

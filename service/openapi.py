@@ -38,7 +38,7 @@ METADATA_SCHEMA = {
 
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-GUARD_RESPONSES = {  # what service.guard answers before a route runs
+GUARD_RESPONSES = {  # what service.core.guard answers before a route runs
     "408": "the body did not arrive within SEQSERVE_BODY_TIMEOUT_S",
     "413": "the body is larger than SEQSERVE_MAX_BODY_BYTES",
     "415": "the body is not application/json",

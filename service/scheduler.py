@@ -11,9 +11,9 @@ length) in preallocated arrays of ``capacity`` slots. Each turn of its loop:
    over several turns and never stalls the streams that are decoding; a prompt read to its end yields that
    request's first token;
 4. decodes: one call advances every decoding stream by the token it chose last (K = 1), then each stream
-   chooses its next token (``service.sampling``, ``service.beam``; constraints from ``service.forms`` mask the
-   log-probabilities first), emits text, and finishes on ``<eos>`` (``end``), a stop string (``stop``) or
-   ``max_new_tokens`` (``length``).
+   chooses its next token (``service.core.decoding.sampling``, ``service.core.decoding.beam``; constraints from
+   ``service.forms`` mask the log-probabilities first), emits text, and finishes on ``<eos>`` (``end``), a stop
+   string (``stop``) or ``max_new_tokens`` (``length``).
 
 Results leave as events through each request's ``emit`` callback (called on the scheduler thread; the model
 service hands them to its event loop once per step). A swapped-out model's scheduler finishes the streams it
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from export.contract import Generation
-from service.beam import Beams
+from service.core.artifact import Generation
+from service.core.decoding.beam import Beams
+from service.core.decoding.sampling import choose
 from service.forms import Vocabulary
-from service.sampling import choose
 
 if TYPE_CHECKING:
     from service.generate import GenerateRequest

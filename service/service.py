@@ -16,9 +16,9 @@ Two services, one topology on CPU and GPU:
   session (checked against the artifact's reference outputs at load) and BentoML's adaptive batcher. Every API
   worker calls it over a local socket (``bentoml.depends``; pickled float32 arrays), so one batcher sees the
   sequences of all API workers: on a GPU, batches of the whole load instead of load / workers. An API worker
-  sends concurrent requests in one call (``service.coalesce``).
+  sends concurrent requests in one call (``service.core.batching.coalesce``).
 
-Settings: ``service.settings`` (read once, here). The artifact's metadata is read when this module is imported
+Settings: ``service.core.settings`` (read once, here). The artifact's metadata is read when this module is imported
 because the request type declares its limits (feature_dim, max_length) in the OpenAPI document; the model
 session is opened by the model service's workers only.
 """
@@ -44,15 +44,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from service import hop
-from service.admin import admin_routes
-from service.batcher import cap_learned_wait
-from service.champion import served_ref
-from service.coalesce import Coalescer
+from service.core.admin import admin_routes
+from service.core.artifact import Artifact, find_artifact
+from service.core.batching import hop
+from service.core.batching.coalesce import Coalescer
+from service.core.batching.hop import Answer, Pack
+from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
+from service.core.guard import DeadlinePassed, RequestGuard, deadline, request_id
+from service.core.lifecycle import FollowsChampion, ModelSlot
+from service.core.settings import Settings
+from service.core.store.champion import served_ref
 from service.engine import Engine
 from service.feedback import FeedbackStore, StoreFull, StoreUnavailable, open_store
-from service.guard import DeadlinePassed, RequestGuard, bound_metric_paths, deadline, request_id
-from service.hop import Answer, Pack
 from service.metrics import (
     DEADLINE_DROPPED,
     FEEDBACK_FULL,
@@ -63,7 +66,6 @@ from service.metrics import (
     ServiceMetrics,
 )
 from service.openapi import OpenAPIPatch
-from service.runtime import Artifact, find_artifact
 from service.schema import (
     MAX_SEQUENCES,
     FeedbackAck,
@@ -74,8 +76,6 @@ from service.schema import (
     predictions_json,
     sequences_type,
 )
-from service.settings import Settings
-from service.slot import FollowsChampion, ModelSlot
 from service.v2 import route_template, v2_routes
 
 log = logging.getLogger("seqserve")
@@ -115,15 +115,15 @@ class ClientErrorFilter(logging.Filter):
     runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class SeqModel(FollowsChampion):
-    """Owns the session and the adaptive batcher. Items: one ``service.hop.Pack`` per API worker call (its
-    sequences as one array), answered by one ``service.hop.Answer``; a sequence whose deadline has passed is
-    not computed. The model slot and the champion following: ``service.slot``."""
+    """Owns the session and the adaptive batcher. Items: one ``Pack`` (``service.core.batching.hop``) per API
+    worker call (its sequences as one array), answered by one ``Answer``; a sequence whose deadline has passed is
+    not computed. The model slot and the champion following: ``service.core.lifecycle``."""
 
     task = "classify"
 
     def __init__(self) -> None:
         _tune_gc()
-        cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/batcher.py
+        cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/core/bentoml_patches.py
         self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
@@ -267,7 +267,7 @@ class SeqServe:
         self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feedback")
         _tune_gc()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
-        bound_metric_paths(ROUTE_PATHS, route_template)  # bounded metric labels (service/guard.py)
+        bound_metric_paths(ROUTE_PATHS, route_template)  # bounded metric labels (service/core/guard.py)
 
     @bentoml.api
     async def predict(self, sequences: Sequences) -> PredictionsDoc:
@@ -331,7 +331,7 @@ class SeqServe:
         """Call the model service; once more if the connection broke (a keep-alive connection the model
         service closed as it was reused). Inference has no side effects, so a repeat is safe."""
         method = getattr(self.model.to_async, api)
-        call = hop.pack(items)  # one array for the whole call (service/hop.py)
+        call = hop.pack(items)  # one array for the whole call (service/core/batching/hop.py)
         wire = [tuple(call)]  # plain tuples of arrays cross BentoML's pickle, never a project class
         try:
             answer = (await method(wire))[0]

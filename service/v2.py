@@ -30,8 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from export.contract import ArtifactMeta
-from service.guard import DeadlinePassed
+from service.core.artifact import ArtifactMeta
+from service.core.guard import DeadlinePassed
 from service.schema import first_non_finite, non_finite_message
 
 HEADER = "inference-header-content-length"

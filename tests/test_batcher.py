@@ -1,10 +1,10 @@
-"""The cap on BentoML's learned batch wait (service/batcher.py), on BentoML's real Optimizer."""
+"""The cap on BentoML's learned batch wait (service/core/bentoml_patches.py), on BentoML's real Optimizer."""
 
 from __future__ import annotations
 
 from bentoml._internal.marshal.dispatcher import Optimizer
 
-from service.batcher import cap_learned_wait
+from service.core.bentoml_patches import cap_learned_wait
 
 
 def test_learned_wait_is_capped_but_timings_still_learned() -> None:

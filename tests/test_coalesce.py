@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.coalesce import Coalescer
+from service.core.batching.coalesce import Coalescer
 
 
 class SlowModel:

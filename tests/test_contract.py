@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.contract import SCHEMA_VERSION, ArtifactMeta, ContractError
+from service.core.artifact import SCHEMA_VERSION, ArtifactMeta, ContractError
 
 
 def test_exported_metadata_round_trips(artifact: Path) -> None:

@@ -30,12 +30,12 @@ def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
     bento = bentos[-1].parent
     assert (bento / "env/docker/Dockerfile").exists()
     assert (bento / "src/service/service.py").exists() and not (bento / "src/training").exists()
-    assert (bento / "src/export/contract.py").exists() and not (bento / "src/export/onnx_export.py").exists()
+    assert (bento / "src/service/core/artifact.py").exists() and not (bento / "src/export").exists()
     # What the bento carries is enough to import the service, without torch or the training code.
     check = (
         "import os, sys; sys.modules['torch'] = sys.modules['training'] = None;"
-        "import service.service, export.contract;"
-        "assert all(m.__file__.startswith(os.getcwd()) for m in (service.service, export.contract))"
+        "import service.service, service.core.artifact;"
+        "assert all(m.__file__.startswith(os.getcwd()) for m in (service.service, service.core.artifact))"
     )  # from the bento's src/, not from this checkout (installed in editable mode)
     env["SEQSERVE_MODEL"], env["PYTHONPATH"] = str(artifact), ""
     imp = subprocess.run([os.sys.executable, "-c", check], cwd=bento / "src", env=env, capture_output=True, text=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from loadtest.procs import kill_tree, start_bentoml
+from service.core.artifact import ModelNotFound
 from service.feedback import StoreFull, assign_split, open_store
-from service.runtime import ModelNotFound
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_acknowledged_feedback_survives_kill_9(artifact: Path, tmp_path: Path, d
 
 
 def test_jobs_coalesce_and_are_claimed_once(database: str) -> None:
-    from service.jobs import JobQueue
+    from service.core.store.jobs import JobQueue
 
     q = JobQueue(database)
     assert q.latest() is None and q.claim() is None
@@ -207,7 +207,7 @@ def test_admin_routes_are_off_without_a_token(server: str) -> None:
 
 
 def test_champion_pointer_moves_atomically(database: str) -> None:
-    from service.champion import ChampionPointer, served_ref
+    from service.core.store.champion import ChampionPointer, served_ref
 
     with pytest.raises(ModelNotFound, match="no model to serve"):
         served_ref("", database)

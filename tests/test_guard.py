@@ -1,4 +1,4 @@
-"""Unit tests of the request guard (service/guard.py) and the per-request time-step limit, no server."""
+"""Unit tests of the request guard (service/core/guard.py) and the per-request time-step limit, no server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from service.guard import RequestGuard, RequestIdFilter, deadline, request_id
+from service.core.guard import RequestGuard, RequestIdFilter, deadline, request_id
 from service.schema import feedback_type, sequences_type
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from export.lm_export import export_lm_run
+from service.core.artifact import ReferenceMismatch, find_artifact
+from service.core.runtime import open_checked_session
 from service.forms import Vocabulary, fits
 from service.generate import GenerateError, Limits, parse
-from service.runtime import ReferenceMismatch, find_artifact, open_checked_session
 from service.scheduler import Scheduler, StepModel
 from tests.conftest import SHAKESPEARE as SHAKESPEARE_TEXT
 from tests.conftest import train_tiny_lm
@@ -293,7 +294,7 @@ def test_bad_form_requests(poems: Running) -> None:
 
 def test_a_vanishing_temperature_is_greedy_not_an_error() -> None:
     """Found by the schema fuzzer: temperature 2.2e-311 overflowed and failed the request (500)."""
-    from service.sampling import Sampling, choose
+    from service.core.decoding.sampling import Sampling, choose
 
     rows = np.log(np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]], np.float32))
     for s in (Sampling(2.2e-311), Sampling(2.2e-311, 0, 7e-307), Sampling(1e-300, 2)):

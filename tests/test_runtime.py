@@ -12,19 +12,14 @@ import numpy as np
 import pytest
 
 from loadtest.procs import start_bentoml
-from service import runtime
-from service.runtime import (
-    CPU,
-    CUDA_OPTIONS,
-    ReferenceMismatch,
-    available_cpus,
-    find_artifact,
-    open_checked_session,
-)
+from service.core import runtime
+from service.core.artifact import ReferenceMismatch, find_artifact
+from service.core.runtime import CPU, CUDA_OPTIONS, available_cpus, open_checked_session
 
 ROOT = Path(__file__).resolve().parents[1]
 OPEN = (
-    "import sys; from service.runtime import find_artifact, open_checked_session; "
+    "import sys; from service.core.artifact import find_artifact;"
+    "from service.core.runtime import open_checked_session;"
     "print(open_checked_session(find_artifact(sys.argv[1]), sys.argv[2]).provider)"
 )
 
@@ -79,7 +74,7 @@ def test_missing_model_fails_clearly(tmp_path: Path) -> None:
 
 def test_model_from_directory(artifact: Path, tmp_path: Path) -> None:
     """SEQSERVE_MODEL may point at an artifact directory instead of a store tag."""
-    code = "from service.runtime import find_artifact; a = find_artifact(); print(a.meta.model_version)"
+    code = "from service.core.artifact import find_artifact; a = find_artifact(); print(a.meta.model_version)"
     env = {**os.environ, "SEQSERVE_MODEL": str(artifact)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and len(proc.stdout.strip()) == 12, proc.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import BATCHING_DEFAULTS, Batching, Settings
+from service.core.settings import BATCHING_DEFAULTS, Batching, Settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

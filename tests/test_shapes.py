@@ -1,5 +1,5 @@
-"""Fixed call shapes (service/shapes.py) on CPU through the same code as on CUDA, and the array hop
-(service/hop.py) between API worker and model service."""
+"""Fixed call shapes (service/core/batching/shapes.py) on CPU through the same code as on CUDA, and the array hop
+(service/core/batching/hop.py) between API worker and model service."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import hop
+from service.core.artifact import find_artifact
+from service.core.batching import hop
+from service.core.batching.shapes import MAX_SHAPES, parse_ladder
+from service.core.settings import Settings
 from service.engine import Engine
-from service.runtime import find_artifact
-from service.settings import Settings
-from service.shapes import MAX_SHAPES, parse_ladder
 
 
 def test_default_ladder_doubles_steps_up_to_max_length_within_the_step_budget() -> None:

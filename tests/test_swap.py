@@ -15,7 +15,7 @@ import pytest
 
 from export.promote import promote
 from loadtest.procs import start_bentoml, stop_process
-from service.champion import ChampionPointer
+from service.core.store.champion import ChampionPointer
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command in ("retrain", "worker"):
-        from service.runtime import use_project_model_store
+        from service.core.artifact import use_project_model_store
 
         use_project_model_store()  # the champion's tag resolves in the same store as export's
     try:

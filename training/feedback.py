@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from service.database import add_database_arg, database_exists
+from service.core.store.database import add_database_arg, database_exists
 from service.feedback import SPLITS, open_store
 
 

@@ -2,7 +2,7 @@
 
 Reading top to bottom:
 
-1. **When.** The champion is whatever the pointer names (``service.champion``). A retrain needs at least
+1. **When.** The champion is whatever the pointer names (``service.core.store.champion``). A retrain needs at least
    ``--min-new-items`` feedback items (train split) stored since the champion was promoted, and
    ``--cooldown-s`` since that promotion. Otherwise it stops with ``state: skipped``, so a drifting input that
    keeps firing an alert cannot retrain in a loop. ``--force`` skips both checks.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.database import add_database_arg
+from service.core.store.database import add_database_arg
 from training import data
 
 STATES = ("skipped", "promoted", "rejected", "failed")
@@ -57,9 +57,9 @@ def add_retrain_args(p: argparse.ArgumentParser) -> None:
 
 def accuracy(artifact_dir: Path, holdout: data.Dataset) -> float:
     """Accuracy of an exported artifact on ``holdout``, through the serving engine (ORT, CPU)."""
+    from service.core.artifact import find_artifact
+    from service.core.settings import Settings
     from service.engine import Engine
-    from service.runtime import find_artifact
-    from service.settings import Settings
 
     engine = Engine(find_artifact(str(artifact_dir)), Settings(device="cpu", ort_threads=1))
     probs, _, _ = engine.infer(holdout.sequences)
@@ -114,10 +114,9 @@ def retrain(args: argparse.Namespace) -> dict:
     import torch
 
     from export.onnx_export import export_run
-    from export.store import save_to_store
-    from service.champion import ChampionPointer
+    from service.core.artifact import find_artifact, save_to_store
+    from service.core.store.champion import ChampionPointer
     from service.feedback import open_store
-    from service.runtime import find_artifact
     from training.train import ArchitectureChanged, train
 
     out = Path(args.out or f"runs/retrain-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -1,4 +1,4 @@
-"""``python -m training worker``: the trainer that runs queued retraining jobs (``service.jobs``).
+"""``python -m training worker``: the trainer that runs queued retraining jobs (``service.core.store.jobs``).
 
 It claims one job at a time from the service database, runs ``training.retrain`` and writes the outcome back
 to the job (``GET /admin/retrain`` shows it). A job requested explicitly (``POST /admin/retrain``, trigger
@@ -26,7 +26,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="each job works in RUNS_DIR/retrain-job-<id>")
 
 
-def run_job(queue, job, args: argparse.Namespace) -> str:  # noqa: ANN001 - service.jobs types
+def run_job(queue, job, args: argparse.Namespace) -> str:  # noqa: ANN001 - service.core.store.jobs types
     rargs = copy.copy(args)
     rargs.force = args.force or job.trigger == "api"
     rargs.out = str(Path(args.runs_dir) / f"retrain-job-{job.id}")
@@ -40,7 +40,7 @@ def run_job(queue, job, args: argparse.Namespace) -> str:  # noqa: ANN001 - serv
 
 
 def worker(args: argparse.Namespace) -> None:
-    from service.jobs import JobQueue
+    from service.core.store.jobs import JobQueue
 
     queue = JobQueue(args.data_dir)
     if args.enqueue:

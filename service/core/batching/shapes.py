@@ -31,15 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from service.runtime import (
-    CHECK_TOLERANCE,
-    CUDA,
-    CUDA_OPTIONS,
-    Artifact,
-    ReferenceMismatch,
-    SessionInfo,
-    session_options,
-)
+from service.core.artifact import Artifact, ReferenceMismatch
+from service.core.runtime import CHECK_TOLERANCE, CUDA, CUDA_OPTIONS, SessionInfo, session_options
 
 log = logging.getLogger("seqserve")
 

@@ -6,18 +6,18 @@
 ``SEQSERVE_WORKERS``                   2        API service workers (HTTP, validation, JSON; no model)
 ``SEQSERVE_MODEL_WORKERS``             1        model service workers, each with its own ORT session and batcher
 ``SEQSERVE_API_IN_FLIGHT``             2        model calls in flight per API worker; more requests join the next
-                                                call (service/coalesce.py); 0: one call per request
+                                                call (service/core/batching/coalesce.py); 0: one call per request
 ``SEQSERVE_ORT_THREADS``               0        ORT intra-op threads per model worker (0: usable CPUs / model workers)
 ``SEQSERVE_ORT_SPIN``                  1        0: idle ORT threads sleep, not spin (leaves CPU to the API workers)
 ``SEQSERVE_MAX_BATCH_SIZE``            256      sequences per model call of an API worker; calls per adaptive batch
 ``SEQSERVE_MAX_LATENCY_MS``            2000     adaptive batching deadline (requests beyond it get a 503)
-``SEQSERVE_BATCH_WAIT_MS``             2        cap on the batcher's learned idle wait (service/batcher.py)
+``SEQSERVE_BATCH_WAIT_MS``             2        cap on the batcher's learned idle wait (service/core/bentoml_patches.py)
 ``SEQSERVE_STEP_BUDGET``               auto     max ``B x T_max`` of one model call (CPU 8192, CUDA 65536)
 ``SEQSERVE_MAX_SUB_BATCH``             auto     max sequences in one model call (CPU 128, CUDA 512)
 ``SEQSERVE_MIN_PADDING_EFFICIENCY``    auto     split a sub-batch before its real/padded steps drop below (CPU 0.85,
                                                 CUDA 0: one call per batch)
-``SEQSERVE_SHAPE_BUCKETS``             auto     on | off | auto (on with CUDA): round call shapes (service/padding.py)
-``SEQSERVE_FIXED_SHAPES``              auto     on | off | auto (on with CUDA): a session per shape (service/shapes.py)
+``SEQSERVE_SHAPE_BUCKETS``             auto     on | off | auto (on with CUDA): round call shapes (batching/padding.py)
+``SEQSERVE_FIXED_SHAPES``              auto     on | off | auto (on with CUDA): a session per shape (batching/shapes.py)
 ``SEQSERVE_CUDA_SHAPES``               -        fixed shapes ``B1,B2,..[@T1,T2,..]`` (default 16,64,256,512; T
                                                 doubling from 16 to max_length; B x T within the step budget)
 ``SEQSERVE_CUDA_GRAPH``                0        1: capture each fixed shape's call as a CUDA graph where ORT can
@@ -30,7 +30,7 @@
 ``SEQSERVE_RELOAD_INTERVAL_S``         5        how often the model service looks for a new champion (0: never)
 ``SEQSERVE_ADMIN_TOKEN``               -        bearer token of the /admin routes (unset: the routes are off)
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
-``SEQSERVE_MAX_BODY_BYTES``            8388608  largest request body; beyond it a 413 before parsing (service/guard.py)
+``SEQSERVE_MAX_BODY_BYTES``            8388608  largest request body; beyond it a 413 before parsing (core/guard.py)
 ``SEQSERVE_BODY_TIMEOUT_S``            10       a body not complete this long after the request began: 408
 ``SEQSERVE_DEADLINE_MS``               30000    a request's deadline (a client's X-Request-Deadline-Ms can only lower
                                                 it); work still queued when it passes is dropped, not computed (504)
@@ -101,7 +101,7 @@ def env_device() -> str:
 
 @dataclass(frozen=True)
 class Batching:
-    """Sub-batch limits and padding for one provider (service/padding.py)."""
+    """Sub-batch limits and padding for one provider (service/core/batching/padding.py)."""
 
     step_budget: int
     max_sub_batch: int

@@ -1,19 +1,36 @@
-"""The artifact contract: ``metadata.json`` as one typed object, written by export and read by the service.
+"""The model artifact: ``metadata.json`` as one typed object, and finding, checking and storing artifacts.
 
-Export builds the metadata, validates it through ``ArtifactMeta.from_dict`` and writes ``to_dict()``; the
-service reads it back with ``from_dict`` (``service.runtime.find_artifact``), so both sides agree on names and
-types, and an artifact of an unknown schema version or with a missing or mistyped field is refused with a
-message naming the field. No torch here: the service imports this module.
+An artifact is a directory (or a BentoML model store entry) holding ``model.onnx`` (or a task's graphs),
+``metadata.json``, ``reference.npz`` (reference outputs for the load-time check) and ``checkpoint.pt`` (what
+retraining fine-tunes from; the service never reads it).
 
-Two tasks share the contract: ``classify`` (the default: classes, features, normalisation) and ``generate`` (a
-character language model: its vocabulary, state shape and limits in ``generation``; the classifier fields are
-empty). The task decides which fields must be present.
+* **The contract.** Export builds the metadata, validates it through ``ArtifactMeta.from_dict`` and writes
+  ``to_dict()``; the service reads it back with ``from_dict`` (``find_artifact``), so both sides agree on names
+  and types, and an artifact of an unknown schema version or with a missing or mistyped field is refused with a
+  message naming the field. Two tasks share it: ``classify`` (the default: classes, features, normalisation) and
+  ``generate`` (a character language model: its vocabulary, state shape and limits in ``generation``; the
+  classifier fields are empty). The task decides which fields must be present.
+* **Finding.** ``find_artifact`` resolves a model store tag or a directory (``SEQSERVE_MODEL``), in the local
+  store only; ``use_project_model_store`` pins every entry point to one store.
+* **Integrity.** ``check_integrity``: ``model.onnx``'s SHA-256 against the metadata's ``onnx_sha256``.
+* **Storing.** ``save_to_store`` puts an artifact directory into the model store under its content-hash
+  version (idempotent).
+
+It lives with its reader, the service (export writes through it); no torch here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("seqserve")
 
 SCHEMA_VERSION = 1
 NORMALISATION_MODES = ("global", "series")
@@ -153,3 +170,117 @@ class ArtifactMeta:
         else:
             d.pop("generation")
         return {**{k: v for k, v in d.items() if k != "extra"}, **self.extra}
+
+
+REFERENCE_FILE = "reference.npz"
+
+
+class ModelNotFound(RuntimeError):
+    pass
+
+
+NO_MODEL = (
+    "no model to serve: set SEQSERVE_MODEL (a model store tag or an artifact directory) or promote a champion "
+    "(python -m export.promote artifacts/default --store; make serve does both: make export first)"
+)
+
+
+def use_project_model_store() -> str:
+    """Every seqserve entry point uses one model store: ``BENTOML_HOME``, else ``.bentoml/`` in the working
+    directory (what the Makefile sets), never BentoML's ``~/bentoml`` default. Call before touching bentoml."""
+    return os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / ".bentoml"))
+
+
+class ReferenceMismatch(RuntimeError):
+    """A session's outputs differ from the artifact's recorded reference outputs."""
+
+
+@dataclass
+class Artifact:
+    path: Path  # directory holding model.onnx and metadata.json
+    meta: ArtifactMeta
+    source: str  # the tag or path it was found by
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / "model.onnx"
+
+    @property
+    def reference_path(self) -> Path:
+        return self.path / REFERENCE_FILE
+
+
+def find_artifact(ref: str | None = None) -> Artifact:
+    """Resolve ``ref`` (tag or directory; default from ``SEQSERVE_MODEL``) in the local store only."""
+    ref = ref or os.environ.get("SEQSERVE_MODEL")
+    if not ref:
+        raise ModelNotFound(NO_MODEL)
+    candidate = Path(ref)
+    if candidate.is_dir():
+        path = candidate
+    else:
+        import bentoml
+        from bentoml.exceptions import BentoMLException
+
+        try:
+            # The local store only: never reach for a remote/cloud model on a missing tag.
+            path = Path(bentoml.models.get(ref).path)
+        except BentoMLException as e:
+            home = os.environ.get("BENTOML_HOME", "~/bentoml")
+            raise ModelNotFound(
+                f"model {ref!r} is not in the local model store ({home}); run `make export` first ({e})"
+            ) from None
+    if not (path / "model.onnx").exists() or not (path / "metadata.json").exists():
+        raise ModelNotFound(f"{path} does not hold model.onnx and metadata.json")
+    meta = ArtifactMeta.from_dict(json.loads((path / "metadata.json").read_text()), str(path / "metadata.json"))
+    return Artifact(path, meta, ref)
+
+
+def check_integrity(artifact: Artifact) -> None:
+    """``model.onnx`` must be the file that was exported: its SHA-256 against the metadata's ``onnx_sha256``
+    (a file damaged or replaced on disk is refused before ONNX Runtime reads it)."""
+    expected = artifact.meta.extra.get("onnx_sha256")
+    if not expected:
+        log.warning("seqserve: artifact %s records no onnx_sha256; integrity not checked", artifact.source)
+        return
+    digest = hashlib.sha256()
+    with artifact.onnx_path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ReferenceMismatch(
+            f"model {artifact.source}: model.onnx has SHA-256 {digest.hexdigest()[:16]}..., the metadata says "
+            f"{expected[:16]}...: the file was damaged or replaced; refusing to serve it"
+        )
+
+
+ARTIFACT_FILES = ("model.onnx", "metadata.json", "reference.npz", "checkpoint.pt")
+OPTIONAL_FILES = ("reference.npz", "checkpoint.pt")  # absent from artifacts exported by older versions
+
+
+def save_to_store(artifact_dir: str | Path) -> str:
+    """Store the artifact under its content-hash version (idempotent); return the tag string."""
+    artifact_dir = Path(artifact_dir)
+    meta = json.loads((artifact_dir / "metadata.json").read_text())
+    tag = f"{meta['model_name']}:{meta['model_version']}"
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(tag)
+        return tag  # the same bytes are already stored
+    except NotFound:
+        pass
+    labels = {"task": meta.get("task", "classify"), "rnn": meta["rnn"]["rnn"]}
+    labels.update({"attention": meta["rnn"]["attention"]} if "attention" in meta["rnn"] else {})
+    keys = ("schema_version", "feature_dim", "max_length", "opset", "created_at")
+    summary = {k: meta[k] for k in keys if k in meta}
+    for k in ("test_accuracy", "val_loss_nats"):
+        if k in meta["training_metrics"]:
+            summary[k] = meta["training_metrics"][k]
+    with bentoml.models.create(tag, labels=labels, metadata=summary, module="seqserve") as model:
+        for name in ARTIFACT_FILES:
+            if name in OPTIONAL_FILES and not (artifact_dir / name).exists():
+                continue  # exported before these files existed (unchecked at load / retrained from scratch)
+            shutil.copy2(artifact_dir / name, model.path_of(name))
+    return tag

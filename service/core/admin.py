@@ -1,6 +1,6 @@
 """Admin routes of the API service (issue 10), on only when ``SEQSERVE_ADMIN_TOKEN`` is set.
 
-* ``POST /admin/retrain``: queue a retraining job (``service.jobs``); 202 with the job, or the job already
+* ``POST /admin/retrain``: queue a retraining job (``service.core.store.jobs``); 202 with the job, or the job already
   queued or running (one at a time).
 * ``GET /admin/retrain``: the current or last job (``state``: queued, running, promoted, rejected, skipped,
   failed; the retrain report), read from the database, so every worker and pod answers the same.
@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.jobs import JobQueue
+from service.core.store.jobs import JobQueue
 
 log = logging.getLogger("seqserve")
 DRIFT_ALERT = "SeqserveInputDrift"

@@ -1,7 +1,7 @@
 """The champion pointer: which model every replica serves when ``SEQSERVE_MODEL`` names none (issue 10).
 
 One row per task (``classify``, ``generate``: a classifier and a language model are served side by side, each
-following its own champion) in the service database (``service.database``, beside the feedback): the model's
+following its own champion) in the service database (``service.core.store.database``, beside the feedback): the model's
 reference (a model store tag or an artifact directory), its version, and when it was promoted. Promotion
 (``python -m export.promote REF``) replaces the row in one transaction, so readers see the old pointer or the
 new one, never half of each. The model service polls it (``SEQSERVE_RELOAD_INTERVAL_S``) and swaps models
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.database import Database, database_exists
-from service.runtime import NO_MODEL, ModelNotFound
+from service.core.artifact import NO_MODEL, ModelNotFound
+from service.core.store.database import Database, database_exists
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS champions (

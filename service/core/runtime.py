@@ -1,7 +1,7 @@
 """Find the model artifact and open an ONNX Runtime session on the right execution provider, checked.
 
 ``SEQSERVE_MODEL``: a model store tag or a path to an artifact directory; unset, the service serves the promoted
-champion (``service.champion``), never whatever was stored last.
+champion (``service.core.store.champion``), never whatever was stored last.
 ``SEQSERVE_DEVICE``: ``auto`` (CUDA if it really initialises and passes the check, else CPU), ``cpu``, or
 ``cuda`` (fail if CUDA is not in use or fails the check). onnxruntime-gpu lists CUDA as *available* even on
 machines without a GPU, and asking for it there only logs an error and falls back to CPU, so the provider in
@@ -18,8 +18,6 @@ alone and all of them batched together, and refuses a session that is off by mor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,49 +26,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.contract import ArtifactMeta
+from service.core.artifact import REFERENCE_FILE, Artifact, ReferenceMismatch, check_integrity
 
 log = logging.getLogger("seqserve")
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0", "do_copy_in_default_stream": "1"}
 CHECK_TOLERANCE = 1e-5  # max abs difference of probabilities/attention vs the recorded CPU outputs
-REFERENCE_FILE = "reference.npz"
-
-
-class ModelNotFound(RuntimeError):
-    pass
-
-
-NO_MODEL = (
-    "no model to serve: set SEQSERVE_MODEL (a model store tag or an artifact directory) or promote a champion "
-    "(python -m export.promote artifacts/default --store; make serve does both: make export first)"
-)
-
-
-def use_project_model_store() -> str:
-    """Every seqserve entry point uses one model store: ``BENTOML_HOME``, else ``.bentoml/`` in the working
-    directory (what the Makefile sets), never BentoML's ``~/bentoml`` default. Call before touching bentoml."""
-    return os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / ".bentoml"))
-
-
-class ReferenceMismatch(RuntimeError):
-    """A session's outputs differ from the artifact's recorded reference outputs."""
-
-
-@dataclass
-class Artifact:
-    path: Path  # directory holding model.onnx and metadata.json
-    meta: ArtifactMeta
-    source: str  # the tag or path it was found by
-
-    @property
-    def onnx_path(self) -> Path:
-        return self.path / "model.onnx"
-
-    @property
-    def reference_path(self) -> Path:
-        return self.path / REFERENCE_FILE
 
 
 @dataclass
@@ -80,32 +42,6 @@ class SessionInfo:
     provider_options: dict  # as the session reports them for that provider
     fallback_reason: str | None = None  # why auto is not on CUDA although CUDA was tried
     check: dict = field(default_factory=dict)  # the load-time reference check
-
-
-def find_artifact(ref: str | None = None) -> Artifact:
-    """Resolve ``ref`` (tag or directory; default from ``SEQSERVE_MODEL``) in the local store only."""
-    ref = ref or os.environ.get("SEQSERVE_MODEL")
-    if not ref:
-        raise ModelNotFound(NO_MODEL)
-    candidate = Path(ref)
-    if candidate.is_dir():
-        path = candidate
-    else:
-        import bentoml
-        from bentoml.exceptions import BentoMLException
-
-        try:
-            # The local store only: never reach for a remote/cloud model on a missing tag.
-            path = Path(bentoml.models.get(ref).path)
-        except BentoMLException as e:
-            home = os.environ.get("BENTOML_HOME", "~/bentoml")
-            raise ModelNotFound(
-                f"model {ref!r} is not in the local model store ({home}); run `make export` first ({e})"
-            ) from None
-    if not (path / "model.onnx").exists() or not (path / "metadata.json").exists():
-        raise ModelNotFound(f"{path} does not hold model.onnx and metadata.json")
-    meta = ArtifactMeta.from_dict(json.loads((path / "metadata.json").read_text()), str(path / "metadata.json"))
-    return Artifact(path, meta, ref)
 
 
 def available_cpus() -> int:
@@ -197,24 +133,6 @@ def _judged(unit: str, n: int, diff_batched: float, diff_alone: float, tolerance
             f"(batched {diff_batched:.3g}, alone {diff_alone:.3g}) > {tolerance}"
         )
     return {unit: n, "max_abs_diff_batched": diff_batched, "max_abs_diff_alone": diff_alone, "tolerance": tolerance}
-
-
-def check_integrity(artifact: Artifact) -> None:
-    """``model.onnx`` must be the file that was exported: its SHA-256 against the metadata's ``onnx_sha256``
-    (a file damaged or replaced on disk is refused before ONNX Runtime reads it)."""
-    expected = artifact.meta.extra.get("onnx_sha256")
-    if not expected:
-        log.warning("seqserve: artifact %s records no onnx_sha256; integrity not checked", artifact.source)
-        return
-    digest = hashlib.sha256()
-    with artifact.onnx_path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        raise ReferenceMismatch(
-            f"model {artifact.source}: model.onnx has SHA-256 {digest.hexdigest()[:16]}..., the metadata says "
-            f"{expected[:16]}...: the file was damaged or replaced; refusing to serve it"
-        )
 
 
 def open_checked_session(artifact: Artifact, device: str = "auto", threads: int = 0, spin: bool = True) -> SessionInfo:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.database import Database
+from service.core.store.database import Database
 
 STATES = ("queued", "running", "promoted", "rejected", "skipped", "failed")
 SCHEMA = """

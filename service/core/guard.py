@@ -219,32 +219,3 @@ class RequestGuard:
         start, body = _error(status, message, rid)
         await send(start)
         await send(body)
-
-
-def bound_metric_paths(known: Iterable[str], template: Callable[[str], str | None] = lambda p: None) -> bool:
-    """Label BentoML's request metrics by known route, V2 route template or ``/{unknown}`` (see the module doc;
-    the request itself still sees its real path). True if applied; the patch targets bentoml 1.4."""
-    import copy
-
-    try:
-        from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as M
-    except ImportError:
-        return False
-    known = frozenset((*INFRA_PATHS, *known))
-    original = getattr(M.__call__, "__wrapped__", M.__call__)
-
-    def label(path: str) -> str:
-        if path in known:
-            return path
-        return template(path) or ("/static_content/{file}" if path.startswith("/static_content/") else UNKNOWN_PATH)
-
-    async def call(self: Any, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") != "http" or scope.get("path", "") in known:
-            return await original(self, scope, receive, send)
-        proxy = copy.copy(self)  # the same metrics, its own inner app: the real scope goes on
-        proxy.app = lambda _scope, r, s: self.app(scope, r, s)
-        return await original(proxy, {**scope, "path": label(scope.get("path", ""))}, receive, send)
-
-    call.__wrapped__ = original
-    M.__call__ = call
-    return True

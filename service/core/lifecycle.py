@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from service.champion import Champion, ChampionPointer
-from service.metrics import MODEL_SWAP_FAILURES, MODEL_SWAPS
-from service.runtime import Artifact, find_artifact
-from service.settings import Settings
+from service.core.artifact import Artifact, find_artifact
+from service.core.metrics import MODEL_SWAP_FAILURES, MODEL_SWAPS
+from service.core.settings import Settings
+from service.core.store.champion import Champion, ChampionPointer
 
 log = logging.getLogger("seqserve")
 

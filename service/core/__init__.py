@@ -1,0 +1,1 @@
+"""Task-free serving machinery, shared by every task room (service/tasks/<task>); imports no task."""

@@ -1,0 +1,1 @@
+"""Batch serving: the internal hop, coalescing, padding plans, fixed call shapes."""

@@ -1,0 +1,1 @@
+"""Decoding helpers for step models: sampling, beam search, the token channel."""

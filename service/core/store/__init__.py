@@ -1,0 +1,1 @@
+"""The service database: feedback, champion pointer, retraining jobs (SQLite or PostgreSQL)."""
