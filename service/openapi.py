@@ -66,7 +66,7 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def v2_paths(model_name: str) -> dict[str, Any]:
-    """The Open Inference Protocol routes (``service.v2``), so that clients and fuzzers see them."""
+    """The Open Inference Protocol routes (``service.core.protocol.v2``), so that clients and fuzzers see them."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": model_name}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     tag = ["Open Inference Protocol (V2)"]

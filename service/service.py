@@ -30,7 +30,6 @@ import concurrent.futures
 import functools
 import gc
 import logging
-import os
 import time
 from typing import Annotated, Any
 
@@ -48,10 +47,11 @@ from service.core.admin import admin_routes
 from service.core.artifact import Artifact, find_artifact
 from service.core.batching import hop
 from service.core.batching.coalesce import Coalescer
-from service.core.batching.hop import Answer, Pack
+from service.core.batching.hop import Answer, Pack, request_items
 from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
-from service.core.guard import DeadlinePassed, RequestGuard, deadline, request_id
+from service.core.guard import DeadlinePassed, RequestGuard, request_id
 from service.core.lifecycle import FollowsChampion, ModelSlot
+from service.core.protocol.v2 import route_template, v2_routes
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
 from service.engine import Engine
@@ -76,7 +76,7 @@ from service.schema import (
     predictions_json,
     sequences_type,
 )
-from service.v2 import route_template, v2_routes
+from service.tasks.classify.v2 import ClassifyV2
 
 log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
@@ -237,7 +237,7 @@ routes = Starlette(
         Route("/metadata", metadata, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         *admin_routes(SETTINGS.admin_token, SETTINGS.database),
-        *v2_routes(ARTIFACT.meta, MAX_LENGTH, MAX_SEQUENCES),
+        *v2_routes(ClassifyV2(ARTIFACT.meta, MAX_LENGTH, MAX_SEQUENCES)),
     ]
 )
 # The response is written by predictions_json; the annotation documents its schema in /docs.json.
@@ -274,13 +274,14 @@ class SeqServe:
         """Classify 1..64 sequences, each [T][F] numbers (T <= max_length, F = feature_dim); batched with
         other requests' sequences on the model service."""
         try:
-            return self._respond(await self.infer_items(_items(sequences)))
+            return self._respond(await self.infer_items(request_items(sequences)))
         except DeadlinePassed as e:
             return JSONResponse({"error": str(e)}, status_code=504)
 
     async def infer_items(self, items: list[Any]) -> list[Any]:
-        """Sequences (as ``_items``) through the model service's batcher: ``(probabilities, attention, version)``
-        each, in order. ``/predict`` and the V2 route (``service.v2``) both come here, so they share batches.
+        """Sequences (as ``request_items``) through the model service's batcher: ``(probabilities, attention,
+        version)`` each, in order. ``/predict`` and the V2 route (``service.tasks.classify.v2``) both come here,
+        so they share batches.
         ``DeadlinePassed`` if the request's deadline passed before the model ran it."""
         if items and items[0][3] <= time.perf_counter():
             DEADLINE_DROPPED.labels("classify").inc(len(items))
@@ -300,7 +301,7 @@ class SeqServe:
     async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
         """The same answers without adaptive batching: one request per model call (for comparison)."""
         try:
-            return self._respond(_answered(await self._call("infer_nobatch", _items(sequences))))
+            return self._respond(_answered(await self._call("infer_nobatch", request_items(sequences))))
         except DeadlinePassed as e:
             return JSONResponse({"error": str(e)}, status_code=504)
 
@@ -370,11 +371,6 @@ def _answered(results: list[Any]) -> list[Any]:
     if any(r is None for r in results):
         raise DeadlinePassed()
     return results
-
-
-def _items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray, float]]:
-    pid, due = os.getpid(), deadline()
-    return [(getattr(s, "received_at", 0.0), pid, np.asarray(s), due) for s in sequences]
 
 
 ROUTE_PATHS = (*JSON_PATHS, "/metadata", "/docs")

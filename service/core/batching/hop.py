@@ -16,9 +16,12 @@ in the model service, ``merge`` joins the packs of one adaptive batch and ``spli
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from service.core.guard import deadline
 
 
 class Pack(NamedTuple):
@@ -100,3 +103,10 @@ def split(answer: Answer, packs: list[Pack]) -> list[Answer]:
         )
         row, step = row + n, step + steps
     return out
+
+
+def request_items(sequences: list[np.ndarray]) -> list[tuple[float, int, np.ndarray, float]]:
+    """A request's sequences as per-sequence items ``(received_at, pid, float32 [T, F], deadline)``: when the
+    request was parsed (a validated array carries ``received_at``), this API worker, the request's deadline."""
+    pid, due = os.getpid(), deadline()
+    return [(getattr(s, "received_at", 0.0), pid, np.asarray(s), due) for s in sequences]

@@ -1,20 +1,19 @@
-"""The Open Inference Protocol (KServe V2 REST), beside ``/predict``: Triton and KServe clients work unchanged.
+"""The Open Inference Protocol (KServe V2 REST) over a task's adapter: Triton and KServe clients work unchanged.
 
-Routes (plain ASGI routes of the API service: BentoML cannot parse a V2 binary body):
+Routes (plain ASGI routes of a task's API service: BentoML cannot parse a V2 binary body):
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{version}]``,
 ``.../ready``, ``POST .../infer``. The name is the artifact's ``model_name``, the version the ``model_version``
 being served; an unknown name or version (the old one after a swap too) is a 404 ``{"error": ...}``.
 
-Tensors are the ONNX model's own: input ``x`` FP32 ``[N, T, F]`` (padded) and ``lengths`` INT64 ``[N]`` or
-``[N, 1]``; outputs ``probabilities`` FP32 ``[N, C]``, ``attention`` FP32 ``[N, T]`` (zero beyond each length)
-and ``label`` BYTES ``[N]``. Each row is cut to its length and goes to the same length-aware batcher as
-``/predict`` (``SeqServe.infer_items``), so both protocols share batches and give the same answers.
+This module is the codec and the routes; what the tensors mean is the task's ``V2Adapter``
+(service/tasks/classify/v2.py): its model metadata, and ``infer``, which validates the input tensors, runs them
+through the task's own batching path and returns the output tensors.
 
 The binary tensor data extension (``tritonclient``'s default): the JSON header's size in the
 ``Inference-Header-Content-Length`` header, then each binary input's bytes (``binary_data_size``), decoded
 straight into numpy; outputs asked for with ``binary_data`` (or ``binary_data_output`` for all) come back the
-same way. BYTES elements are a 4-byte little-endian length and the bytes. Every ``/predict`` rule holds, as a
-400 naming the tensor and the limit.
+same way. BYTES elements are a 4-byte little-endian length and the bytes. A bad request is a 400 naming the
+tensor and the limit (``V2Error``; ``reason`` labels the rejection metric).
 """
 
 from __future__ import annotations
@@ -22,21 +21,32 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import struct
-from typing import Any
+from typing import Any, Protocol
 
-import bentoml
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.core.artifact import ArtifactMeta
-from service.core.guard import DeadlinePassed
-from service.schema import first_non_finite, non_finite_message
-
 HEADER = "inference-header-content-length"
 DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
-OUTPUTS = ("probabilities", "attention", "label")
+Tensor = tuple[str, list[int], Any]  # (datatype, shape, values: an array, or a list of str for BYTES)
+
+
+class V2Adapter(Protocol):
+    """What a task gives the V2 routes."""
+
+    model_name: str
+
+    def metadata(self) -> dict:
+        """``GET /v2/models/{name}``'s body but name and versions: platform, inputs, outputs, parameters."""
+
+    async def version(self, ask: bool) -> str:
+        """The model version served (``ask``: ask the model service now, not the API worker's last note of it).
+        Raises ``V2Error`` (503) if the model service is not ready."""
+
+    async def infer(self, request: dict, binaries: dict[str, memoryview]) -> tuple[str, dict[str, Tensor]]:
+        """The request's input tensors through the task's batching path: (the version that answered, outputs)."""
 
 
 class V2Error(ValueError):
@@ -51,7 +61,7 @@ def error(e: V2Error) -> JSONResponse:
     return JSONResponse({"error": str(e)}, status_code=e.status, headers={"x-seqserve-reason": e.reason})
 
 
-def _tensor(spec: dict, binary: memoryview | None, datatype: str, name: str) -> np.ndarray:
+def tensor(spec: dict, binary: memoryview | None, datatype: str, name: str) -> np.ndarray:
     """One input tensor as a numpy array of its declared shape, from JSON ``data`` or its binary bytes."""
     if spec.get("datatype") != datatype:
         raise V2Error(
@@ -143,73 +153,16 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, dict[st
     return request, binaries
 
 
-def sequences(
-    request: dict, binaries: dict, meta: ArtifactMeta, max_length: int, max_n: int
-) -> tuple[list[np.ndarray], int]:
-    """Validate ``x`` and ``lengths``; each padded row cut to its length, and the padded length T."""
-    inputs = {spec.get("name"): spec for spec in request["inputs"] if isinstance(spec, dict)}
-    unknown = set(inputs) - {"x", "lengths"}
-    if unknown or len(inputs) != len(request["inputs"]):
-        raise V2Error(
-            f"inputs: {sorted(map(str, unknown))} unknown; the model takes 'x' and 'lengths'", reason="bad_input"
-        )
-    for name in ("x", "lengths"):
-        if name not in inputs:
-            raise V2Error(
-                f"input '{name}' is missing (the model takes 'x' FP32 [N, T, F] and 'lengths' INT64 [N])",
-                reason="bad_input",
-            )
-    x = _tensor(inputs["x"], binaries.get("x"), "FP32", "x")
-    lengths = _tensor(inputs["lengths"], binaries.get("lengths"), "INT64", "lengths")
-    if x.ndim != 3 or x.shape[2] != meta.feature_dim:
-        raise V2Error(
-            f"input 'x': shape {list(x.shape)}, the model takes [N, T, {meta.feature_dim}] (feature_dim)",
-            reason="feature_count",
-        )
-    n, t = x.shape[0], x.shape[1]
-    if not 1 <= n <= max_n:
-        raise V2Error(f"input 'x': {n} sequences, must be 1..{max_n} per request", reason="sequence_count")
-    if lengths.shape not in ((n,), (n, 1)):
-        raise V2Error(f"input 'lengths': shape {list(lengths.shape)}, must be [{n}] or [{n}, 1]", reason="shape")
-    lengths = lengths.reshape(-1)
-    for i, length in enumerate(lengths.tolist()):
-        if not 1 <= length <= t:
-            raise V2Error(
-                f"input 'lengths'[{i}]: {length}, must be 1..{t} (the padded length T of 'x')", reason="length"
-            )
-        if length > max_length:
-            raise V2Error(
-                f"input 'lengths'[{i}]: {length} time steps, the model accepts at most {max_length}", reason="too_long"
-            )
-    seqs = [np.ascontiguousarray(x[i, :length], dtype=np.float32) for i, length in enumerate(lengths.tolist())]
-    for i, s in enumerate(seqs):
-        if not np.isfinite(s).all():
-            raise V2Error(
-                f"input 'x'[{i}]: non-finite value (NaN, Infinity or beyond float32 range)", reason="non_finite"
-            )
-    return seqs, t
-
-
-def respond(request: dict, meta: ArtifactMeta, version: str, results: list, max_t: int) -> Response:
+def encode(request: dict, model_name: str, version: str, tensors: dict[str, Tensor]) -> Response:
     """The V2 response: JSON, or a JSON header plus binary outputs where the request asked for them."""
-    probs = np.stack([p for p, _, _ in results]).astype("<f4")
-    attention = np.zeros((len(results), max_t), "<f4")
-    for i, (_, a, _) in enumerate(results):
-        attention[i, : len(a)] = a
-    labels = [meta.classes[k] for k in probs.argmax(axis=1).tolist()]
-    tensors = {
-        "probabilities": ("FP32", list(probs.shape), probs),
-        "attention": ("FP32", list(attention.shape), attention),
-        "label": ("BYTES", [len(labels)], labels),
-    }
-    asked = request.get("outputs") or [{"name": name} for name in OUTPUTS]
+    asked = request.get("outputs") or [{"name": name} for name in tensors]
     binary_default = bool((request.get("parameters") or {}).get("binary_data_output", False))
     outputs, chunks = [], []
     for spec in asked:
         name = spec.get("name") if isinstance(spec, dict) else None
         if name not in tensors:
             raise V2Error(
-                f"outputs: {name!r} is not an output of the model ({', '.join(OUTPUTS)})", reason="bad_output"
+                f"outputs: {name!r} is not an output of the model ({', '.join(tensors)})", reason="bad_output"
             )
         datatype, shape, value = tensors[name]
         out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
@@ -224,7 +177,7 @@ def respond(request: dict, meta: ArtifactMeta, version: str, results: list, max_
         else:
             out["data"] = value if datatype == "BYTES" else value.reshape(-1).tolist()
         outputs.append(out)
-    body = {"model_name": meta.model_name, "model_version": version, "outputs": outputs}
+    body = {"model_name": model_name, "model_version": version, "outputs": outputs}
     if "id" in request:
         body["id"] = request["id"]
     head = json.dumps(body, separators=(",", ":")).encode()
@@ -233,29 +186,25 @@ def respond(request: dict, meta: ArtifactMeta, version: str, results: list, max_
     return Response(head + b"".join(chunks), media_type="application/octet-stream", headers={HEADER: str(len(head))})
 
 
-def _served(name: str, version: str | None, served: str) -> str:
+def served(name: str, version: str | None, served: str) -> str:
     """``served``, unless the path asked for another version: a 404, also for a version swapped out."""
     if version is not None and version != served:
         raise V2Error(f"model {name!r} has no version {version!r}; serving {served!r}", 404)
     return served
 
 
-def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[Route]:
-    """The V2 routes of the API service, for the artifact it serves."""
+def v2_routes(adapter: V2Adapter) -> list[Route]:
+    """The V2 routes of a task's API service, over its adapter."""
 
     async def check(request: Request, ask: bool = True) -> str:
-        """The version served, if the path names this model (and that version); else a 404. ``ask`` asks the
-        model service which version it serves (the API worker's own note of it lags a swap until an answer)."""
+        """The version served, if the path names this model (and that version); else a 404."""
         name, version = request.path_params["name"], request.path_params.get("version")
-        service = bentoml.get_current_service()
-        if name != meta.model_name:
-            raise V2Error(f"unknown model {name!r}; this server serves {meta.model_name!r}", 404)
-        if ask or (version is not None and version != service.version):
-            try:
-                service.version = (await service.model.to_async.info())["model_version"]
-            except Exception as e:  # noqa: BLE001 - the model service is starting or gone
-                raise V2Error(f"model service not ready: {e}", 503, "unavailable") from e
-        return _served(name, version, service.version)
+        if name != adapter.model_name:
+            raise V2Error(f"unknown model {name!r}; this server serves {adapter.model_name!r}", 404)
+        current = await adapter.version(ask)
+        if not ask and version is not None and version != current:  # the note may lag a swap: ask
+            current = await adapter.version(True)
+        return served(name, version, current)
 
     async def server(request: Request) -> Response:
         version = importlib.metadata.version("seqserve")
@@ -266,9 +215,9 @@ def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[R
 
     async def ready(request: Request) -> Response:
         try:
-            await bentoml.get_current_service().model.to_async.info()
-        except Exception as e:  # noqa: BLE001 - the model service is starting or gone
-            return JSONResponse({"error": f"model service not ready: {e}"}, status_code=503)
+            await adapter.version(ask=True)
+        except V2Error as e:
+            return error(e)
         return JSONResponse({"ready": True})
 
     async def model(request: Request) -> Response:
@@ -276,49 +225,24 @@ def v2_routes(meta: ArtifactMeta, max_length: int, max_sequences: int) -> list[R
             version = await check(request)
         except V2Error as e:
             return error(e)
-        return JSONResponse(
-            {
-                "name": meta.model_name,
-                "versions": [version],
-                "platform": "onnxruntime_onnx",
-                "inputs": [
-                    {"name": "x", "datatype": "FP32", "shape": [-1, -1, meta.feature_dim]},
-                    {"name": "lengths", "datatype": "INT64", "shape": [-1, 1]},
-                ],
-                "outputs": [
-                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(meta.classes)]},
-                    {"name": "attention", "datatype": "FP32", "shape": [-1, -1]},
-                    {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                ],
-                "parameters": {"classes": meta.classes, "max_length": max_length, "max_sequences": max_sequences},
-            }
-        )
+        return JSONResponse({"name": adapter.model_name, "versions": [version], **adapter.metadata()})
 
     async def model_ready(request: Request) -> Response:
         try:
             await check(request)
         except V2Error as e:
             return error(e)
-        return JSONResponse({"name": meta.model_name, "ready": True})
+        return JSONResponse({"name": adapter.model_name, "ready": True})
 
     async def infer(request: Request) -> Response:
-        from service.service import _items  # the API service's own request items (a late import: no cycle)
-
         try:
             await check(request, ask=False)  # the hot path: the answer itself says which model gave it
             parsed, binaries = parse_request(await request.body(), request.headers.get(HEADER))
-            seqs, t = sequences(parsed, binaries, meta, max_length, max_sequences)
-            service = bentoml.get_current_service()
-            results = await service.infer_items(_items(seqs))
-            bad = first_non_finite([p for p, _, _ in results])
-            if bad is not None:
-                raise V2Error(non_finite_message(f"x[{bad}]"), 422, "non_finite_output")
-            _served(meta.model_name, request.path_params.get("version"), results[0][2])  # swapped meanwhile
-            return respond(parsed, meta, results[0][2], results, t)
+            version, tensors = await adapter.infer(parsed, binaries)
+            served(adapter.model_name, request.path_params.get("version"), version)  # swapped meanwhile
+            return encode(parsed, adapter.model_name, version, tensors)
         except V2Error as e:
             return error(e)
-        except DeadlinePassed as e:
-            return error(V2Error(str(e), 504, "deadline"))
 
     routes = [
         Route("/v2", server, methods=["GET"]),

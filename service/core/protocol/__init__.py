@@ -1,0 +1,1 @@
+"""Wire protocols over a task adapter: the Open Inference Protocol (V2)."""

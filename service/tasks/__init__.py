@@ -1,0 +1,1 @@
+"""One room per task (classify, generate, ...): each imports service.core, never another room."""
