@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,9 +22,10 @@ import numpy as np
 
 from loadtest import workload
 from loadtest.client import run_load
+from loadtest.gpu_report import report_sections
 from loadtest.open_loop import open_loop_pass
 from loadtest.peer_servers import Server, ensure_venv, json_bodies, start_ray, start_triton, v2_binary_bodies
-from loadtest.procs import start_bentoml, stop_process
+from loadtest.procs import machine, start_bentoml, stop_process
 from loadtest.report import render_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,37 +45,6 @@ def prepare_artifact(work: Path, run: Path | None = None) -> Path:
     argv = ["--run", str(run), "--out", str(art), "--no-store", "--max-length", str(workload.LONGTAIL_MAX_LENGTH)]
     subprocess.run([PY, "-m", "export", *argv], cwd=ROOT, check=True, capture_output=True)
     return art
-
-
-def machine() -> dict:
-    import onnxruntime
-
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem = next(
-        (
-            int(ln.split()[1]) // 1024 // 1024
-            for ln in Path("/proc/meminfo").read_text().splitlines()
-            if ln.startswith("MemTotal")
-        ),
-        None,
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": mem,
-        "gpu": None,
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 # ---------------------------------------------------------------- systems
@@ -353,9 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(results, indent=2))
     report = ROOT / args.report
     report.parent.mkdir(parents=True, exist_ok=True)
-    gpu_results = ROOT / "bench/results-gpu.json"
-    gpu = json.loads(gpu_results.read_text()) if gpu_results.exists() else None
-    report.write_text(render_report(results, gpu))
+    report.write_text(render_report(results, report_sections()))
     print(f"bench: wrote {out} and {report} in {results['settings']['total_seconds']} s", file=sys.stderr)
     return results
 

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench import machine
-from loadtest.procs import start_bentoml, stop_process
+from loadtest.procs import machine, start_bentoml, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPACITY = (1024, 4096)  # step cost at thousands of streams (the default slot count is 4,096)

@@ -158,13 +158,23 @@ def gpu_section(gpu: dict | None) -> list[str]:
     return out + ["", "### GPU targets", "", *gpu_targets(gpu), ""]
 
 
+def report_sections() -> list[list[str]]:
+    """The sections docs/benchmarks.md carries beside the CPU tables: the GPU layouts (or "pending") and text
+    generation (when ``bench/results-generate.json`` exists)."""
+    from loadtest.bench_generate import generate_section
+
+    gpu_path, generate = ROOT / "bench/results-gpu.json", ROOT / "bench/results-generate.json"
+    sections = [gpu_section(json.loads(gpu_path.read_text()) if gpu_path.exists() else None)]
+    if generate.exists():
+        sections.append(generate_section(json.loads(generate.read_text())))
+    return sections
+
+
 def main() -> None:
     from loadtest.report import render_report
 
     results = json.loads((ROOT / "bench/results.json").read_text())
-    gpu_path = ROOT / "bench/results-gpu.json"
-    gpu = json.loads(gpu_path.read_text()) if gpu_path.exists() else None
-    (ROOT / "docs/benchmarks.md").write_text(render_report(results, gpu))
+    (ROOT / "docs/benchmarks.md").write_text(render_report(results, report_sections()))
     print("gpu_report: wrote docs/benchmarks.md")
 
 

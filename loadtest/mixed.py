@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 
 from loadtest import workload
-from loadtest.bench import machine
 from loadtest.bench_generate import closed_loop
 from loadtest.bench_generate import workload as generate_workload
 from loadtest.client import run_load, run_open_loop
 from loadtest.peer_servers import json_bodies
-from loadtest.procs import start_bentoml, stop_process
+from loadtest.procs import machine, start_bentoml, stop_process
 from loadtest.soak import write_section
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,13 +6,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-
-from loadtest.gpu_report import gpu_section
 
 
 def plot_history(history_csv: str | Path, png: str | Path) -> int:
@@ -175,7 +172,9 @@ def open_loop_table(runs: list[dict]) -> list[str]:
     return [*out, ""]
 
 
-def render_report(results: dict, gpu: dict | None = None) -> str:
+def render_report(results: dict, sections: list[list[str]] = ()) -> str:
+    """docs/benchmarks.md: the CPU tables, then ``sections`` (GPU, generation: ``gpu_report.report_sections``),
+    then the A/B pairs and the targets."""
     m, s, all_runs = results["machine"], results["settings"], results["runs"]
     runs = [r for r in all_runs if r.get("mode") not in ("open", "ab")]
     out = [
@@ -223,12 +222,8 @@ def render_report(results: dict, gpu: dict | None = None) -> str:
     for system, why in results.get("skipped", {}).items():
         out += [f"**{system} was skipped**: {why}", ""]
     out += open_loop_table(all_runs)
-    out += gpu_section(gpu)
-    generate = Path(__file__).resolve().parents[1] / "bench/results-generate.json"
-    if generate.exists():
-        from loadtest.bench_generate import generate_section
-
-        out += generate_section(json.loads(generate.read_text()))
+    for section in sections:
+        out += section
     c_high = max((r["concurrency"] for r in runs if r["concurrency"]), default=64)
     ab = [r for r in all_runs if r.get("mode") == "ab"]
     out += ab_table(ab)

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import workload
-from loadtest.bench import machine
 from loadtest.client import run_load, run_open_loop
 from loadtest.peer_servers import json_bodies
-from loadtest.procs import descendants, start_bentoml, stop_process
+from loadtest.procs import descendants, machine, start_bentoml, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
