@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One visit to the GPU machine: everything issue 9 measures there, in one command (see ../shared/gpu/README.md).
 #
-# Here, first:  make export  (artifacts/default)  and  bash ../shared/gpu/prepare.sh  (fills .gpu/)
+# Here, first:  make export  (artifacts/default)  and  EXTRA="orjson uvloop httptools psycopg[binary]"
+#   bash ../shared/gpu/prepare.sh  (fills .gpu/; the image lacks those four of our dependencies). With the tracked
+#   tree at ~21 MB, a 52 MB chunk passes a run's 64 MiB: re-split the wheel into ~36 MB chunks (7 runs; 2026-12-04
+#   did this by hand and taught .gpu/bin/device-env.sh to take every .gpu/ort*/part.*).
 # There, after the five chunk commands of that README (each chunk alone: the tracked tree, ~9 MB, counts
 # against a run's 64 MiB too), with carry [.gpu/wheels, .gpu/bin, artifacts]:
 #   bash loadtest/gpu_visit.sh
