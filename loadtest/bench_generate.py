@@ -128,10 +128,11 @@ def step_limit(art: Path, batch: int, threads: int, steps: int = 200, device: st
     from service.core.artifact import find_artifact
     from service.core.runtime import open_checked_session
     from service.scheduler import StepModel
+    from service.tasks.generate.spec import check_reference
 
     artifact = find_artifact(str(art))
     gen = artifact.meta.generation
-    model = StepModel(open_checked_session(artifact, device, threads).session, gen)
+    model = StepModel(open_checked_session(artifact, device, threads, check=check_reference).session, gen)
     states = [np.zeros((gen.layers, batch, gen.hidden), np.float32) for _ in gen.state_names]
     tokens = np.ones((batch, 1), np.int64)
     ones = np.ones(batch, np.int64)
@@ -157,11 +158,12 @@ def scheduler_limit(
     from service.forms import Vocabulary
     from service.generate import Limits, parse
     from service.scheduler import Scheduler, StepModel
+    from service.tasks.generate.spec import check_reference
 
     artifact = find_artifact(str(art))
     gen = artifact.meta.generation
     vocab, limits = Vocabulary(gen), Limits(gen.max_prompt_tokens, gen.max_new_tokens, 16)
-    session = open_checked_session(artifact, device, threads, spin=False).session
+    session = open_checked_session(artifact, device, threads, spin=False, check=check_reference).session
     sched = Scheduler(StepModel(session, gen), "bench", 4096, 32, 32).start()
     counter, tokens, stop = iter(range(10**9)), [0], time.perf_counter() + duration
     lock = threading.Lock()

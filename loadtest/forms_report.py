@@ -24,6 +24,7 @@ from service.core.runtime import open_checked_session
 from service.forms import Vocabulary, fits
 from service.generate import Limits, parse
 from service.scheduler import Scheduler, StepModel
+from service.tasks.generate.spec import check_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     artifact = find_artifact(args.artifact)
     gen = artifact.meta.generation
     vocab = Vocabulary(gen)
-    model = StepModel(open_checked_session(artifact, "cpu", 2).session, gen)
+    model = StepModel(open_checked_session(artifact, "cpu", 2, check=check_reference).session, gen)
     sched = Scheduler(model, artifact.meta.model_version, 4096, 32, 32).start()
     limits = Limits(gen.max_prompt_tokens, gen.max_new_tokens, 16)
     text_path = ROOT / artifact.meta.training_metrics["data"]

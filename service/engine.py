@@ -21,6 +21,7 @@ from service.core.batching.shapes import ShapedSessions, fixed_shapes_wanted, pa
 from service.core.runtime import CUDA, SessionInfo, available_cpus, open_checked_session
 from service.core.settings import Batching, Settings
 from service.schema import predictions_json
+from service.tasks.classify.spec import check_reference
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Engine:
         self.max_length: int = self.settings.accepted_max_length(meta.max_length)
         threads = self.settings.ort_threads or max(1, available_cpus() // self.settings.model_workers)
         self.info: SessionInfo = open_checked_session(
-            self.artifact, self.settings.device, threads, spin=self.settings.ort_spin
+            self.artifact, self.settings.device, threads, spin=self.settings.ort_spin, check=check_reference
         )
         self.session, self.provider = self.info.session, self.info.provider
         self.ort_threads = threads

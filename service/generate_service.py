@@ -48,6 +48,7 @@ from service.metrics import GEN_REJECTED, GenerateMetrics
 from service.openapi import GenerateOpenAPIPatch
 from service.per_request import PerRequestLoops
 from service.scheduler import Scheduler, StepModel
+from service.tasks.generate.spec import check_reference
 
 log = logging.getLogger("seqserve")
 log.setLevel(logging.INFO)
@@ -76,7 +77,7 @@ class LMEngine:
         self.gen = artifact.meta.generation
         self.ort_threads = settings.ort_threads or max(1, available_cpus() // settings.model_workers)
         self.info: SessionInfo = open_checked_session(
-            artifact, settings.device, self.ort_threads, settings.generate_ort_spin
+            artifact, settings.device, self.ort_threads, settings.generate_ort_spin, check=check_reference
         )
         self.metrics = metrics or GenerateMetrics(self.model_version, self.gen.rnn, self.info.provider, settings.device)
         model = StepModel(self.info.session, self.gen)

@@ -20,6 +20,7 @@ from service.core.runtime import open_checked_session
 from service.forms import Vocabulary, fits
 from service.generate import GenerateError, Limits, parse
 from service.scheduler import Scheduler, StepModel
+from service.tasks.generate.spec import check_reference
 from tests.conftest import SHAKESPEARE as SHAKESPEARE_TEXT
 from tests.conftest import train_tiny_lm
 
@@ -33,7 +34,7 @@ class Running:
         artifact = find_artifact(str(art))
         self.gen = artifact.meta.generation
         self.vocab = Vocabulary(self.gen)
-        self.model = StepModel(open_checked_session(artifact, "cpu", 2).session, self.gen)
+        self.model = StepModel(open_checked_session(artifact, "cpu", 2, check=check_reference).session, self.gen)
         self.sched = Scheduler(self.model, artifact.meta.model_version, capacity, 32, 32).start()
 
     def submit(self, body: dict, **override: object) -> tuple[threading.Event, list[dict]]:
@@ -72,7 +73,7 @@ def test_export_contract_parity_and_load_check(lm_artifact: Path, tmp_path: Path
     # torch's batch-size rounding is reported, not gated (issue 22: a 1.14e-05 failed a good model's export)
     assert parity["alone_vs_batched_max_abs_diff_torch"] >= 0.0
     assert "alone_vs_batched_max_abs_diff_torch" not in parity["gated"]
-    info = open_checked_session(find_artifact(str(lm_artifact)), "cpu", 1)
+    info = open_checked_session(find_artifact(str(lm_artifact)), "cpu", 1, check=check_reference)
     assert [i.name for i in info.session.get_inputs()] == ["tokens", "lengths", "h", "c"]
     assert info.check["max_abs_diff_alone"] <= 1e-5
     import shutil
@@ -83,7 +84,7 @@ def test_export_contract_parity_and_load_check(lm_artifact: Path, tmp_path: Path
     ref["out0"] = ref["out0"] + 1e-3
     np.savez(bad / "reference.npz", **ref)
     with pytest.raises(ReferenceMismatch):
-        open_checked_session(find_artifact(str(bad)), "cpu", 1)
+        open_checked_session(find_artifact(str(bad)), "cpu", 1, check=check_reference)
 
 
 def test_a_stream_row_is_bitwise_the_same_in_any_batch(shakespeare: Running) -> None:

@@ -15,12 +15,13 @@ from loadtest.procs import start_bentoml
 from service.core import runtime
 from service.core.artifact import ReferenceMismatch, find_artifact
 from service.core.runtime import CPU, CUDA_OPTIONS, available_cpus, open_checked_session
+from service.tasks.classify.spec import check_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 OPEN = (
     "import sys; from service.core.artifact import find_artifact;"
-    "from service.core.runtime import open_checked_session;"
-    "print(open_checked_session(find_artifact(sys.argv[1]), sys.argv[2]).provider)"
+    "from service.core.runtime import open_checked_session; from service.tasks.classify.spec import check_reference;"
+    "print(open_checked_session(find_artifact(sys.argv[1]), sys.argv[2], check=check_reference).provider)"
 )
 
 
@@ -88,7 +89,7 @@ def copy_artifact(artifact: Path, dest: Path) -> Path:
 
 
 def test_load_check_passes_and_reports_the_session(artifact: Path) -> None:
-    info = open_checked_session(find_artifact(str(artifact)), "auto", threads=1)
+    info = open_checked_session(find_artifact(str(artifact)), "auto", threads=1, check=check_reference)
     assert info.check["sequences"] == 8
     assert info.check["max_abs_diff_alone"] <= 1e-5 and info.check["max_abs_diff_batched"] <= 1e-5
     assert info.provider_options == info.session.get_provider_options()[info.provider]  # read back, not assumed
@@ -105,7 +106,7 @@ def test_load_check_refuses_edited_reference_outputs(artifact: Path, tmp_path: P
     ref["probabilities"] = ref["probabilities"] + 1e-3
     np.savez(edited / "reference.npz", **ref)
     with pytest.raises(ReferenceMismatch) as e:
-        open_checked_session(find_artifact(str(edited)), "cpu", threads=1)
+        open_checked_session(find_artifact(str(edited)), "cpu", threads=1, check=check_reference)
     assert "differ from the artifact's reference outputs by 0.001" in str(e.value) and "refusing" in str(e.value)
 
 
@@ -121,11 +122,11 @@ def test_auto_falls_back_to_cpu_when_the_gpu_session_fails_the_check(
     other = tmp_path / "other"
     export_run(write_run(tmp_path, seed=5, rnn="gru", bidirectional=True, attention="additive", stride=1), other)
     monkeypatch.setattr(runtime, "_try_cuda", lambda path, threads, spin=True: (cpu_session(other / "model.onnx"), ""))
-    info = open_checked_session(find_artifact(str(artifact)), "auto", threads=1)
+    info = open_checked_session(find_artifact(str(artifact)), "auto", threads=1, check=check_reference)
     assert info.provider == CPU
     assert info.fallback_reason.startswith("CUDA failed the load-time check: outputs differ")
     with pytest.raises(RuntimeError, match="SEQSERVE_DEVICE=cuda but CUDA failed the load-time check"):
-        open_checked_session(find_artifact(str(artifact)), "cuda", threads=1)
+        open_checked_session(find_artifact(str(artifact)), "cuda", threads=1, check=check_reference)
 
 
 def test_available_cpus_is_within_the_affinity_mask() -> None:

@@ -10,9 +10,10 @@ use is read back from the session.
 The CUDA provider runs with ``CUDA_OPTIONS``: ORT's defaults (exhaustive cuDNN convolution search, TF32 on
 Hopper) made it slower than the CPU and broke the 1e-5 parity (shared/gpu/README.md).
 
-**Load-time check.** Export stores reference outputs (``reference.npz``: held-out sequences and the CPU
-graph's probabilities and attention). ``open_checked_session`` runs them on the new session, each sequence
-alone and all of them batched together, and refuses a session that is off by more than ``CHECK_TOLERANCE``:
+**Load-time check.** Export stores reference outputs (``reference.npz``: held-out inputs and what the CPU
+graph gave for them). ``open_checked_session`` hands the new session to the task's check (a ``ReferenceCheck``:
+``service/tasks/<task>/spec.py``, which runs the inputs alone and batched and reports through ``judged``), and
+refuses a session that is off by more than ``CHECK_TOLERANCE``:
 ``auto`` then falls back to CPU and records why (``SessionInfo.fallback_reason``); ``cuda`` and ``cpu`` fail.
 """
 
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from service.core.artifact import REFERENCE_FILE, Artifact, ReferenceMismatch, check_integrity
@@ -33,6 +34,7 @@ log = logging.getLogger("seqserve")
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0", "do_copy_in_default_stream": "1"}
 CHECK_TOLERANCE = 1e-5  # max abs difference of probabilities/attention vs the recorded CPU outputs
+ReferenceCheck = Callable[[ort.InferenceSession, Path], dict]  # a task's check: its report, or ReferenceMismatch
 
 
 @dataclass
@@ -93,39 +95,7 @@ def _try_cuda(model_path: Path, threads: int, spin: bool = True) -> tuple[ort.In
     return sess, ""
 
 
-def check_session(sess: ort.InferenceSession, reference_path: Path, tolerance: float = CHECK_TOLERANCE) -> dict:
-    """Run the recorded reference sequences alone and batched; raise ReferenceMismatch beyond ``tolerance``."""
-    ref = np.load(reference_path)
-    if "tokens" in ref:
-        return check_step_session(sess, ref, tolerance)
-    x, lengths, probs, att = ref["x"], ref["lengths"], ref["probabilities"], ref["attention"]
-    p_batch, a_batch = sess.run(None, {"x": x, "lengths": lengths})
-    diff_batched = max(float(np.abs(p_batch - probs).max()), float(np.abs(a_batch - att).max()))
-    diff_alone = 0.0
-    for i, n in enumerate(lengths.tolist()):
-        p, a = sess.run(None, {"x": x[i : i + 1, :n], "lengths": lengths[i : i + 1]})
-        diff_alone = max(diff_alone, float(np.abs(p[0] - probs[i]).max()), float(np.abs(a[0] - att[i, :n]).max()))
-    return _judged("sequences", len(lengths), diff_batched, diff_alone, tolerance)
-
-
-def check_step_session(sess: ort.InferenceSession, ref: np.lib.npyio.NpzFile, tolerance: float) -> dict:
-    """A language model's step graph (``export.lm_export``): the recorded streams batched, and each alone."""
-    tokens, lengths = ref["tokens"], ref["lengths"]
-    names = [i.name for i in sess.get_inputs()][2:]  # h (, c)
-    states = [ref[f"state{i}"] for i in range(len(names))]
-    want = [ref[f"out{i}"] for i in range(len(names) + 1)]
-    got = sess.run(None, {"tokens": tokens, "lengths": lengths, **dict(zip(names, states))})
-    diff_batched = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
-    diff_alone = 0.0
-    for i, n in enumerate(lengths.tolist()):
-        feed = {"tokens": tokens[i : i + 1, :n], "lengths": lengths[i : i + 1]}
-        one = sess.run(None, {**feed, **{k: s[:, i : i + 1] for k, s in zip(names, states)}})
-        diff_alone = max(diff_alone, float(np.abs(one[0][0] - want[0][i]).max()))
-        diff_alone = max(diff_alone, *(float(np.abs(o[:, 0] - w[:, i]).max()) for o, w in zip(one[1:], want[1:])))
-    return _judged("streams", len(lengths), diff_batched, diff_alone, tolerance)
-
-
-def _judged(unit: str, n: int, diff_batched: float, diff_alone: float, tolerance: float) -> dict:
+def judged(unit: str, n: int, diff_batched: float, diff_alone: float, tolerance: float) -> dict:
     """The load-time check's report, or ReferenceMismatch beyond ``tolerance``."""
     if max(diff_batched, diff_alone) > tolerance:
         raise ReferenceMismatch(
@@ -135,8 +105,11 @@ def _judged(unit: str, n: int, diff_batched: float, diff_alone: float, tolerance
     return {unit: n, "max_abs_diff_batched": diff_batched, "max_abs_diff_alone": diff_alone, "tolerance": tolerance}
 
 
-def open_checked_session(artifact: Artifact, device: str = "auto", threads: int = 0, spin: bool = True) -> SessionInfo:
-    """Open a session on ``device`` and check it against the artifact's reference outputs (see module doc)."""
+def open_checked_session(
+    artifact: Artifact, device: str = "auto", threads: int = 0, spin: bool = True, *, check: ReferenceCheck
+) -> SessionInfo:
+    """Open a session on ``device`` and check it with the task's ``check`` against the artifact's reference
+    outputs (see module doc)."""
     device = device.lower()
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"SEQSERVE_DEVICE must be auto, cpu or cuda, got {device!r}")
@@ -149,12 +122,12 @@ def open_checked_session(artifact: Artifact, device: str = "auto", threads: int 
         sess, why = _try_cuda(artifact.onnx_path, threads, spin)
         if sess is not None:
             try:
-                check = check_session(sess, artifact.reference_path) if has_reference else {}
+                check_report = check(sess, artifact.reference_path) if has_reference else {}
             except ReferenceMismatch as e:
                 why = f"CUDA failed the load-time check: {e}"
             else:
                 log.info("seqserve: ONNX Runtime provider in use: %s %s", CUDA, sess.get_provider_options()[CUDA])
-                return SessionInfo(sess, CUDA, sess.get_provider_options()[CUDA], None, check)
+                return SessionInfo(sess, CUDA, sess.get_provider_options()[CUDA], None, check_report)
         if device == "cuda":
             raise RuntimeError(f"SEQSERVE_DEVICE=cuda but {why}")
         fallback = why
@@ -163,8 +136,8 @@ def open_checked_session(artifact: Artifact, device: str = "auto", threads: int 
     opts = session_options(threads, quiet=False, spin=spin)
     sess = ort.InferenceSession(str(artifact.onnx_path), opts, providers=[CPU])
     try:
-        check = check_session(sess, artifact.reference_path) if has_reference else {}
+        check_report = check(sess, artifact.reference_path) if has_reference else {}
     except ReferenceMismatch as e:
         raise ReferenceMismatch(f"model {artifact.source}: the CPU session {e}; refusing to serve it") from None
     log.info("seqserve: ONNX Runtime provider in use: %s", CPU)
-    return SessionInfo(sess, CPU, sess.get_provider_options().get(CPU, {}), fallback, check)
+    return SessionInfo(sess, CPU, sess.get_provider_options().get(CPU, {}), fallback, check_report)

@@ -1,0 +1,31 @@
+"""The language model's part of the artifact contract: the step graph's load-time reference check.
+
+(Its ``metadata.json`` section, ``Generation`` in ``service.core.artifact`` today, moves here in issue 23's step 4.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.core.runtime import CHECK_TOLERANCE, judged
+
+
+def check_reference(sess: ort.InferenceSession, reference_path: Path, tolerance: float = CHECK_TOLERANCE) -> dict:
+    """The step graph (``export.lm_export``): the recorded streams batched, and each alone."""
+    ref = np.load(reference_path)
+    tokens, lengths = ref["tokens"], ref["lengths"]
+    names = [i.name for i in sess.get_inputs()][2:]  # h (, c)
+    states = [ref[f"state{i}"] for i in range(len(names))]
+    want = [ref[f"out{i}"] for i in range(len(names) + 1)]
+    got = sess.run(None, {"tokens": tokens, "lengths": lengths, **dict(zip(names, states))})
+    diff_batched = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+    diff_alone = 0.0
+    for i, n in enumerate(lengths.tolist()):
+        feed = {"tokens": tokens[i : i + 1, :n], "lengths": lengths[i : i + 1]}
+        one = sess.run(None, {**feed, **{k: s[:, i : i + 1] for k, s in zip(names, states)}})
+        diff_alone = max(diff_alone, float(np.abs(one[0][0] - want[0][i]).max()))
+        diff_alone = max(diff_alone, *(float(np.abs(o[:, 0] - w[:, i]).max()) for o, w in zip(one[1:], want[1:])))
+    return judged("streams", len(lengths), diff_batched, diff_alone, tolerance)
