@@ -22,33 +22,18 @@ import torch
 
 from export.onnx_export import export_onnx
 from training.kernels import fit_kernels
-from training.model import ModelConfig, SequenceClassifier, auto_stride
-from training.train import add_train_args
+from training.model import SequenceClassifier
+from training.train import add_train_args, model_config
 
 
 def build(kernel_features: int, length: int, channels: int = 1, classes: int = 10) -> SequenceClassifier:
     """The classifier ``python -m training train`` builds with its defaults (read from its parser), for this shape."""
     parser = argparse.ArgumentParser()
     add_train_args(parser)
-    d = parser.parse_args([])
-    conv = [int(c) for c in d.conv_channels.split(",")]
+    d = parser.parse_args(["--kernel-features", str(kernel_features)])
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        feature_dim=channels,
-        num_classes=classes,
-        rnn=d.rnn,
-        hidden=d.hidden,
-        layers=d.layers,
-        bidirectional=d.bidirectional,
-        attention=d.attention,
-        dropout=d.dropout,
-        stride=auto_stride(length),
-        conv_channels=conv,
-        conv_kernels=[int(k) for k in d.conv_kernels.split(",")][: len(conv)],
-        normalisation="series" if channels == 1 else "global",  # what `auto` picks for z-normalised UCR series
-        kernel_features=kernel_features,
-        kernel_length=length,
-    )
+    normalisation = "series" if channels == 1 else "global"  # what `auto` picks for z-normalised UCR series
+    cfg = model_config(d, channels, classes, length, normalisation, kernel_length=length, kernel_seed=0)
     model = SequenceClassifier(cfg).eval()
     if model.kernels is not None:
         fit_kernels(model.kernels, [torch.randn(length, channels) for _ in range(8)])

@@ -79,7 +79,7 @@ class Engine:
                 stats.call_seconds.append(time.perf_counter() - t0)
                 probs[g] = p
                 for k, i in enumerate(g):
-                    attention[i] = a[k, : lengths[i]].copy()
+                    attention[i] = a[k, : lengths[i]]  # a view: ``run`` returned copies
                 stats.padded_steps += rows * steps
                 stats.call_sizes.append(len(g))
             return probs, attention, stats

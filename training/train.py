@@ -264,6 +264,38 @@ def fit_kernel_branch(
     return fitted | {"ridge_alpha": ridge["alpha"], "ridge_temperature": ridge["temperature"]}
 
 
+def model_config(
+    args: argparse.Namespace,
+    feature_dim: int,
+    num_classes: int,
+    longest: int,
+    normalisation: str,
+    kernel_length: int,
+    kernel_seed: int,
+) -> ModelConfig:
+    """The classifier the training CLI's architecture flags describe (``add_train_args``), for data of this
+    shape: ``longest`` sets an ``auto`` stride; the kernel span and seed count only with ``--kernel-features``."""
+    stride = auto_stride(longest) if str(args.stride) == "auto" else int(args.stride)
+    conv = [] if args.conv_channels in ("", "none") else [int(c) for c in str(args.conv_channels).split(",")]
+    return ModelConfig(
+        feature_dim=feature_dim,
+        num_classes=num_classes,
+        rnn=args.rnn,
+        hidden=args.hidden,
+        layers=args.layers,
+        bidirectional=args.bidirectional,
+        attention=args.attention,
+        dropout=args.dropout,
+        stride=stride,
+        conv_channels=conv,
+        conv_kernels=[int(k) for k in str(args.conv_kernels).split(",")][: len(conv)],
+        normalisation=normalisation,
+        kernel_features=args.kernel_features,
+        kernel_length=kernel_length if args.kernel_features else 0,
+        kernel_seed=kernel_seed if args.kernel_features else 0,
+    )
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run one training; return the metrics dict (also written to ``--out/metrics.json``)."""
     t_start = time.perf_counter()
@@ -289,30 +321,20 @@ def train(args: argparse.Namespace) -> dict:
     if normalisation == "auto":
         normalisation = "series" if data.is_series_normalised(train_ds) else "global"
     max_length = int(max(full.lengths.max(), test.lengths.max()))
-    stride = auto_stride(int(full.lengths.max())) if str(args.stride) == "auto" else int(args.stride)
-    conv = [] if args.conv_channels in ("", "none") else [int(c) for c in str(args.conv_channels).split(",")]
-    kernels = [int(k) for k in str(args.conv_kernels).split(",")][: len(conv)]
 
     warm = torch.load(args.init_from, map_location="cpu", weights_only=True) if getattr(args, "init_from", "") else None
     warm_cfg = ModelConfig(**warm["model_config"]) if warm else None  # (older configs lack newer fields)
-    cfg = ModelConfig(
-        feature_dim=full.feature_dim,
-        num_classes=len(classes),
-        rnn=args.rnn,
-        hidden=args.hidden,
-        layers=args.layers,
-        bidirectional=args.bidirectional,
-        attention=args.attention,
-        dropout=args.dropout,
-        stride=stride,
-        conv_channels=conv,
-        conv_kernels=kernels,
-        normalisation=normalisation,
-        kernel_features=args.kernel_features,
+    longest = int(full.lengths.max())
+    cfg = model_config(
+        args,
+        full.feature_dim,
+        len(classes),
+        longest,
+        normalisation,
         # The kernel branch is fixed, not learnt: a warm start keeps the checkpoint's (dilations spanning the data
         # it was fitted on, channel subsets from its seed); a fresh run spans its own longest sequence.
-        kernel_length=(warm_cfg.kernel_length if warm_cfg else int(full.lengths.max())) if args.kernel_features else 0,
-        kernel_seed=(warm_cfg.kernel_seed if warm_cfg else args.seed) if args.kernel_features else 0,
+        kernel_length=warm_cfg.kernel_length if warm_cfg else longest,
+        kernel_seed=warm_cfg.kernel_seed if warm_cfg else args.seed,
     )
     model = SequenceClassifier(cfg)
     if warm is not None:  # warm start (retraining); this data's statistics replace the old ones

@@ -59,8 +59,7 @@ class ShapeLadder:
 
     def shape_for(self, rows: int, longest: int) -> tuple[int, int]:
         """The smallest rung holding ``rows`` sequences of at most ``longest`` steps."""
-        t = next(t for t in self.steps if t >= longest)
-        return next(b for b in self.batches if b >= rows), t
+        return next(b for b in self.batches if b >= rows), self._steps(longest)
 
     def plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
         """Index arrays (shortest sequences first) with their ``(B, T)`` shape: one model call each. A call
