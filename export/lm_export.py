@@ -13,8 +13,8 @@ for bit. Torch's own alone-vs-batched difference is reported but not gated: torc
 by batch size (up to ~1.1e-5 measured on a trained 2x512 LSTM, `docs/generation.md`), which says nothing about the
 artifact; the ORT-vs-torch tolerance already bounds how far the served graph may be from the model.
 
-Form presets (``generation.forms``, used by ``service/forms.py``): for a corpus of one document a line, the
-commonest document shapes, with every non-punctuation character a free position: for Tang poems ``5x4``,
+Form presets (``generation.forms``, used by ``service/tasks/generate/forms.py``): for a corpus of one document a
+line, the commonest document shapes, with every non-punctuation character a free position: for Tang poems ``5x4``,
 ``5x8``, ``7x4``, ``7x8`` (line length x lines), each a template such as ``[null x5, "，", null x5, "。", ...]``.
 """
 
@@ -35,7 +35,7 @@ import torch
 
 from export.onnx_export import OPSET, ParityError, content_version, cpu_session
 from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
-from service.forms import is_free_char
+from service.core.vocab import is_free_char
 from training import data
 from training.lm_model import CharLM, StepGraph
 from training.lm_train import VAL_FRACTION, load_lm

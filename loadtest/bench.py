@@ -77,7 +77,7 @@ def time_engine(engine, chunks: list[list[np.ndarray]], duration: float) -> dict
 def measure_limit(art: Path, seqs: list[np.ndarray], duration: float, threads: int) -> dict:
     from service.core.artifact import find_artifact
     from service.core.settings import Settings
-    from service.engine import Engine
+    from service.tasks.classify.engine import Engine
 
     engine = Engine(find_artifact(str(art)), Settings(device="cpu", ort_threads=threads))
     order = sorted(seqs, key=len)

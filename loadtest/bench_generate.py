@@ -4,7 +4,7 @@
   general server writes; ``SEQSERVE_GENERATE_MODE=per-request``);
 * ``request-batching``: the whole generation of a batch of requests at once; a batch forms when the previous
   one is done and its answers leave at its end (what BentoML's or Ray Serve's request batching gives);
-* ``step-batching``: seqserve's step scheduler (``service/scheduler.py``).
+* ``step-batching``: seqserve's step scheduler (``service/core/decoding/scheduler.py``).
 
 Closed-loop streaming clients (server-sent events) at each concurrency, short prompts from the validation
 text, ``max_new_tokens`` log-uniform in 16..512 (a long tail: requests finish at different steps). Measured:
@@ -127,7 +127,7 @@ def step_limit(art: Path, batch: int, threads: int, steps: int = 200, device: st
     """The step graph alone at ``batch`` streams (greedy argmax included), no scheduler, no HTTP."""
     from service.core.artifact import find_artifact
     from service.core.runtime import open_checked_session
-    from service.scheduler import StepModel
+    from service.tasks.generate.engine import StepModel
     from service.tasks.generate.spec import check_reference
 
     artifact = find_artifact(str(art))
@@ -154,10 +154,11 @@ def scheduler_limit(
     import threading
 
     from service.core.artifact import find_artifact
+    from service.core.decoding.scheduler import Scheduler
     from service.core.runtime import open_checked_session
-    from service.forms import Vocabulary
-    from service.generate import Limits, parse
-    from service.scheduler import Scheduler, StepModel
+    from service.core.vocab import Vocabulary
+    from service.tasks.generate.engine import StepModel
+    from service.tasks.generate.params import Limits, parse
     from service.tasks.generate.spec import check_reference
 
     artifact = find_artifact(str(art))

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from service.core.artifact import find_artifact
+from service.core.decoding.scheduler import Scheduler
 from service.core.runtime import open_checked_session
-from service.forms import Vocabulary, fits
-from service.generate import Limits, parse
-from service.scheduler import Scheduler, StepModel
+from service.core.vocab import Vocabulary
+from service.tasks.generate.engine import StepModel
+from service.tasks.generate.forms import fits
+from service.tasks.generate.params import Limits, parse
 from service.tasks.generate.spec import check_reference
 
 ROOT = Path(__file__).resolve().parents[1]

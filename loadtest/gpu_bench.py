@@ -137,7 +137,7 @@ def inprocess(art: Path, mixes: dict, args: argparse.Namespace) -> list[dict]:
     length-sorted batches of each size: the most the HTTP layouts could get out of it."""
     from service.core.artifact import find_artifact
     from service.core.settings import Settings
-    from service.engine import Engine
+    from service.tasks.classify.engine import Engine
 
     runs = []
     engine = Engine(find_artifact(str(art)), Settings(device=args.device))

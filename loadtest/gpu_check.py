@@ -17,7 +17,7 @@ import numpy as np
 
 from service.core.artifact import find_artifact
 from service.core.settings import Settings
-from service.engine import Engine
+from service.tasks.classify.engine import Engine
 
 
 def shape_timings(engine: Engine, calls: int) -> list[dict]:

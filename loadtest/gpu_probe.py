@@ -32,7 +32,7 @@ from loadtest import workload
 from service.core.artifact import find_artifact
 from service.core.runtime import CPU, CUDA, CUDA_OPTIONS, session_options
 from service.core.settings import Settings
-from service.engine import Engine
+from service.tasks.classify.engine import Engine
 
 
 def ms(fn) -> float:  # noqa: ANN001
@@ -61,14 +61,14 @@ def probe_config(engine: Engine, mixes: dict, rng: np.random.Generator, reps: in
             for B in (1, 16, 64, 256):
                 first, again = [], []
                 for _ in range(reps):
-                    x, lens = engine._pad.pad([seqs[i] for i in rng.integers(len(seqs), size=B)], buckets)
+                    x, lens = engine.batch.pad.pad([seqs[i] for i in rng.integers(len(seqs), size=B)], buckets)
                     first.append(ms(lambda x=x, lens=lens: run(x, lens)))
                     again.append(ms(lambda x=x, lens=lens: run(x, lens)))
                 row = {"profile": profile, "batch": B, "buckets": buckets}
                 out["shapes"].append({**row, "first": summary(first), "again": summary(again)})
     seqs = mixes["jv"]
     batches = [[seqs[i] for i in rng.integers(len(seqs), size=16)] for _ in range(6)]
-    padded = [tuple(np.copy(a) for a in engine._pad.pad(b)) for b in batches]
+    padded = [tuple(np.copy(a) for a in engine.batch.pad.pad(b)) for b in batches]
     for x, lens in padded:  # all seen once
         run(x, lens)
     same = [ms(lambda: run(*padded[0])) for _ in range(3 * reps)]

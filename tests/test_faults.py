@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from loadtest.procs import descendants, start_bentoml, stop_process
-from service.feedback import StoreUnavailable, open_store
+from service.tasks.classify.feedback import StoreUnavailable, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"sequences": [[[0.1] * 12] * 5]}

@@ -14,7 +14,7 @@ import pytest
 
 from loadtest.procs import kill_tree, start_bentoml
 from service.core.artifact import ModelNotFound
-from service.feedback import StoreFull, assign_split, open_store
+from service.tasks.classify.feedback import StoreFull, assign_split, open_store
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]

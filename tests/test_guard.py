@@ -9,7 +9,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from service.core.guard import RequestGuard, RequestIdFilter, deadline, request_id
-from service.schema import feedback_type, sequences_type
+from service.tasks.classify.schema import feedback_type, sequences_type
 
 
 def run(guard: RequestGuard, method: str, headers: dict, chunks: list[bytes], delay: float = 0.0) -> dict:

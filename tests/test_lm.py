@@ -16,10 +16,12 @@ import pytest
 
 from export.lm_export import export_lm_run
 from service.core.artifact import ReferenceMismatch, find_artifact
+from service.core.decoding.scheduler import Scheduler
 from service.core.runtime import open_checked_session
-from service.forms import Vocabulary, fits
-from service.generate import GenerateError, Limits, parse
-from service.scheduler import Scheduler, StepModel
+from service.core.vocab import Vocabulary
+from service.tasks.generate.engine import StepModel
+from service.tasks.generate.forms import fits
+from service.tasks.generate.params import GenerateError, Limits, parse
 from service.tasks.generate.spec import check_reference
 from tests.conftest import SHAKESPEARE as SHAKESPEARE_TEXT
 from tests.conftest import train_tiny_lm

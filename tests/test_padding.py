@@ -13,7 +13,7 @@ from export.onnx_export import cpu_session
 from service.core.artifact import find_artifact
 from service.core.batching.padding import PadBuffer, bucket_shape, padding_efficiency, plan_batches
 from service.core.settings import Settings
-from service.engine import Engine
+from service.tasks.classify.engine import Engine
 from training import data
 
 ROOT = Path(__file__).resolve().parents[1]

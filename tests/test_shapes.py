@@ -12,7 +12,7 @@ from service.core.artifact import find_artifact
 from service.core.batching import hop
 from service.core.batching.shapes import MAX_SHAPES, parse_ladder
 from service.core.settings import Settings
-from service.engine import Engine
+from service.tasks.classify.engine import Engine
 
 
 def test_default_ladder_doubles_steps_up_to_max_length_within_the_step_budget() -> None:

@@ -2,7 +2,7 @@
 
 Each line is ``{"sequence": [[...], ...], "label": "...", "id": "...", "split": "train|holdout"}``; the
 training reader (``training.data.read_jsonl``) ignores the extra keys. The store is the service's
-(``service.feedback``), found under ``--data-dir`` (default ``SEQSERVE_DATA_DIR``, else ``.seqserve``).
+(``service.tasks.classify.feedback``), found under ``--data-dir`` (default ``SEQSERVE_DATA_DIR``, else ``.seqserve``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from service.core.store.database import add_database_arg, database_exists
-from service.feedback import SPLITS, open_store
+from service.tasks.classify.feedback import SPLITS, open_store
 
 
 def add_feedback_args(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ Reading top to bottom:
    keeps firing an alert cannot retrain in a loop. ``--force`` skips both checks.
 2. **Data.** Training data = the champion's original training file + every feedback item of the train split.
    Holdout = the original test file + every feedback item of the holdout split. An item's split was fixed at
-   insert (``service.feedback``), so no holdout item is ever trained on. The challenger's normalisation
+   insert (``service.tasks.classify.feedback``), so no holdout item is ever trained on. The challenger's normalisation
    statistics come from this training data, and export records them, so drift is measured against what the
    challenger saw.
 3. **Train.** The champion's training settings are reused. By default the challenger is fine-tuned from the
@@ -59,7 +59,7 @@ def accuracy(artifact_dir: Path, holdout: data.Dataset) -> float:
     """Accuracy of an exported artifact on ``holdout``, through the serving engine (ORT, CPU)."""
     from service.core.artifact import find_artifact
     from service.core.settings import Settings
-    from service.engine import Engine
+    from service.tasks.classify.engine import Engine
 
     engine = Engine(find_artifact(str(artifact_dir)), Settings(device="cpu", ort_threads=1))
     probs, _, _ = engine.infer(holdout.sequences)
@@ -116,7 +116,7 @@ def retrain(args: argparse.Namespace) -> dict:
     from export.onnx_export import export_run
     from service.core.artifact import find_artifact, save_to_store
     from service.core.store.champion import ChampionPointer
-    from service.feedback import open_store
+    from service.tasks.classify.feedback import open_store
     from training.train import ArchitectureChanged, train
 
     out = Path(args.out or f"runs/retrain-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -61,7 +61,7 @@ class Generation:
     chunk: int  # K: the most tokens a stream advances in one call (prompts are read in such chunks)
     max_prompt_tokens: int
     max_new_tokens: int
-    forms: dict[str, Any] = field(default_factory=dict)  # constraint presets (service/forms.py)
+    forms: dict[str, Any] = field(default_factory=dict)  # constraint presets (service/tasks/generate/forms.py)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str) -> Generation:

@@ -27,7 +27,7 @@ log = logging.getLogger("seqserve")
 class ModelSlot:
     """What a model service serves: replaced whole, in one assignment, at a swap."""
 
-    engine: Any  # service.engine.Engine (classify) or service.generate_service.LMEngine (generate)
+    engine: Any  # the task's engine (service.tasks.classify.engine.Engine, the generate room's LMEngine)
     metrics: Any  # its metrics (ServiceMetrics, GenerateMetrics): ``retire()`` at a swap
     source: str  # why this model is served (/metadata ``served_because``)
 

@@ -1,8 +1,65 @@
-"""The metric families every task shares (the task's own live in service/tasks' metrics modules); names kept."""
+"""The metric families every task shares (prefix ``seqserve_``; each task's own live in its room's ``metrics.py``).
+
+BentoML runs prometheus_client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR under BENTOML_HOME), so counters
+and histograms are summed across workers; gauges declare how workers combine (``livemax``). Labels are bounded
+(model version, kind, task), never per-request values. A family is defined once, here or in one room: prometheus
+refuses a name registered twice.
+
+=========================================  ===========================================================
+``seqserve_model_info``                    1, labels model_version, rnn, provider, device_requested, gpu_present
+                                           (0 for a model swapped out: multiprocess gauges cannot be removed)
+``seqserve_model_swaps_total``             promoted models swapped in; ``..._swap_failures_total`` refused
+``seqserve_deadline_dropped_total``        sequences/requests dropped, not computed, past their deadline, by task
+``seqserve_batch_size_sequences``          histogram of sequences per model call (executed batch size)
+``seqserve_batch_api_workers``             histogram of API worker processes sharing one adaptive batch
+``seqserve_time_steps_total``              time steps run, kind=real|padded: padding efficiency = real/padded
+``seqserve_model_calls_total``             ONNX Runtime calls (sub-batches)
+``seqserve_model_compute_seconds``         histogram of one ONNX Runtime call
+``seqserve_queue_wait_seconds``            histogram: request parsed -> its batch starts on the model
+=========================================  ===========================================================
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from pathlib import Path
 
+from prometheus_client import Counter, Gauge, Histogram
+
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_SIZE = Histogram(
+    "seqserve_batch_size_sequences",
+    "Sequences per model call (executed batch size)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)", ["kind"])
+BATCH_SOURCES = Histogram(
+    "seqserve_batch_api_workers",
+    "Distinct API worker processes whose requests share one adaptive batch of the model service",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
+MODEL_CALLS = Counter("seqserve_model_calls", "ONNX Runtime calls (sub-batches)")
+COMPUTE_SECONDS = Histogram(
+    "seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call", buckets=SECONDS_BUCKETS
+)
+QUEUE_SECONDS = Histogram(
+    "seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model", buckets=SECONDS_BUCKETS
+)
+
+DEADLINE_DROPPED = Counter(
+    "seqserve_deadline_dropped", "Work dropped, not computed, because its deadline had passed", ["task"]
+)
+
+MODEL_INFO = Gauge(
+    "seqserve_model_info",
+    "The loaded model (always 1)",
+    ["model_version", "rnn", "provider", "device_requested", "gpu_present"],
+    multiprocess_mode="livemax",
+)
 MODEL_SWAPS = Counter("seqserve_model_swaps", "Models swapped in after a promotion (load, check, swap)")
 MODEL_SWAP_FAILURES = Counter("seqserve_model_swap_failures", "Promoted models refused; the old one kept serving")
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU device node exists (whether or not CUDA works): the alert's "a GPU is left idle" test."""
+    dev = Path("/dev")
+    return (dev / "nvidiactl").exists() or any(dev.glob("nvidia[0-9]*"))

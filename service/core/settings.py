@@ -1,4 +1,5 @@
-"""Every ``SEQSERVE_*`` setting, read once from the environment into one object; a bad value names its variable.
+"""The shared ``SEQSERVE_*`` settings, read once from the environment into one object; a bad value names its
+variable. A task's own knobs live in its room (the language model's: ``service.tasks.generate.settings``).
 
 =====================================  =======  ==================================================================
 ``SEQSERVE_MODEL``                     -        model store tag or artifact directory; unset: the champion
@@ -35,18 +36,6 @@
 ``SEQSERVE_DEADLINE_MS``               30000    a request's deadline (a client's X-Request-Deadline-Ms can only lower
                                                 it); work still queued when it passes is dropped, not computed (504)
 ``SEQSERVE_MAX_REQUEST_STEPS``         65536    time steps per request, all sequences together (400 beyond)
-``SEQSERVE_GENERATE_STREAMS``          4096     generation state slots (a request takes 1, a beam search num_beams)
-``SEQSERVE_GENERATE_MAX_WAITING``      4096     requests waiting for slots; beyond it /generate answers 429
-``SEQSERVE_GENERATE_CHUNK``            32       prompt tokens a stream reads per step call (long prompts in chunks)
-``SEQSERVE_GENERATE_PREFILL_STREAMS``  32       prompts read side by side in one call
-``SEQSERVE_GENERATE_MAX_NEW_TOKENS``   0        most new tokens per request (0: the artifact's max_new_tokens)
-``SEQSERVE_GENERATE_MAX_BEAMS``        16       most beams per request
-``SEQSERVE_GENERATE_INTERVAL_MS``      20       a stream's text leaves at most this often (the first token at once);
-                                                what arrives meanwhile goes out as one event (0: every token)
-``SEQSERVE_GENERATE_ORT_SPIN``         0        1: the language model's idle ORT threads spin (0 measured faster: the
-                                                step loop alternates Python and ORT on cores shared with HTTP)
-``SEQSERVE_GENERATE_MODE``             step     step (the step scheduler); per-request or request-batching: the
-                                                benchmark's comparisons (loadtest/bench_generate.py)
 =====================================  =======  ==================================================================
 
 "auto" batching values depend on the provider in use (``Settings.batching``): on the CPU, length-sorted
@@ -152,25 +141,6 @@ class Settings:
     body_timeout_s: float = field(default_factory=lambda: env_float("SEQSERVE_BODY_TIMEOUT_S", 10.0, minimum=0.1))
     deadline_ms: float = field(default_factory=lambda: env_float("SEQSERVE_DEADLINE_MS", 30000.0, minimum=1))
     max_request_steps: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_REQUEST_STEPS", 65536, minimum=1))
-    generate_streams: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_STREAMS", 4096, minimum=16))
-    generate_max_waiting: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_WAITING", 4096, minimum=0))
-    generate_chunk: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_CHUNK", 32, minimum=1))
-    generate_prefill_streams: int = field(
-        default_factory=lambda: env_int("SEQSERVE_GENERATE_PREFILL_STREAMS", 32, minimum=1)
-    )
-    generate_max_new_tokens: int = field(
-        default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_NEW_TOKENS", 0, minimum=0)
-    )
-    generate_max_beams: int = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_MAX_BEAMS", 16, minimum=1))
-    generate_stream_interval_ms: float = field(
-        default_factory=lambda: env_float("SEQSERVE_GENERATE_INTERVAL_MS", 20.0, minimum=0)
-    )
-    generate_ort_spin: bool = field(default_factory=lambda: env_int("SEQSERVE_GENERATE_ORT_SPIN", 0, minimum=0) == 1)
-    generate_mode: str = field(
-        default_factory=lambda: env_choice(
-            "SEQSERVE_GENERATE_MODE", "step", ("step", "per-request", "request-batching")
-        )
-    )
 
     def __post_init__(self) -> None:
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):

@@ -1,4 +1,4 @@
-"""Beam search for one request, one step at a time, inside the step scheduler (``service.scheduler``).
+"""Beam search for one request, one step at a time, inside the step scheduler (``service.core.decoding.scheduler``).
 
 The request holds ``num_beams`` state slots. Each step the scheduler hands over the log-probabilities of its
 live beams (``[live, V]``, constraints already applied); ``Beams.step`` extends every live beam by every token,

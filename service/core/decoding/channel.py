@@ -12,6 +12,7 @@ loop share one interpreter lock).
 * ``Channel`` (API worker): keeps the call open (calling again when it ends: a call lasts at most
   ``CHANNEL_SECONDS``, within BentoML's request timeout; events wait in the outbox meanwhile) and hands each
   event to the request waiting for it. If the call fails, every request of that worker gets an error event.
+* ``sse``: one event as a server-sent event, for a request that streams.
 """
 
 from __future__ import annotations
@@ -139,3 +140,10 @@ class Channel:
                     queue.put_nowait({"event": "error", "error": f"model service connection lost: {e}"})
                 self._queues.clear()
                 await asyncio.sleep(0.5)
+
+
+def sse(event: dict) -> bytes:
+    """One server-sent event: text chunks as ``data:``; ``event: done`` / ``event: error`` with their data."""
+    kind = event.get("event")
+    data = json.dumps({k: v for k, v in event.items() if k != "event"}, ensure_ascii=False, separators=(",", ":"))
+    return (f"event: {kind}\n" if kind else "").encode() + f"data: {data}\n\n".encode()

@@ -1,1 +1,1 @@
-"""The classification room (its modules move here in issue 23's step 5; today: the V2 adapter)."""
+"""The classification room: spec, schema, engine (and its CUDA shapes), metrics, feedback, OpenAPI, V2, app."""

@@ -16,7 +16,7 @@ from service.core.artifact import ArtifactMeta
 from service.core.batching.hop import request_items
 from service.core.guard import DeadlinePassed
 from service.core.protocol.v2 import Tensor, V2Error, tensor
-from service.schema import first_non_finite, non_finite_message
+from service.core.validate import first_non_finite, non_finite_message
 
 OUTPUTS = ("probabilities", "attention", "label")
 

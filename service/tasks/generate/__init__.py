@@ -1,1 +1,1 @@
-"""The text generation room (its modules move here in issue 23's step 6; today: its reference check)."""
+"""The language-model room: spec, params, forms, settings, engine (step model + scheduler), metrics, OpenAPI, app."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.metrics import GenerateMetrics
-from service.scheduler import Scheduler, StepModel
+from service.core.decoding.scheduler import Scheduler, StepRunner
+from service.tasks.generate.metrics import GenerateMetrics
 
 
 class PerRequestLoops:
@@ -18,7 +18,7 @@ class PerRequestLoops:
     Each request runs its own decoding loop of batch-1 steps in its own thread (a ``Scheduler`` of one request),
     on the same session, workers and ORT options as the step scheduler."""
 
-    def __init__(self, model: StepModel, version: str, metrics: GenerateMetrics) -> None:
+    def __init__(self, model: StepRunner, version: str, metrics: GenerateMetrics) -> None:
         self.model, self.version, self.metrics = model, version, metrics
         self.deliver = None
         self.capacity = 0

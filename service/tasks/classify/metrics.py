@@ -1,7 +1,7 @@
-"""Prometheus metrics of the service (prefix ``seqserve_``), exposed on BentoML's ``/metrics``.
+"""The classifier's Prometheus metrics (prefix ``seqserve_``), exposed on BentoML's ``/metrics``; the families
+every task shares (model info, swaps, deadline drops, batch sizes, compute and queue time) are in
+``service.core.metrics``.
 
-BentoML runs prometheus_client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR under BENTOML_HOME), so the
-counters and histograms here are summed across workers; gauges declare how workers combine (``livemax``).
 Labels are bounded: model version, outcome, reason, kind, class (from the model's class list), feature
 index (only when the model has <= 64 features). Never per-request values. BentoML's own request metrics
 (``bentoml_service_request_total``, ``..._duration_seconds``, ``..._adaptive_batch_size``) stay.
@@ -11,46 +11,38 @@ index (only when the model has <= 64 features). Never per-request values. BentoM
 ``seqserve_rejected_requests_total``       HTTP 400s, by reason (feature_count, too_long, ...) and protocol (json|v2)
 ``seqserve_sequence_length_steps``         histogram of served sequence lengths (time steps)
 ``seqserve_length_outside_training_total`` sequences shorter/longer than any in training (side=shorter|longer)
-``seqserve_batch_size_sequences``          histogram of sequences per model call (executed batch size)
-``seqserve_batch_api_workers``             histogram of API worker processes sharing one adaptive batch
-``seqserve_time_steps_total``              time steps run, kind=real|padded: padding efficiency = real/padded
-``seqserve_model_compute_seconds``         histogram of one ONNX Runtime call
-``seqserve_queue_wait_seconds``            histogram: request parsed -> its batch starts on the model
-``seqserve_model_info``                    1, labels model_version, rnn, provider, device_requested, gpu_present
-                                           (0 for a model swapped out: multiprocess gauges cannot be removed)
-``seqserve_model_swaps_total``             promoted models swapped in; ``..._swap_failures_total`` refused
 ``seqserve_feedback_items_total``          feedback items stored, by split; ``..._full_requests_total`` refused,
                                            ``..._unavailable_requests_total`` 503 (the database refused the write)
-``seqserve_deadline_dropped_total``         sequences/requests dropped, not computed, past their deadline, by task
 ``seqserve_predictions_total``             predicted class counts, by model_version and class
 ``seqserve_input_drift_score``             mean per-feature z-shift of recent inputs vs training (drift.py)
 ``seqserve_input_drift_feature_zshift``    the same per feature
 ``seqserve_input_drift_window_steps``      time steps in the drift window
-``seqserve_generate_tokens_total``         tokens generated, by model_version
-``seqserve_generate_requests_total``       finished generations, by finish_reason (length|stop|end|cancelled|error)
-``seqserve_generate_rejected_requests_total`` /generate 4xx/429, by reason (prompt_long, vocab, busy, ...)
-``seqserve_generate_ttft_seconds``         histogram: request admitted -> its first token
-``seqserve_generate_itl_seconds``          histogram: time between two tokens of a stream
-``seqserve_generate_active_streams``       streams holding a state slot (gauge)
-``seqserve_generate_step_batch_streams``   histogram of streams per step call
-``seqserve_generate_step_seconds``         histogram of one step call (ONNX Runtime)
 =========================================  ===========================================================
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
+from service.core.batching.engine import BatchStats
 from service.core.drift import DriftMonitor
-from service.core.metrics import MODEL_SWAP_FAILURES, MODEL_SWAPS  # noqa: F401 - shared families, re-exported
-from service.engine import BatchStats, Engine
+from service.core.metrics import (
+    BATCH_SIZE,
+    BATCH_SOURCES,
+    COMPUTE_SECONDS,
+    DEADLINE_DROPPED,
+    MODEL_CALLS,
+    MODEL_INFO,
+    QUEUE_SECONDS,
+    TIME_STEPS,
+    gpu_present,
+)
+from service.tasks.classify.engine import Engine
 
 LENGTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 SEQUENCES = Counter("seqserve_sequences", "Sequences answered by the model", ["model_version", "outcome"])
 REJECTED = Counter(
@@ -62,38 +54,11 @@ LENGTH_OUTSIDE = Counter(
     "Served sequences shorter or longer than every training sequence",
     ["model_version", "side"],
 )
-BATCH_SIZE = Histogram(
-    "seqserve_batch_size_sequences",
-    "Sequences per model call (executed batch size)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)", ["kind"])
-BATCH_SOURCES = Histogram(
-    "seqserve_batch_api_workers",
-    "Distinct API worker processes whose requests share one adaptive batch of the model service",
-    buckets=(1, 2, 4, 8, 16, 32),
-)
-MODEL_CALLS = Counter("seqserve_model_calls", "ONNX Runtime calls (sub-batches)")
-COMPUTE_SECONDS = Histogram(
-    "seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call", buckets=SECONDS_BUCKETS
-)
-QUEUE_SECONDS = Histogram(
-    "seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model", buckets=SECONDS_BUCKETS
-)
 FEEDBACK_ITEMS = Counter("seqserve_feedback_items", "Feedback items stored, by split", ["split"])
-DEADLINE_DROPPED = Counter(
-    "seqserve_deadline_dropped", "Work dropped, not computed, because its deadline had passed", ["task"]
-)
 FEEDBACK_UNAVAILABLE = Counter(
     "seqserve_feedback_unavailable_requests", "Feedback requests answered 503: the database refused the write"
 )
 FEEDBACK_FULL = Counter("seqserve_feedback_full_requests", "Feedback requests refused because the store is full")
-MODEL_INFO = Gauge(
-    "seqserve_model_info",
-    "The loaded model (always 1)",
-    ["model_version", "rnn", "provider", "device_requested", "gpu_present"],
-    multiprocess_mode="livemax",
-)
 PREDICTIONS = Counter("seqserve_predictions", "Predicted class counts", ["model_version", "class"])
 DRIFT = Gauge(
     "seqserve_input_drift_score",
@@ -187,12 +152,6 @@ class ServiceMetrics:
         self._error.inc(n)
 
 
-def gpu_present() -> bool:
-    """An NVIDIA GPU device node exists (whether or not CUDA works): the alert's "a GPU is left idle" test."""
-    dev = Path("/dev")
-    return (dev / "nvidiactl").exists() or any(dev.glob("nvidia[0-9]*"))
-
-
 REASONS = {"json_invalid": "invalid_json", "missing": "missing_field"}
 
 
@@ -238,60 +197,3 @@ def rejection_reason(body: bytes) -> str:
     if kind.startswith("seqserve_"):
         return kind[len("seqserve_") :]
     return REASONS.get(kind, "other")
-
-
-# --- generation (service/scheduler.py) --------------------------------------------------------------------------
-GEN_TOKENS = Counter("seqserve_generate_tokens", "Tokens generated", ["model_version"])
-GEN_REQUESTS = Counter("seqserve_generate_requests", "Finished generations, by finish reason", ["finish_reason"])
-GEN_REJECTED = Counter("seqserve_generate_rejected_requests", "/generate requests refused, by reason", ["reason"])
-GEN_TTFT = Histogram(
-    "seqserve_generate_ttft_seconds", "From a generation admitted to its first token", buckets=SECONDS_BUCKETS
-)
-GEN_ITL = Histogram("seqserve_generate_itl_seconds", "Time between two tokens of a stream", buckets=SECONDS_BUCKETS)
-GEN_ACTIVE = Gauge(
-    "seqserve_generate_active_streams", "Streams holding a state slot", ["model_version"], multiprocess_mode="livesum"
-)
-GEN_STEP_BATCH = Histogram(
-    "seqserve_generate_step_batch_streams",
-    "Streams per step call",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
-)
-GEN_STEP_SECONDS = Histogram("seqserve_generate_step_seconds", "One step call", buckets=SECONDS_BUCKETS)
-
-
-class GenerateMetrics:
-    """What the step scheduler records (it calls these on its thread)."""
-
-    def __init__(self, version: str, rnn: str, provider: str, device_requested: str) -> None:
-        self.version = version
-        DEADLINE_DROPPED.labels("generate")  # the series exists (at 0) before the first drop
-        self._tokens = GEN_TOKENS.labels(version)
-        self._active = GEN_ACTIVE.labels(version)
-        self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false")
-        MODEL_INFO.labels(*self._info_labels).set(1)
-        self._new_tokens = 0  # counted per token, written once per scheduler turn (active())
-
-    def step(self, streams: int, seconds: float) -> None:
-        GEN_STEP_BATCH.observe(streams)
-        GEN_STEP_SECONDS.observe(seconds)
-
-    def token(self, since_last: float, first: bool) -> None:
-        self._new_tokens += 1
-        (GEN_TTFT if first else GEN_ITL).observe(since_last)
-
-    def finished(self, reason: str, tokens: int) -> None:
-        GEN_REQUESTS.labels(reason).inc()
-
-    def deadline_dropped(self) -> None:
-        DEADLINE_DROPPED.labels("generate").inc()
-
-    def active(self, n: int) -> None:
-        """Once per scheduler turn: the streams holding slots, and the tokens of the turn."""
-        self._active.set(n)
-        if self._new_tokens:
-            self._tokens.inc(self._new_tokens)
-            self._new_tokens = 0
-
-    def retire(self) -> None:
-        MODEL_INFO.labels(*self._info_labels).set(0)
-        self._active.set(0)

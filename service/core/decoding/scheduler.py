@@ -11,9 +11,13 @@ length) in preallocated arrays of ``capacity`` slots. Each turn of its loop:
    over several turns and never stalls the streams that are decoding; a prompt read to its end yields that
    request's first token;
 4. decodes: one call advances every decoding stream by the token it chose last (K = 1), then each stream
-   chooses its next token (``service.core.decoding.sampling``, ``service.core.decoding.beam``; constraints from
-   ``service.forms`` mask the log-probabilities first), emits text, and finishes on ``<eos>`` (``end``), a stop
-   string (``stop``) or ``max_new_tokens`` (``length``).
+   chooses its next token (``service.core.decoding.sampling``, ``service.core.decoding.beam``; a request's
+   constraint, e.g. ``service.tasks.generate.forms``, masks the log-probabilities first), emits text, and
+   finishes on ``<eos>`` (``end``), a stop string (``stop``) or ``max_new_tokens`` (``length``).
+
+The scheduler is task-free: it runs any ``StepRunner`` (a step graph and its state shape) over
+``StepRequest``s; the language model's are ``service.tasks.generate.engine.StepModel`` and
+``service.tasks.generate.params.GenerateRequest``.
 
 Results leave as events through each request's ``emit`` callback (called on the scheduler thread; the model
 service hands them to its event loop once per step). A swapped-out model's scheduler finishes the streams it
@@ -32,18 +36,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
-from service.core.artifact import Generation
 from service.core.decoding.beam import Beams
-from service.core.decoding.sampling import choose
-from service.forms import Vocabulary
-
-if TYPE_CHECKING:
-    from service.generate import GenerateRequest
+from service.core.decoding.sampling import Sampling, choose
+from service.core.vocab import TokenTable, Vocabulary
 
 log = logging.getLogger("seqserve")
 Emit = Callable[[dict], None]
@@ -53,7 +52,7 @@ PREFILL_WAIT_S = 0.015  # ...or as soon as the oldest waiting prompt has waited 
 
 @dataclass
 class Stream:
-    req: GenerateRequest
+    req: StepRequest
     emit: Emit
     arrived: float
     slots: list[int] = field(default_factory=list)
@@ -79,22 +78,46 @@ class Stream:
         self.cancelled = True
 
 
-class StepModel:
-    """The step graph on an ONNX Runtime session: ``run(tokens [B, K], lengths [B], states) -> (logp, states)``."""
+class StepShape(TokenTable, Protocol):
+    """What the scheduler needs of a step graph's contract (the generate room's ``Generation`` section)."""
 
-    def __init__(self, session: ort.InferenceSession, gen: Generation) -> None:
-        self.session, self.gen = session, gen
-        self.state_names = gen.state_names
+    layers: int
+    hidden: int
+    chunk: int  # the most tokens a stream advances in one call
 
-    def run(self, tokens: np.ndarray, lengths: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        out = self.session.run(None, {"tokens": tokens, "lengths": lengths, **dict(zip(self.state_names, states))})
-        return out[0], out[1:]
+    @property
+    def state_names(self) -> list[str]: ...
+
+
+class StepRunner(Protocol):
+    """A step model: ``run(tokens [B, K], lengths [B], states) -> (log-probs [B, V], new states)``; states are
+    ``[layers, B, hidden]`` arrays named by ``gen.state_names`` (the generate room's ``StepModel`` on ORT)."""
+
+    gen: StepShape
+
+    def run(self, tokens: np.ndarray, lengths: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list]: ...
+
+
+class StepRequest(Protocol):
+    """A validated request (the generate room's ``GenerateRequest``): prompt token ids, limits and choices."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: Sampling
+    seed: int
+    stop: list[str]
+    num_beams: int
+    beam_search: bool
+    n_best: int
+    logprobs: bool
+    constraint: Any  # None, or an object with mask(row, position, vocab) and __len__
+    position: int
 
 
 class Scheduler:
     def __init__(
         self,
-        model: StepModel,
+        model: StepRunner,
         version: str,
         capacity: int,
         chunk: int,
@@ -134,7 +157,7 @@ class Scheduler:
         self._thread.start()
         return self
 
-    def submit(self, req: GenerateRequest, emit: Emit, deadline: float = float("inf")) -> Stream:
+    def submit(self, req: StepRequest, emit: Emit, deadline: float = float("inf")) -> Stream:
         stream = Stream(req, emit, time.perf_counter(), deadline=deadline)
         self.waiting.put(stream)
         self._wake.set()
@@ -376,7 +399,7 @@ class Scheduler:
             self._finish(s, reason=top.reason, beams=best[: s.req.n_best])
 
     def _text(self, tokens: list[int]) -> str:
-        return "".join(self.vocab.gen.vocab[t] for t in tokens if t != self.vocab.eos)
+        return self.vocab.text(tokens)
 
     def _finish(
         self,

@@ -1,4 +1,5 @@
-"""``POST /generate``: the request, its validation and the answer (JSON, or server-sent events).
+"""``POST /generate``'s request parameters: the request, its validation and the answer (JSON, or server-sent
+events: ``service.core.decoding.channel.sse``).
 
 Request (JSON object; any other field is a 400):
 
@@ -31,14 +32,14 @@ midway. Beam search streams only the ``done`` event.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.decoding.sampling import Sampling
-from service.forms import Constraint, ConstraintError, Vocabulary, from_form, from_request
+from service.core.vocab import ConstraintError, Vocabulary
+from service.tasks.generate.forms import Constraint, from_form, from_request
 
 FIELDS = {
     "prompt",
@@ -62,7 +63,7 @@ MAX_STOPS, MAX_STOP_CHARS = 8, 64
 
 @dataclass
 class GenerateRequest:
-    """A validated request (``service.generate.parse``): the prompt as token ids, the limits and choices."""
+    """A validated request (``parse``): the prompt as token ids, the limits and choices."""
 
     prompt: list[int]
     prompt_text: str
@@ -184,10 +185,3 @@ def parse(body: Any, vocab: Vocabulary, limits: Limits) -> tuple[GenerateRequest
         position=len(prompt),
     )
     return req, body.get("stream", False)
-
-
-def sse(event: dict) -> bytes:
-    """One server-sent event: text chunks as ``data:``; ``event: done`` / ``event: error`` with their data."""
-    kind = event.get("event")
-    data = json.dumps({k: v for k, v in event.items() if k != "event"}, ensure_ascii=False, separators=(",", ":"))
-    return (f"event: {kind}\n" if kind else "").encode() + f"data: {data}\n\n".encode()

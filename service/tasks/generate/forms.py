@@ -1,5 +1,5 @@
 """Constrained generation: which tokens may come at each output position, applied as masks on the
-log-probabilities inside the batched step (``service.scheduler``).
+log-probabilities inside the batched step (``service.core.decoding.scheduler``).
 
 A ``Constraint`` is a list over positions of the document being written (the prompt's characters first, then
 the generated ones): ``None`` (any character the model may write), a token id (fixed), or a boolean mask over
@@ -10,28 +10,19 @@ the vocabulary (allowed set); with ``end=True`` the document must end (``<eos>``
   ``7x8`` (line length x lines: punctuation exactly where the form puts it, characters everywhere else).
 * **Acrostic** (藏头诗): a preset plus characters, each line starting with the next one.
 * **General**: ``{"fixed": {"3": "a"}, "allowed": {"4": "abc"}}`` over positions of the generated text.
+
+The vocabulary and its masks: ``service.core.vocab``.
 """
 
 from __future__ import annotations
 
-import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from service.core.artifact import Generation
+from service.core.vocab import ConstraintError, Vocabulary, is_free_char
 
 Position = int | np.ndarray | None
-
-
-class ConstraintError(ValueError):
-    """A constraint the model cannot satisfy; the message names the field."""
-
-
-def is_free_char(c: str) -> bool:
-    """A character a form's free position may take: not punctuation, space, control or a special token
-    (the rule export used to find the forms)."""
-    return len(c) == 1 and unicodedata.category(c)[0] not in "PZC"
 
 
 def fits(text: str, template: list) -> bool:
@@ -39,35 +30,6 @@ def fits(text: str, template: list) -> bool:
     return len(text) == len(template) and all(
         (c == t) if t is not None else is_free_char(c) for c, t in zip(text, template)
     )
-
-
-@dataclass
-class Vocabulary:
-    """The model's tokens, and the masks the constraints need (made once per model)."""
-
-    gen: Generation
-    index: dict[str, int] = field(init=False)
-    writable: np.ndarray = field(init=False)  # what free generation may produce: all but <unk> and <bos>
-    free_chars: np.ndarray = field(init=False)  # a form's free positions
-
-    def __post_init__(self) -> None:
-        vocab = self.gen.vocab
-        self.index = {t: i for i, t in enumerate(vocab)}
-        special = set(self.gen.special_ids.values())
-        self.writable = np.ones(len(vocab), bool)
-        for name in ("unk", "bos"):
-            if name in self.gen.special_ids:
-                self.writable[self.gen.special_ids[name]] = False
-        self.free_chars = np.array([i not in special and is_free_char(t) for i, t in enumerate(vocab)])
-
-    @property
-    def eos(self) -> int | None:
-        return self.gen.special_ids.get("eos")
-
-    def token(self, char: str, field_name: str) -> int:
-        if char not in self.index or self.index[char] in self.gen.special_ids.values():
-            raise ConstraintError(f"{field_name}: {char!r} is not in the model's vocabulary")
-        return self.index[char]
 
 
 @dataclass

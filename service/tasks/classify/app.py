@@ -1,0 +1,393 @@
+"""The classifier's BentoML services; the entry ``bentoml serve service.service:SeqServe --host 127.0.0.1 --port 3000``
+(``service/service.py`` re-exports them).
+
+Two services, one topology on CPU and GPU:
+
+* ``SeqServe`` (the API service, ``SEQSERVE_WORKERS`` processes, no model): HTTP, per-request validation
+  (``service.tasks.classify.schema``), the response JSON. Routes:
+
+  - ``POST /predict``: ``{"sequences": [[[f x F] x T1], ...]}`` -> one object per sequence (adaptive batching);
+  - ``POST /predict_nobatch``: the same, one request per model call (for comparison);
+  - ``POST /feedback``: ``{"items": [{"sequence": [[f x F] x T], "label": "..."}, ...]}`` -> stored durably for
+    retraining (``service.tasks.classify.feedback``) before the 2xx;
+  - ``GET /metadata``: model name, version, classes, limits, provider in use (and why, if not CUDA);
+  - ``GET /docs``: the OpenAPI UI (``/docs.json`` the document); BentoML's ``/healthz /livez /readyz /metrics``.
+
+* ``SeqModel`` (the model service, ``SEQSERVE_MODEL_WORKERS`` processes, one per GPU): owns the ONNX Runtime
+  session (checked against the artifact's reference outputs at load) and BentoML's adaptive batcher. Every API
+  worker calls it over a local socket (``bentoml.depends``; pickled float32 arrays), so one batcher sees the
+  sequences of all API workers: on a GPU, batches of the whole load instead of load / workers. An API worker
+  sends concurrent requests in one call (``service.core.batching.coalesce``).
+
+Settings: ``service.core.settings`` (read once, here). The artifact's metadata is read when this module is imported
+because the request type declares its limits (feature_dim, max_length) in the OpenAPI document; the model
+session is opened by the model service's workers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import gc
+import logging
+import time
+from typing import Annotated, Any
+
+import aiohttp
+import bentoml
+import numpy as np
+from bentoml.validators import ContentType
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from service.core.admin import admin_routes
+from service.core.artifact import Artifact, find_artifact
+from service.core.batching import hop
+from service.core.batching.coalesce import Coalescer
+from service.core.batching.hop import Answer, Pack, request_items
+from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
+from service.core.guard import DeadlinePassed, RequestGuard, request_id
+from service.core.lifecycle import FollowsChampion, ModelSlot
+from service.core.metrics import DEADLINE_DROPPED
+from service.core.protocol.v2 import route_template, v2_routes
+from service.core.settings import Settings
+from service.core.store.champion import served_ref
+from service.core.validate import first_non_finite, non_finite_message
+from service.tasks.classify.engine import Engine
+from service.tasks.classify.feedback import FeedbackStore, StoreFull, StoreUnavailable, open_store
+from service.tasks.classify.metrics import (
+    FEEDBACK_FULL,
+    FEEDBACK_ITEMS,
+    FEEDBACK_UNAVAILABLE,
+    REJECTED,
+    RejectionCounter,
+    ServiceMetrics,
+)
+from service.tasks.classify.openapi import OpenAPIPatch
+from service.tasks.classify.schema import (
+    MAX_SEQUENCES,
+    FeedbackAck,
+    Prediction,
+    feedback_type,
+    predictions_json,
+    sequences_type,
+)
+from service.tasks.classify.v2 import ClassifyV2
+
+log = logging.getLogger("seqserve")
+log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
+
+SETTINGS = Settings()
+MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.database)
+ARTIFACT = find_artifact(MODEL_REF)
+MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
+MAX_STEPS = SETTINGS.max_request_steps
+Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES, MAX_STEPS)
+FeedbackItems = feedback_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.meta.classes, MAX_SEQUENCES, MAX_STEPS)
+JSON_PATHS = ("/predict", "/predict_nobatch", "/feedback", "/admin/retrain", "/admin/alert", "/admin/reload")
+
+
+class ClientErrorFilter(logging.Filter):
+    """BentoML logs every 400 (pydantic ValidationError) as an ERROR traceback: make it one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.msg, record.args = "rejected request on %s: %s", (record.args[0], exc.errors()[0]["msg"])
+            record.msg += f" [request_id={request_id()}]"
+            record._seqserve_rid = True
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+        return True
+
+
+@bentoml.service(
+    name="seqserve-model",
+    workers=SETTINGS.model_workers,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={"excluded_urls": ["/"]},  # no OpenTelemetry spans on the internal hop (every URL holds "/")
+    # BentoML's client replaces its connection pool every 100 requests by default and closes the old one
+    # with calls still running on it (~1% of requests failed with "Server disconnected" under load).
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class SeqModel(FollowsChampion):
+    """Owns the session and the adaptive batcher. Items: one ``Pack`` (``service.core.batching.hop``) per API
+    worker call (its sequences as one array), answered by one ``Answer``; a sequence whose deadline has passed is
+    not computed. The model slot and the champion following: ``service.core.lifecycle``."""
+
+    task = "classify"
+
+    def __init__(self) -> None:
+        _tune_gc()
+        cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/core/bentoml_patches.py
+        self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
+
+    def _load(self, artifact: Artifact, source: str) -> ModelSlot:
+        engine = Engine(artifact, SETTINGS)  # opens the session and runs the load-time check
+        return ModelSlot(engine, ServiceMetrics(engine, SETTINGS.device, SETTINGS.drift_window_steps), source)
+
+    def _check_compatible(self, artifact: Artifact) -> None:
+        e = self.slot.engine
+        if (artifact.meta.feature_dim, artifact.meta.classes) != (e.feature_dim, e.classes):
+            raise ValueError(
+                f"its contract differs (feature_dim {artifact.meta.feature_dim}, classes {artifact.meta.classes}; "
+                f"serving {e.feature_dim}, {e.classes}): that needs a restart"
+            )
+
+    @bentoml.api
+    def reload(self) -> dict:
+        """Look at the champion pointer now (``POST /admin/reload``)."""
+        outcome = self.check_champion()
+        return {"outcome": outcome, "model_version": self.slot.version}
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def infer(self, packs: list[Any]) -> list[Any]:
+        return self._run(packs)
+
+    @bentoml.api
+    def infer_nobatch(self, packs: list[Any]) -> list[Any]:
+        return self._run(packs)
+
+    @bentoml.api
+    def info(self) -> dict:
+        """What /metadata reports about the loaded model and its session."""
+        slot = self.slot  # read once, like a batch
+        e = slot.engine
+        info = e.info
+        return {
+            "model_version": e.model_version,
+            "classes": e.classes,
+            "provider": info.provider,
+            "provider_options": info.provider_options,
+            "provider_fallback": info.fallback_reason,
+            "load_check": info.check or None,
+            "device_requested": SETTINGS.device,
+            "ort_threads": e.ort_threads,
+            "model_workers": SETTINGS.model_workers,
+            "source": e.artifact.source,
+            "served_because": slot.source,
+        }
+
+    def _run(self, packs: list[Pack]) -> list[Answer]:
+        started = time.perf_counter()
+        slot = self.slot  # read once: a swap during this batch does not mix two models in it
+        packs = [Pack(*p) for p in packs]  # they arrive as plain tuples
+        batch = hop.merge(packs)
+        computed = batch.deadline > started  # past their deadline while queued: dropped, not computed
+        n_live = int(computed.sum())
+        if n_live < batch.count:
+            DEADLINE_DROPPED.labels("classify").inc(batch.count - n_live)
+        probs = np.zeros((batch.count, len(slot.engine.classes)), np.float32)
+        attention = np.zeros(len(batch.x), np.float32)
+        if n_live:
+            seqs = batch.sequences()
+            live = np.flatnonzero(computed)
+            live_seqs = seqs if n_live == batch.count else [seqs[i] for i in live]
+            try:
+                p, att, stats = slot.engine.infer(live_seqs)
+            except Exception:
+                slot.metrics.failed(n_live)
+                raise
+            probs[live] = p
+            ends = np.cumsum(batch.lengths)
+            for i, a in zip(live.tolist(), att):
+                attention[ends[i] - len(a) : ends[i]] = a
+            slot.metrics.observe(live_seqs, stats, p, started, batch.received[live].tolist())
+            slot.metrics.batch_sources(hop.sources(packs))
+        return [tuple(a) for a in hop.split(Answer(probs, attention, computed, slot.version), packs)]
+
+
+async def metadata(request: Request) -> JSONResponse:
+    """``GET /metadata``: the artifact's contract and what the model service reports about its session."""
+    meta = ARTIFACT.meta
+    try:
+        info = await bentoml.get_current_service().model.to_async.info()
+    except Exception as e:  # noqa: BLE001 - the model service is starting or gone
+        return JSONResponse({"error": f"model service not available: {e}"}, status_code=503)
+    return JSONResponse(
+        {
+            "task": meta.task,
+            "model_name": meta.model_name,
+            "model_version": info["model_version"],
+            "classes": info["classes"],
+            "feature_dim": meta.feature_dim,
+            "max_length": MAX_LENGTH,
+            "max_sequences": MAX_SEQUENCES,
+            "training_length_range": meta.training_length_range,
+            "normalisation": meta.normalisation.mode,
+            **{k: v for k, v in info.items() if k not in ("model_version", "classes")},
+            "rnn": meta.rnn,
+            "training_metrics": {
+                k: meta.training_metrics.get(k) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")
+            },
+        }
+    )
+
+
+async def docs(request: Request) -> RedirectResponse:
+    return RedirectResponse("/", status_code=307)  # BentoML serves the OpenAPI UI at /
+
+
+routes = Starlette(
+    routes=[
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+        *admin_routes(SETTINGS.admin_token, SETTINGS.database),
+        *v2_routes(ClassifyV2(ARTIFACT.meta, MAX_LENGTH, MAX_SEQUENCES)),
+    ]
+)
+# The response is written by predictions_json; the annotation documents its schema in /docs.json.
+PredictionsDoc = Annotated[list[Prediction], ContentType("application/json")]
+
+
+@bentoml.asgi_app(routes, path="/")
+@bentoml.service(
+    name="seqserve",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)
+class SeqServe:
+    """Variable-length sequence classification: validation and JSON here, the model in ``SeqModel``."""
+
+    model = bentoml.depends(SeqModel)
+
+    def __init__(self) -> None:
+        self.classes: list[str] = ARTIFACT.meta.classes
+        self.version: str = ARTIFACT.meta.model_version
+        self.coalescer: Coalescer | None = None  # made on the first request (it needs the running loop)
+        # The store opens here so that a data directory without the durability guarantees fails the start.
+        self.feedback_store: FeedbackStore = open_store(
+            SETTINGS.database, SETTINGS.feedback_holdout, SETTINGS.feedback_max_items
+        )
+        self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feedback")
+        _tune_gc()
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+        bound_metric_paths(ROUTE_PATHS, route_template)  # bounded metric labels (service/core/guard.py)
+
+    @bentoml.api
+    async def predict(self, sequences: Sequences) -> PredictionsDoc:
+        """Classify 1..64 sequences, each [T][F] numbers (T <= max_length, F = feature_dim); batched with
+        other requests' sequences on the model service."""
+        try:
+            return self._respond(await self.infer_items(request_items(sequences)))
+        except DeadlinePassed as e:
+            return JSONResponse({"error": str(e)}, status_code=504)
+
+    async def infer_items(self, items: list[Any]) -> list[Any]:
+        """Sequences (as ``request_items``) through the model service's batcher: ``(probabilities, attention,
+        version)`` each, in order. ``/predict`` and the V2 route (``service.tasks.classify.v2``) both come here,
+        so they share batches.
+        ``DeadlinePassed`` if the request's deadline passed before the model ran it."""
+        if items and items[0][3] <= time.perf_counter():
+            DEADLINE_DROPPED.labels("classify").inc(len(items))
+            raise DeadlinePassed()
+        if SETTINGS.api_in_flight == 0:
+            results = await self._call("infer", items)
+        else:
+            if self.coalescer is None:
+                infer = functools.partial(self._call, "infer")
+                self.coalescer = Coalescer(infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size)
+            results = await self.coalescer.submit(items)
+        results = _answered(results)
+        self.version = results[0][2]  # the model that answered (after a swap, the new champion)
+        return results
+
+    @bentoml.api(route="/predict_nobatch")
+    async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
+        """The same answers without adaptive batching: one request per model call (for comparison)."""
+        try:
+            return self._respond(_answered(await self._call("infer_nobatch", request_items(sequences))))
+        except DeadlinePassed as e:
+            return JSONResponse({"error": str(e)}, status_code=504)
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, items: FeedbackItems) -> FeedbackAck:
+        """Store 1..64 labelled sequences for retraining (each sequence as in /predict, each label one of the
+        model's classes). The answer comes after the items are committed to disk."""
+        add = functools.partial(self.feedback_store.add, items, self.version)
+        try:
+            stored = await asyncio.get_running_loop().run_in_executor(self._store_thread, add)
+        except StoreFull as e:
+            FEEDBACK_FULL.inc()
+            return JSONResponse({"error": str(e)}, status_code=507)
+        except StoreUnavailable as e:  # nothing stored, nothing acknowledged
+            FEEDBACK_UNAVAILABLE.inc()
+            log.warning("seqserve: feedback not stored: %s", e)
+            return JSONResponse({"error": f"{e}; nothing was stored"}, status_code=503, headers={"retry-after": "30"})
+        for item in stored:
+            FEEDBACK_ITEMS.labels(item.split).inc()
+        return FeedbackAck(
+            accepted=len(stored),
+            ids=[i.id for i in stored],
+            splits=[i.split for i in stored],
+            model_version=self.version,
+        )
+
+    async def _call(self, api: str, items: list[Any]) -> list[Any]:
+        """Call the model service; once more if the connection broke (a keep-alive connection the model
+        service closed as it was reused). Inference has no side effects, so a repeat is safe."""
+        method = getattr(self.model.to_async, api)
+        call = hop.pack(items)  # one array for the whole call (service/core/batching/hop.py)
+        wire = [tuple(call)]  # plain tuples of arrays cross BentoML's pickle, never a project class
+        try:
+            answer = (await method(wire))[0]
+        except aiohttp.ClientConnectionError as e:
+            log.info("seqserve: model service connection lost (%s); calling again", type(e).__name__)
+            answer = (await method(wire))[0]
+        return hop.unpack(answer, call.lengths)
+
+    def _respond(self, results: list[Any]) -> Response:
+        version = results[0][2]  # the model that answered (after a swap, the new champion)
+        self.version = version
+        bad = first_non_finite([p for p, _, _ in results])
+        if bad is not None:  # never a null probability: the request is refused, naming the sequence
+            REJECTED.labels("non_finite_output", "json").inc()
+            return JSONResponse({"error": non_finite_message(f"sequences[{bad}]")}, status_code=422)
+        probs = np.stack([p for p, _, _ in results])
+        body = predictions_json(self.classes, version, probs, [a for _, a, _ in results])
+        return Response(body, media_type="application/json")
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections in every worker: the tail latency was mostly GC pauses.
+
+    Each request allocates many short-lived objects (parsed JSON numbers), so CPython's default thresholds
+    (700 allocations) ran collections constantly, and full collections walked every long-lived object of
+    BentoML, pydantic and ONNX Runtime. Freezing what exists after start-up moves it out of the collector's
+    sight; a larger young-generation threshold makes collections rarer. Measured on 2 cores (jv, c=64):
+    p99 259 -> 64 ms, 1,574 -> 1,711 seq/s (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
+def _answered(results: list[Any]) -> list[Any]:
+    """The model service's answers for one request; ``DeadlinePassed`` if it dropped any of them."""
+    if any(r is None for r in results):
+        raise DeadlinePassed()
+    return results
+
+
+ROUTE_PATHS = (*JSON_PATHS, "/metadata", "/docs")
+SeqServe.add_asgi_middleware(RejectionCounter)
+SeqServe.add_asgi_middleware(
+    RequestGuard,
+    json_paths=JSON_PATHS,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    deadline_ms=SETTINGS.deadline_ms,
+    on_reject=lambda reason, path: REJECTED.labels(reason, "v2" if path.startswith("/v2/") else "json").inc(),
+)
+SeqServe.add_asgi_middleware(
+    OpenAPIPatch,
+    limits={"max_length": MAX_LENGTH, "max_sequences": MAX_SEQUENCES, "max_request_steps": MAX_STEPS},
+    model_name=ARTIFACT.meta.model_name,
+)
+
+
+__all__ = ["SeqServe", "SeqModel"]

@@ -1,0 +1,337 @@
+"""The language model's BentoML services; the entry ``bentoml serve service.generate_service:SeqGenerate``
+(``make serve-generate``; ``service/generate_service.py`` re-exports them).
+
+A classifier and a language model are served side by side as two servers (``make serve`` on :3000,
+``make serve-generate PORT=3001``), each with its own model slot, following its own champion
+(``python -m export.promote`` sets the pointer of the artifact's task), sharing the settings, the model store,
+the service database and the metrics registry. The topology is the classifier's:
+
+* ``SeqGenerate`` (API service, ``SEQSERVE_WORKERS`` processes): ``POST /generate`` (validation in
+  ``service.tasks.generate.params``; JSON or server-sent events), ``GET /metadata`` (``task: generate``),
+  BentoML's health and ``/metrics``.
+* ``LMModel`` (model service, one process): the step graph's session, checked at load, and the step scheduler
+  (``service.core.decoding.scheduler``) that batches every decoding step of every active request. An API worker submits
+  each request (``submit``) and reads the events of all its requests from one streaming call (``channel``:
+  the token channel, ``service.core.decoding.channel``).
+
+A swap (a new champion) starts a new scheduler for new requests; the old one finishes the streams it has on
+the model they started with, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from service.core.artifact import Artifact, find_artifact
+from service.core.bentoml_patches import bound_metric_paths
+from service.core.decoding.channel import Channel, Outbox, sse
+from service.core.guard import DeadlinePassed, RequestGuard, deadline
+from service.core.lifecycle import FollowsChampion, ModelSlot
+from service.core.settings import Settings
+from service.core.store.champion import served_ref
+from service.core.vocab import Vocabulary
+from service.tasks.generate.engine import LMEngine, Retiring
+from service.tasks.generate.metrics import GEN_REJECTED
+from service.tasks.generate.openapi import GenerateOpenAPIPatch
+from service.tasks.generate.params import GenerateError, Limits, parse
+from service.tasks.generate.settings import GenerateSettings
+
+log = logging.getLogger("seqserve")
+log.setLevel(logging.INFO)
+
+SETTINGS = Settings()
+KNOBS = GenerateSettings()
+MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.database, task="generate")
+ARTIFACT = find_artifact(MODEL_REF)
+if ARTIFACT.meta.generation is None:
+    raise SystemExit(f"seqserve: {MODEL_REF} is a {ARTIFACT.meta.task} model; serve it with service.service:SeqServe")
+GEN = ARTIFACT.meta.generation
+VOCAB = Vocabulary(GEN)
+LIMITS = Limits(GEN.max_prompt_tokens, KNOBS.max_new_tokens or GEN.max_new_tokens, KNOBS.max_beams)
+BUSY = "busy"
+RETRY_AFTER_S = 1  # the Retry-After of a 429: streams finish and free slots every few steps
+SUBMIT_ATTEMPTS = 3  # submit is idempotent by request id, so a call on a stale connection is simply made again
+
+
+@bentoml.service(
+    name="seqserve-lm-model",
+    workers=1,
+    traffic={"timeout": 600},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class LMModel(FollowsChampion):
+    """The step scheduler of the served language model (``service.core.decoding.scheduler``)."""
+
+    task = "generate"
+
+    def __init__(self) -> None:
+        self._streams: dict[str, Any] = {}  # request id -> stream, for cancel()
+        self._outboxes: dict[str, Outbox] = {}  # API worker -> its channel's outbox
+        self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
+
+    def _load(self, artifact: Artifact, source: str) -> ModelSlot:
+        engine = LMEngine(artifact, SETTINGS, KNOBS)
+        engine.scheduler.deliver = self._deliver
+        return ModelSlot(engine, Retiring(engine), source)
+
+    def _check_compatible(self, artifact: Artifact) -> None:
+        gen = artifact.meta.generation
+        if gen is None or (gen.vocab, gen.special_ids) != (GEN.vocab, GEN.special_ids):
+            raise ValueError("its vocabulary differs from the one the API workers validate against: restart")
+
+    def _deliver(self, batch: list) -> None:
+        """From the scheduler thread, once per step: run the step's emits on the event loop."""
+        self._loop.call_soon_threadsafe(_dispatch, batch)
+
+    @bentoml.api
+    async def submit(self, request: dict, request_id: str, worker: str, deadline: float | None = None) -> dict:
+        """Start a generation; its events go out on ``worker``'s channel. ``{"error": "busy"}`` when full.
+        ``deadline`` (``time.perf_counter``): if the request still waits for a slot then, it is dropped."""
+        self._loop = asyncio.get_running_loop()
+        if request_id in self._streams:  # the API worker's retry of a call that did arrive
+            return {"ok": True}
+        scheduler = self.slot.engine.scheduler  # read once: this request stays on this model
+        if scheduler.load >= KNOBS.streams + KNOBS.max_waiting:
+            return {"error": BUSY}
+        req, _ = parse(request, VOCAB, LIMITS)  # validated by the API worker; this cannot fail
+        outbox = self._outbox(worker)
+
+        def emit(event: dict) -> None:  # on the event loop
+            outbox.put(request_id, event)
+            if "event" in event:
+                self._streams.pop(request_id, None)
+
+        self._streams[request_id] = scheduler.submit(req, emit, float("inf") if deadline is None else deadline)
+        return {"ok": True}
+
+    @bentoml.api
+    async def channel(self, worker: str) -> AsyncGenerator[str, None]:
+        """The events of ``worker``'s generations, newline-delimited ASCII JSON (``service.core.decoding.channel``)."""
+        self._loop = asyncio.get_running_loop()
+        async for chunk in self._outbox(worker).chunks():
+            yield chunk
+
+    def _outbox(self, worker: str) -> Outbox:
+        if worker not in self._outboxes:
+            self._outboxes[worker] = Outbox(KNOBS.stream_interval_ms / 1000)
+        return self._outboxes[worker]
+
+    @bentoml.api
+    def cancel(self, request_id: str) -> bool:
+        """The API worker's client went away: free the stream's slot at the next step (its last event, finish
+        reason ``cancelled``, goes out on the channel and ends its bookkeeping here)."""
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.cancel()
+        return stream is not None
+
+    @bentoml.api
+    def info(self) -> dict:
+        slot = self.slot
+        e = slot.engine
+        return {
+            "model_version": e.model_version,
+            "provider": e.info.provider,
+            "provider_options": e.info.provider_options,
+            "provider_fallback": e.info.fallback_reason,
+            "load_check": e.info.check or None,
+            "device_requested": SETTINGS.device,
+            "ort_threads": e.ort_threads,
+            "source": e.artifact.source,
+            "served_because": slot.source,
+            "active_streams": len(e.scheduler.active),
+            "waiting": e.scheduler.load - len(e.scheduler.active),
+            "capacity_streams": e.scheduler.capacity,
+            "mode": KNOBS.mode,
+        }
+
+    @bentoml.api
+    def reload(self) -> dict:
+        return {"outcome": self.check_champion(), "model_version": self.slot.version}
+
+
+def _dispatch(batch: list) -> None:
+    for emit, event in batch:
+        emit(event)
+
+
+_CHANNEL: Channel | None = None
+
+
+def channel() -> Channel:
+    """This API worker's token channel (one per process, opened on first use)."""
+    global _CHANNEL
+    if _CHANNEL is None:
+        model = bentoml.get_current_service().model
+        _CHANNEL = Channel(lambda worker: model.to_async.channel(worker=worker))
+    return _CHANNEL
+
+
+async def _cancel_on_disconnect(request: Request, model: Any, rid: str) -> None:
+    """While a generation runs: if its client disconnects, tell the model service to drop the stream."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+    await model.to_async.cancel(request_id=rid)
+
+
+def _reject(message: str, reason: str, status: int = 400) -> JSONResponse:
+    GEN_REJECTED.labels(reason).inc()
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def generate(request: Request) -> Response:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return _reject("body: not valid JSON", "invalid_json")
+    try:
+        req, stream = parse(body, VOCAB, LIMITS)
+    except GenerateError as e:
+        return _reject(str(e), e.reason)
+    body = {**body, "seed": req.seed}  # the model service samples with the seed chosen here
+    model = bentoml.get_current_service().model
+    rid, chan = uuid.uuid4().hex, channel()
+    due = deadline()
+    if due <= time.perf_counter():
+        GEN_REJECTED.labels("deadline").inc()
+        return JSONResponse({"error": str(DeadlinePassed())}, status_code=504)
+    due = None if due == float("inf") else due
+    chan.register(rid)
+    try:
+        for attempt in range(SUBMIT_ATTEMPTS):  # a kept-alive connection the model service had closed: again
+            try:
+                answer = await model.to_async.submit(request=body, request_id=rid, worker=chan.worker, deadline=due)
+                break
+            except aiohttp.ClientConnectionError:
+                if attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
+    except BaseException:
+        chan.unregister(rid)
+        raise
+    if answer.get("error"):
+        chan.unregister(rid)
+        if answer["error"] == BUSY:  # never an unbounded queue: the client comes back later
+            response = _reject("generation capacity is full: try again shortly", BUSY, 429)
+            response.headers["retry-after"] = str(RETRY_AFTER_S)
+            return response
+        return JSONResponse({"error": answer["error"]}, status_code=500)
+    upstream = chan.events(rid)
+    watch = asyncio.create_task(_cancel_on_disconnect(request, model, rid))
+    try:
+        first = await anext(upstream)
+    except BaseException:
+        watch.cancel()
+        raise
+    if first.get("event") == "error":
+        watch.cancel()
+        await upstream.aclose()
+        return JSONResponse({"error": first["error"]}, status_code=first.get("status", 500))
+    if not stream:
+        event = first
+        try:
+            async for event in upstream:  # noqa: B007 - the last event is the answer
+                pass
+        finally:
+            watch.cancel()
+        if event.get("event") != "done":
+            return JSONResponse({"error": event.get("error", "generation failed")}, status_code=500)
+        event.pop("event")
+        return JSONResponse(event)
+
+    async def relay() -> AsyncGenerator[bytes, None]:
+        ended = False
+        try:
+            yield sse(first)
+            async for event in upstream:
+                ended = event.get("event") in ("done", "error")
+                yield sse(event)
+        finally:  # the last event sent, or the client gone (a send failed): then drop the stream now
+            watch.cancel()
+            if not ended:
+                await model.to_async.cancel(request_id=rid)
+            await upstream.aclose()
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def metadata(request: Request) -> JSONResponse:
+    try:
+        info = await bentoml.get_current_service().model.to_async.info()
+    except Exception as e:  # noqa: BLE001 - the model service is starting or gone
+        return JSONResponse({"error": f"model service not available: {e}"}, status_code=503)
+    meta = ARTIFACT.meta
+    return JSONResponse(
+        {
+            "task": "generate",
+            "model_name": meta.model_name,
+            **info,
+            "vocab_size": len(GEN.vocab),
+            "special_ids": GEN.special_ids,
+            "max_prompt_tokens": LIMITS.max_prompt_tokens,
+            "max_new_tokens": LIMITS.max_new_tokens,
+            "max_beams": LIMITS.max_beams,
+            "forms": {k: {"lines": v["lines"], "length": len(v["template"])} for k, v in GEN.forms.items()},
+            "rnn": meta.rnn,
+            "training_metrics": {k: meta.training_metrics.get(k) for k in ("val_loss_nats", "val_bits_per_char")},
+        }
+    )
+
+
+routes = Starlette(
+    routes=[Route("/generate", generate, methods=["POST"]), Route("/metadata", metadata, methods=["GET"])]
+)
+
+
+@bentoml.asgi_app(routes, path="/")
+@bentoml.service(
+    name="seqserve-generate",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 600},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)
+class SeqGenerate:
+    """Text generation: validation and answers here, the step scheduler in ``LMModel``."""
+
+    model = bentoml.depends(LMModel)
+
+    def __init__(self) -> None:
+        bound_metric_paths(("/generate", "/metadata"))  # bounded metric labels (service/core/guard.py)
+
+
+SeqGenerate.add_asgi_middleware(
+    GenerateOpenAPIPatch,
+    limits={
+        "max_prompt_tokens": LIMITS.max_prompt_tokens,
+        "max_new_tokens": LIMITS.max_new_tokens,
+        "max_beams": LIMITS.max_beams,
+    },
+    vocab_size=len(GEN.vocab),
+    forms=sorted(GEN.forms),
+    alphabet="".join(c for c in GEN.vocab if len(c) == 1 and VOCAB.index[c] not in GEN.special_ids.values()),
+    empty_prompt="bos" in GEN.special_ids,
+)
+SeqGenerate.add_asgi_middleware(
+    RequestGuard,
+    json_paths=("/generate",),
+    max_body_bytes=SETTINGS.max_body_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    deadline_ms=SETTINGS.deadline_ms,
+    on_reject=lambda reason, path: GEN_REJECTED.labels(reason).inc(),
+)
+
+
+__all__ = ["SeqGenerate", "LMModel"]
