@@ -1,5 +1,5 @@
-"""``python -m export --run runs/default --out artifacts/default [--no-store]``: a classifier or a language
-model run (its ``config.json`` says ``"task": "generate"``)."""
+"""``python -m export --run runs/default --out artifacts/default [--no-store]``: the run's task (its ``config.json``
+``"task"``, else ``classify``) picks the export from the registry (``training/tasks/__init__.py``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-from export.onnx_export import ParityError, export_run
 from service.core.artifact import use_project_model_store
+from training.onnx import ParityError
+from training.task import load
+from training.tasks import task_of
 
 
-def is_language_model(run_dir: str) -> bool:
+def run_task(run_dir: str) -> str:
+    """A training run's task: its config.json's ``"task"`` (runs from before the field are classifiers)."""
     config = Path(run_dir) / "config.json"
-    return config.exists() and json.loads(config.read_text()).get("task") == "generate"
+    return json.loads(config.read_text()).get("task", "classify") if config.exists() else "classify"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     use_project_model_store()
     try:
-        if is_language_model(args.run):
-            from export.lm_export import export_lm_run
-
-            meta = export_lm_run(args.run, args.out)
-        else:
-            meta = export_run(args.run, args.out, args.held_out, args.max_length)
+        meta = load(task_of(run_task(args.run)).export)(args.run, args.out, args)
     except ParityError as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import yaml
 from export.promote import lasting_ref
 from service.core.artifact import ContractError, ModelNotFound, use_project_model_store
 from service.core.store.database import add_database_arg
+from training.tasks import task_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +35,9 @@ def build(ref: str | None, data_dir: str) -> tuple[str, str]:
         if champion is None:
             raise ModelNotFound("no REF given and no champion promoted (python -m export.promote REF --store)")
         ref = champion.ref
-    ref, _, _ = lasting_ref(ref, store=True)  # the artifact opens, its contract reads; a directory is stored
+    ref, _, task = lasting_ref(ref, store=True)  # the artifact opens, its contract reads; a directory is stored
     spec = yaml.safe_load((ROOT / "deploy/bentofile.yaml").read_text())
+    spec["service"] = task_of(task).entry  # the entry that serves this model's task (training/tasks/__init__.py)
     spec["models"] = [ref]
     spec["envs"] = [e for e in spec.get("envs", []) if e["name"] != "SEQSERVE_MODEL"]
     spec["envs"].append({"name": "SEQSERVE_MODEL", "value": ref})

@@ -21,6 +21,7 @@ from service.core.artifact import (
 )
 from service.core.store.champion import Champion, ChampionPointer
 from service.core.store.database import add_database_arg
+from training.tasks import task_of
 
 
 def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
@@ -28,6 +29,7 @@ def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
     A directory is put into the BentoML model store when ``store`` (the versioned tag), else named by its
     absolute path."""
     art = find_artifact(ref)
+    task_of(art.meta.task)  # a task this seqserve serves (training/tasks/__init__.py), else ValueError
     check_integrity(art)  # a damaged model.onnx is refused here, not only by the services that would load it
     if Path(ref).is_dir():
         if store:
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     use_project_model_store()
     try:
         champion = promote(args.ref, args.data_dir, args.store)
-    except (ModelNotFound, ContractError, ReferenceMismatch) as e:
+    except (ModelNotFound, ContractError, ReferenceMismatch, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"champion: {champion.ref} (model {champion.version})", file=sys.stderr)

@@ -20,10 +20,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import export_onnx
-from training.kernels import fit_kernels
-from training.model import SequenceClassifier
-from training.train import add_train_args, model_config
+from training.tasks.classify.export import export_onnx
+from training.tasks.classify.kernels import fit_kernels
+from training.tasks.classify.model import SequenceClassifier
+from training.tasks.classify.train import add_train_args, model_config
 
 
 def build(kernel_features: int, length: int, channels: int = 1, classes: int = 10) -> SequenceClassifier:

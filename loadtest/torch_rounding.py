@@ -14,9 +14,9 @@ import json
 import numpy as np
 import torch
 
-from export.lm_export import torch_alone_vs_batched
-from training.lm_model import CharLM, LMConfig, StepGraph
-from training.lm_train import load_lm
+from training.tasks.generate.export import torch_alone_vs_batched
+from training.tasks.generate.model import CharLM, LMConfig, StepGraph
+from training.tasks.generate.train import load_lm
 
 
 def measure(graph: StepGraph, cfg: LMConfig, trials: int, seed: int = 0) -> list[float]:

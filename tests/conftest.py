@@ -190,7 +190,7 @@ def train_tiny_lm(out: Path, text: Path, *extra: str) -> Path:
 @pytest.fixture(scope="session")
 def lm_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 2-layer LSTM on Tiny Shakespeare, exported (step graph, parity-gated)."""
-    from export.lm_export import export_lm_run
+    from training.tasks.generate.export import export_lm_run
 
     run = train_tiny_lm(tmp_path_factory.mktemp("lm_run"), SHAKESPEARE)
     out = tmp_path_factory.mktemp("lm_artifact")
@@ -201,7 +201,7 @@ def lm_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def poem_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 1-layer GRU on 3,000 Tang poems (one a line: <bos>/<eos>, forms), exported."""
-    from export.lm_export import export_lm_run
+    from training.tasks.generate.export import export_lm_run
 
     text = tmp_path_factory.mktemp("poems") / "poems.txt"
     text.write_text("\n".join(POEMS.read_text(encoding="utf-8").splitlines()[:3000]) + "\n", encoding="utf-8")

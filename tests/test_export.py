@@ -10,9 +10,10 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import ParityError, cpu_session, export_run, parity_report
 from training import data
-from training.model import ModelConfig, SequenceClassifier, load_checkpoint
+from training.onnx import ParityError, cpu_session
+from training.tasks.classify.export import export_run, parity_report
+from training.tasks.classify.model import ModelConfig, SequenceClassifier, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 JV_TRAIN = ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"

@@ -175,9 +175,9 @@ def test_make_serve_generate_end_to_end(tmp_path: Path) -> None:
 def test_promoted_language_models_swap_and_streams_finish_on_their_model(lm_artifact: Path, tmp_path: Path) -> None:
     """A promotion reaches the running server; a stream started before it ends on the model it started with,
     new requests get the new model."""
-    from export.lm_export import export_lm_run
     from export.promote import promote
     from tests.conftest import SHAKESPEARE, train_tiny_lm
+    from training.tasks.generate.export import export_lm_run
 
     other = tmp_path / "other"
     export_lm_run(train_tiny_lm(tmp_path / "run", SHAKESPEARE, "--seed", "2"), other)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.lm_export import export_lm_run
 from service.core.artifact import ReferenceMismatch, find_artifact
 from service.core.decoding.scheduler import Scheduler
 from service.core.runtime import open_checked_session
@@ -25,6 +24,7 @@ from service.tasks.generate.params import GenerateError, Limits, parse
 from service.tasks.generate.spec import check_reference
 from tests.conftest import SHAKESPEARE as SHAKESPEARE_TEXT
 from tests.conftest import train_tiny_lm
+from training.tasks.generate.export import export_lm_run
 
 LIMITS = Limits(max_prompt_tokens=4096, max_new_tokens=1024, max_beams=16)
 

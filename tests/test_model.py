@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from training import data
-from training.kernels import KernelFeatures, dilation_plan, fit_kernels, fit_ridge
-from training.model import MaskedBatchNorm1d, ModelConfig, SequenceClassifier, auto_stride
+from training.tasks.classify.kernels import KernelFeatures, dilation_plan, fit_kernels, fit_ridge
+from training.tasks.classify.model import MaskedBatchNorm1d, ModelConfig, SequenceClassifier, auto_stride
 
 CONFIGS = [
     dict(rnn="lstm", bidirectional=True, attention="additive", stride=1),

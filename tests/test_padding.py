@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.onnx_export import cpu_session
 from service.core.artifact import find_artifact
 from service.core.batching.padding import PadBuffer, bucket_shape, padding_efficiency, plan_batches
 from service.core.settings import Settings
 from service.tasks.classify.engine import Engine
 from training import data
+from training.onnx import cpu_session
 
 ROOT = Path(__file__).resolve().parents[1]
 

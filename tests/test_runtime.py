@@ -117,7 +117,8 @@ def test_auto_falls_back_to_cpu_when_the_gpu_session_fails_the_check(
     Here a real session of another model stands in for a CUDA session that drifted."""
     from test_export import write_run
 
-    from export.onnx_export import cpu_session, export_run
+    from training.onnx import cpu_session
+    from training.tasks.classify.export import export_run
 
     other = tmp_path / "other"
     export_run(write_run(tmp_path, seed=5, rnn="gru", bidirectional=True, attention="additive", stride=1), other)

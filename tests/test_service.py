@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from export.onnx_export import cpu_session
 from training import data
+from training.onnx import cpu_session
 
 ROOT = Path(__file__).resolve().parents[1]
 JV_TEST = ROOT / "data/JapaneseVowels/JapaneseVowels_TEST.ts"

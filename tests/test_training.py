@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from training.__main__ import main
-from training.model import load_checkpoint
-from training.train import lr_factor, mixup, plan_epochs
+from training.loop import lr_factor, plan_epochs
+from training.tasks.classify.model import load_checkpoint
+from training.tasks.classify.train import mixup
 
 ROOT = Path(__file__).resolve().parents[1]
 JV_TRAIN = str(ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts")
@@ -47,7 +48,7 @@ def test_kernel_head_is_fitted_again_on_every_training_sequence(tmp_path: Path) 
     """A validation split chooses the network's epoch; then the closed-form kernel head sees all the training data
     (its feature statistics too), as MiniRocket's would."""
     from training import data
-    from training.train import to_tensors
+    from training.tasks.classify.model import to_tensors
 
     argv = ["train", *SMALL, "--epochs", "1", "--val-fraction", "0.2", "--conv-channels", "none"]
     assert main([*argv, "--out", str(tmp_path)]) == 0

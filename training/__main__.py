@@ -1,4 +1,5 @@
-"""``python -m training {train,lm,tune,eval,feedback,retrain,worker} ...``"""
+"""``python -m training COMMAND ...``: each registered task's commands (``training/tasks/__init__.py``: train, tune,
+eval, retrain for the classifier; lm for the language model) and the shared ones (feedback, worker)."""
 
 from __future__ import annotations
 
@@ -6,34 +7,30 @@ import argparse
 import sys
 
 from training.data import DataError
+from training.task import Command, add_command
+from training.tasks import TASKS
+
+SHARED = (
+    Command(
+        "feedback",
+        "the service's feedback store: export it as JSONL",
+        "training.feedback:add_feedback_args",
+        "training.feedback:feedback",
+    ),
+    Command(
+        "worker",
+        "run queued retraining jobs (service database)",
+        "training.worker:add_worker_args",
+        "training.worker:worker",
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from training.evaluate import add_eval_args, evaluate
-    from training.feedback import add_feedback_args, feedback
-    from training.lm_train import add_lm_args, train_lm
-    from training.retrain import add_retrain_args, retrain
-    from training.train import add_train_args, train
-    from training.tune import add_tune_args, tune
-    from training.worker import add_worker_args, worker
-
-    commands = [
-        ("train", "train one model", add_train_args, train),
-        ("lm", "train a character language model (text generation)", add_lm_args, train_lm),
-        ("tune", "random search, selected on validation accuracy", add_tune_args, tune),
-        ("eval", "accuracy suite: defaults on UCR/UEA datasets -> docs/accuracy.md", add_eval_args, evaluate),
-        ("feedback", "the service's feedback store: export it as JSONL", add_feedback_args, feedback),
-        ("retrain", "challenger from the champion + feedback; gate; promote", add_retrain_args, retrain),
-        ("worker", "run queued retraining jobs (service database)", add_worker_args, worker),
-    ]
-    for name, help_text, add_args, func in commands:
-        command = sub.add_parser(name, help=help_text)
-        add_args(command)
-        command.set_defaults(func=func)
-
+    for command in (*(c for task in TASKS.values() for c in task.commands), *SHARED):
+        add_command(sub, command)
     args = parser.parse_args(argv)
     if args.command in ("retrain", "worker"):
         from service.core.artifact import use_project_model_store

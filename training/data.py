@@ -224,7 +224,7 @@ def pad(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths
 
 
-# --- text, for the language models (training/lm_train.py) ------------------------------------------------------
+# --- text, for the language models (training/tasks/generate/train.py) ----------------------------------------
 
 UNK, BOS, EOS = "<unk>", "<bos>", "<eos>"
 

@@ -1,8 +1,9 @@
 """``python -m training worker``: the trainer that runs queued retraining jobs (``service.core.store.jobs``).
 
-It claims one job at a time from the service database, runs ``training.retrain`` and writes the outcome back
-to the job (``GET /admin/retrain`` shows it). A job requested explicitly (``POST /admin/retrain``, trigger
-``api``) retrains at once. Jobs from the drift alert or a schedule (``alert``, ``cron``) respect
+It claims one job at a time from the service database, runs the classifier's retraining
+(``training.tasks.classify.retrain``: feedback is labelled sequences) and writes the outcome back to the job
+(``GET /admin/retrain`` shows it). A job requested explicitly (``POST /admin/retrain``, trigger ``api``)
+retrains at once. Jobs from the drift alert or a schedule (``alert``, ``cron``) respect
 ``--min-new-items`` and ``--cooldown-s``, so a drift alert that keeps firing cannot retrain in a loop. Run it
 as a local process, a Kubernetes Job, or a CronJob: ``python -m training worker --enqueue cron --once``.
 """
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.retrain import add_retrain_args, retrain
+from training.tasks.classify.retrain import add_retrain_args, retrain
 
 
 def add_worker_args(p: argparse.ArgumentParser) -> None:

@@ -5,9 +5,10 @@ A ``Constraint`` is a list over positions of the document being written (the pro
 the generated ones): ``None`` (any character the model may write), a token id (fixed), or a boolean mask over
 the vocabulary (allowed set); with ``end=True`` the document must end (``<eos>``) right after the last position.
 
-* **Presets** are stored in the artifact (``generation.forms``, made by ``export.lm_export.form_presets``): for
-  a corpus of one document a line, its commonest shapes, e.g. the Tang poem forms ``5x4``, ``5x8``, ``7x4``,
-  ``7x8`` (line length x lines: punctuation exactly where the form puts it, characters everywhere else).
+* **Presets** are stored in the artifact (``generation.forms``, made by
+  ``training.tasks.generate.export.form_presets``): for a corpus of one document a line, its commonest shapes,
+  e.g. the Tang poem forms ``5x4``, ``5x8``, ``7x4``, ``7x8`` (line length x lines: punctuation exactly where the
+  form puts it, characters everywhere else).
 * **Acrostic** (藏头诗): a preset plus characters, each line starting with the next one.
 * **General**: ``{"fixed": {"3": "a"}, "allowed": {"4": "abc"}}`` over positions of the generated text.
 

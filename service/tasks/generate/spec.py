@@ -14,7 +14,7 @@ from service.core.runtime import CHECK_TOLERANCE, judged
 
 
 def check_reference(sess: ort.InferenceSession, reference_path: Path, tolerance: float = CHECK_TOLERANCE) -> dict:
-    """The step graph (``export.lm_export``): the recorded streams batched, and each alone."""
+    """The step graph (``training.tasks.generate.export``): the recorded streams batched, and each alone."""
     ref = np.load(reference_path)
     tokens, lengths = ref["tokens"], ref["lengths"]
     names = [i.name for i in sess.get_inputs()][2:]  # h (, c)

@@ -15,6 +15,7 @@ The TorchScript exporter (``dynamo=False``, opset 17) turns packed sequences int
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -29,9 +30,9 @@ import torch
 
 from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
 from training import data
-from training.model import ExportWrapper, load_checkpoint
+from training.onnx import OPSET, ParityError, content_version, cpu_session
+from training.tasks.classify.model import ExportWrapper, load_checkpoint
 
-OPSET = 17
 MODEL_NAME = "seqclassifier"
 PROB_TOLERANCE = 1e-5  # ORT vs torch, max abs difference of probabilities
 # One sequence alone vs batched with longer ones, in the ONNX graph (what is served). Torch's own figure is
@@ -43,10 +44,6 @@ INVARIANCE_TOLERANCE = 1e-6
 # of the model. The training length range is recorded beside it for monitoring.
 DEFAULT_MAX_LENGTH = 4096
 REFERENCE_SEQUENCES = 8  # recorded for the service's load-time check: shortest, longest, random
-
-
-class ParityError(RuntimeError):
-    """The exported graph does not reproduce torch, or depends on batch composition."""
 
 
 def export_onnx(model: torch.nn.Module, feature_dim: int, path: Path) -> None:
@@ -77,12 +74,6 @@ def export_onnx(model: torch.nn.Module, feature_dim: int, path: Path) -> None:
         dims = value.type.tensor_type.shape.dim
         if not dims[0].dim_param or (value.name in ("x", "attention") and not dims[1].dim_param):
             raise ParityError(f"exported {value.name} has static batch/time dims {dims}: the exporter went static")
-
-
-def cpu_session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _run_ort(sess: ort.InferenceSession, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -168,13 +159,6 @@ def write_reference(sess: ort.InferenceSession, held_out: data.Dataset, path: Pa
     return {"file": path.name, "sequences": len(picks), "lengths": lengths.tolist()}
 
 
-def content_version(graph_sha256: str, contract: dict) -> str:
-    """Version = hash of the graph's hash and the serving contract (classes, limits, normalisation)."""
-    h = hashlib.sha256(graph_sha256.encode())
-    h.update(json.dumps(contract, sort_keys=True).encode())
-    return h.hexdigest()[:12]
-
-
 def export_run(
     run_dir: str | Path, out_dir: str | Path, held_out_path: str | None = None, max_length: int | None = None
 ) -> dict:
@@ -240,3 +224,8 @@ def export_run(
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")  # what retraining fine-tunes from
     return meta
+
+
+def export_cli(run_dir: str | Path, out_dir: str | Path, options: argparse.Namespace) -> dict:
+    """``python -m export`` for a classifier run (``--held-out``, ``--max-length``)."""
+    return export_run(run_dir, out_dir, options.held_out, options.max_length)

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from training.train import add_train_args, train
+from training.tasks.classify.train import add_train_args, train
 
 SPACE = {
     "rnn": ["lstm", "gru"],

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from training import data
-from training.train import add_train_args, train
+from training.tasks.classify.train import add_train_args, train
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[3] / "data"  # the repository's data/
 DATASETS = [
     "PigCVP",
     "Coffee",

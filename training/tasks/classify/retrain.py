@@ -84,7 +84,7 @@ def train_args(
     warm: Path | None,
 ) -> argparse.Namespace:
     """The champion's training settings, with this retrain's data, output and schedule."""
-    from training.train import add_train_args
+    from training.tasks.classify.train import add_train_args
 
     p = argparse.ArgumentParser()
     add_train_args(p)
@@ -113,11 +113,11 @@ def retrain(args: argparse.Namespace) -> dict:
     """Run the steps above; write and return the report."""
     import torch
 
-    from export.onnx_export import export_run
     from service.core.artifact import find_artifact, save_to_store
     from service.core.store.champion import ChampionPointer
     from service.tasks.classify.feedback import open_store
-    from training.train import ArchitectureChanged, train
+    from training.tasks.classify.export import export_run
+    from training.tasks.classify.train import ArchitectureChanged, train
 
     out = Path(args.out or f"runs/retrain-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Language-model run -> step graph ``model.onnx`` + ``metadata.json`` (task ``generate``), gated by parity.
 
-The graph (``training.lm_model.StepGraph``): inputs ``tokens`` int64 [B, K], ``lengths`` int64 [B] (1..K real
-tokens per stream), ``h`` (and ``c`` for an LSTM) float32 [layers, B, hidden]; outputs ``log_probs`` float32
+The graph (``training.tasks.generate.model.StepGraph``): inputs ``tokens`` int64 [B, K], ``lengths`` int64 [B]
+(1..K real tokens per stream), ``h`` (and ``c`` for an LSTM) float32 [layers, B, hidden]; outputs ``log_probs`` float32
 [B, V] after each stream's last real token, and ``h_out`` (``c_out``), the state there. Decoding calls it with
 K = 1; a prompt is read in calls of up to ``chunk`` tokens.
 
@@ -20,6 +20,7 @@ line, the commonest document shapes, with every non-punctuation character a free
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -33,12 +34,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import OPSET, ParityError, content_version, cpu_session
 from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
 from service.core.vocab import is_free_char
 from training import data
-from training.lm_model import CharLM, StepGraph
-from training.lm_train import VAL_FRACTION, load_lm
+from training.onnx import OPSET, ParityError, content_version, cpu_session
+from training.tasks.generate.model import CharLM, StepGraph
+from training.tasks.generate.train import VAL_FRACTION, load_lm
 
 MODEL_NAME = "charlm"
 CHUNK = 64  # the most tokens per stream per call the service should use
@@ -246,3 +247,8 @@ def export_lm_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")
     return meta
+
+
+def export_cli(run_dir: str | Path, out_dir: str | Path, options: argparse.Namespace) -> dict:
+    """``python -m export`` for a language-model run (its config.json says ``"task": "generate"``)."""
+    return export_lm_run(run_dir, out_dir)

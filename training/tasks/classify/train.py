@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -19,8 +17,24 @@ import torch
 from torch import nn
 
 from training import data
-from training.kernels import fit_kernels, fit_ridge
-from training.model import ModelConfig, SequenceClassifier, auto_stride
+from training.loop import (
+    length_batches,
+    lr_factor,
+    pick_device,
+    plan_epochs,
+    plot_curves,
+    progress_bar,
+    seed_everything,
+)
+from training.tasks.classify.model import (
+    RIDGE_MAX_SEQUENCES,
+    ModelConfig,
+    SequenceClassifier,
+    auto_stride,
+    fit_kernel_branch,
+    kernel_branch_logits,
+    to_tensors,
+)
 
 DEFAULT_TRAIN = "data/JapaneseVowels/JapaneseVowels_TRAIN.ts"
 DEFAULT_TEST = "data/JapaneseVowels/JapaneseVowels_TEST.ts"
@@ -104,31 +118,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffle, sort by length inside windows of 16 batches, cut into batches, shuffle batch order."""
-    perm = rng.permutation(len(lengths))
-    window = batch_size * 16
-    chunks = [perm[i : i + window] for i in range(0, len(perm), window)]
-    ordered = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
-    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def to_tensors(
-    ds: data.Dataset, idx: np.ndarray | list[int], class_index: dict[str, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, lengths = data.pad([ds.sequences[i] for i in idx])
-    y = torch.tensor([class_index[ds.labels[i]] for i in idx], dtype=torch.long)
-    return torch.from_numpy(x), torch.from_numpy(lengths), y
-
-
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -168,24 +157,6 @@ def macro_f1(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
     return float(np.mean(f1s))
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when a kernel really runs there, else CPU; ``cuda`` fails clearly without it."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cpu":
-        return torch.device("cpu")
-    why = "torch was built without CUDA or no GPU is visible"
-    if torch.cuda.is_available():
-        try:
-            torch.zeros(1, device="cuda").add_(1).item()
-            return torch.device("cuda")
-        except RuntimeError as e:  # a driver/library mismatch shows up only when a kernel runs
-            why = str(e).splitlines()[0]
-    if name == "cuda":
-        raise data.DataError(f"--device cuda: CUDA is not usable here ({why})")
-    return torch.device("cpu")
-
-
 def mixup(
     x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor, alpha: float, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -200,68 +171,6 @@ def mixup(
     same = lengths.to(y.device)[perm] == lengths.to(y.device)
     partner = torch.where(same, perm, torch.arange(len(y), device=y.device))
     return lam * x + (1.0 - lam) * x[partner], y[partner], lam
-
-
-def lr_factor(epoch: int, planned: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` epochs, then cosine decay to 1% at epoch ``planned``."""
-    if epoch <= warmup:
-        return epoch / (warmup + 1)
-    progress = min(1.0, (epoch - warmup) / max(1, planned - warmup))
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def plan_epochs(epoch: int, loop_seconds: float, seconds_left: float, max_epochs: int) -> int:
-    """Epochs the schedule should span: as many as the mean epoch time so far fits into the time left."""
-    return max(epoch + 1, min(max_epochs, epoch + int(seconds_left / (loop_seconds / epoch))))
-
-
-@torch.no_grad()
-def kernel_branch_logits(model: SequenceClassifier, ds: data.Dataset, batch_size: int = 16) -> torch.Tensor:
-    """The kernel branch's logits for every sequence of ``ds``, in its order: [N, classes]."""
-    model.eval()
-    out = []
-    for i in range(0, len(ds), batch_size):
-        x, lengths, _ = to_tensors(ds, np.arange(i, min(i + batch_size, len(ds))), {c: 0 for c in ds.labels})
-        mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-        out.append(model.kernel_head(model.kernel_features(model.normalise(x, mask, lengths), mask, lengths)))
-    return torch.cat(out)
-
-
-RIDGE_MAX_SEQUENCES = 4000  # above this the kernel head is trained with the rest (an n x n eigensolve)
-
-
-@torch.no_grad()
-def fit_kernel_branch(
-    model: SequenceClassifier, ds: data.Dataset, class_index: dict[str, int], seed: int, fit_biases: bool = True
-) -> dict:
-    """Set the kernel branch up from the training split: its biases (quantiles on training sequences, unless
-    warm-started), its features' mean and std, and (up to RIDGE_MAX_SEQUENCES) its head in closed form,
-    frozen. Returns what was fitted, for metrics.json."""
-    model.eval()
-    if fit_biases:
-        normalised = []
-        for s in ds.sequences:
-            x = torch.from_numpy(np.asarray(s, dtype=np.float32)).unsqueeze(0)
-            steps = torch.ones(1, x.shape[1], dtype=torch.bool)
-            normalised.append(model.normalise(x, steps, torch.tensor([x.shape[1]]))[0])
-        fit_kernels(model.kernels, normalised, seed)
-    feats, ys = [], []
-    for i in range(0, len(ds), 16):
-        x, lengths, y = to_tensors(ds, np.arange(i, min(i + 16, len(ds))), class_index)
-        mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-        feats.append(model.kernels(model.normalise(x, mask, lengths), mask, lengths))
-        ys.append(y)
-    f, y = torch.cat(feats), torch.cat(ys)
-    model.feature_mean.copy_(f.mean(0))
-    model.feature_std.copy_(f.std(0).clamp_min(1e-3))
-    if len(ds) > RIDGE_MAX_SEQUENCES:
-        return {"kernel_head": "gradient"}
-    ridge = fit_ridge((f - model.feature_mean) / model.feature_std, y, model.cfg.num_classes)
-    model.kernel_head.weight.copy_(ridge["weight"])
-    model.kernel_head.bias.copy_(ridge["bias"])
-    model.kernel_head.requires_grad_(False)
-    fitted = {"kernel_head": "ridge", "kernel_head_sequences": len(ds)}
-    return fitted | {"ridge_alpha": ridge["alpha"], "ridge_temperature": ridge["temperature"]}
 
 
 def model_config(
@@ -359,7 +268,7 @@ def train(args: argparse.Namespace) -> dict:
     # Input noise in normalised units: per-channel training std (global), or 1 (each series has std 1).
     noise_scale = torch.from_numpy(std if normalisation == "global" else np.ones_like(std)).to(device)
     show = not args.quiet
-    bar_cls = _progress_bar() if show else None
+    bar_cls = progress_bar() if show else None
 
     history: list[dict] = []
     best = {"val_accuracy": -1.0, "state": None, "epoch": 0}
@@ -492,7 +401,10 @@ def train(args: argparse.Namespace) -> dict:
     torch.save({"state_dict": model.state_dict(), **run_config}, out / "checkpoint.pt")
     (out / "config.json").write_text(json.dumps(run_config, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_history(history, out / "learning_curves.png")
+    loss = {"train": [h["train_loss"] for h in history], "validation": [h["val_loss"] for h in history]}
+    accuracy = {"": [h["val_accuracy"] for h in history]}
+    panels = [("loss", "cross-entropy", loss), ("validation accuracy", "accuracy", accuracy)]
+    plot_curves(out / "learning_curves.png", "epoch", [h["epoch"] for h in history], panels)
     if show:
         print(
             f"test_accuracy {metrics['test_accuracy']:.4f}  test_macro_f1 {metrics['test_macro_f1']:.4f}  "
@@ -500,30 +412,3 @@ def train(args: argparse.Namespace) -> dict:
             file=sys.stderr,
         )
     return metrics
-
-
-def _progress_bar():
-    from tqdm import tqdm
-
-    def bar(**kw):
-        return tqdm(disable=None, file=sys.stderr, **kw)  # disable=None: only on a terminal
-
-    return bar
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [h["train_loss"] for h in history], label="train")
-    a.plot(ep, [h["val_loss"] for h in history], label="validation")
-    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend(), a.set_title("loss")
-    b.plot(ep, [h["val_accuracy"] for h in history])
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.set_title("validation accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

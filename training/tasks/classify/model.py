@@ -28,12 +28,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from training.kernels import KernelFeatures
+from training import data
+from training.tasks.classify.kernels import KernelFeatures, fit_kernels, fit_ridge
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 NORMALISATIONS = ("global", "series")
@@ -252,3 +254,60 @@ def load_checkpoint(path: str) -> tuple[SequenceClassifier, dict]:
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt
+
+
+def to_tensors(
+    ds: data.Dataset, idx: np.ndarray | list[int], class_index: dict[str, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, lengths = data.pad([ds.sequences[i] for i in idx])
+    y = torch.tensor([class_index[ds.labels[i]] for i in idx], dtype=torch.long)
+    return torch.from_numpy(x), torch.from_numpy(lengths), y
+
+
+@torch.no_grad()
+def kernel_branch_logits(model: SequenceClassifier, ds: data.Dataset, batch_size: int = 16) -> torch.Tensor:
+    """The kernel branch's logits for every sequence of ``ds``, in its order: [N, classes]."""
+    model.eval()
+    out = []
+    for i in range(0, len(ds), batch_size):
+        x, lengths, _ = to_tensors(ds, np.arange(i, min(i + batch_size, len(ds))), {c: 0 for c in ds.labels})
+        mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        out.append(model.kernel_head(model.kernel_features(model.normalise(x, mask, lengths), mask, lengths)))
+    return torch.cat(out)
+
+
+RIDGE_MAX_SEQUENCES = 4000  # above this the kernel head is trained with the rest (an n x n eigensolve)
+
+
+@torch.no_grad()
+def fit_kernel_branch(
+    model: SequenceClassifier, ds: data.Dataset, class_index: dict[str, int], seed: int, fit_biases: bool = True
+) -> dict:
+    """Set the kernel branch up from the training split: its biases (quantiles on training sequences, unless
+    warm-started), its features' mean and std, and (up to RIDGE_MAX_SEQUENCES) its head in closed form,
+    frozen. Returns what was fitted, for metrics.json."""
+    model.eval()
+    if fit_biases:
+        normalised = []
+        for s in ds.sequences:
+            x = torch.from_numpy(np.asarray(s, dtype=np.float32)).unsqueeze(0)
+            steps = torch.ones(1, x.shape[1], dtype=torch.bool)
+            normalised.append(model.normalise(x, steps, torch.tensor([x.shape[1]]))[0])
+        fit_kernels(model.kernels, normalised, seed)
+    feats, ys = [], []
+    for i in range(0, len(ds), 16):
+        x, lengths, y = to_tensors(ds, np.arange(i, min(i + 16, len(ds))), class_index)
+        mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        feats.append(model.kernels(model.normalise(x, mask, lengths), mask, lengths))
+        ys.append(y)
+    f, y = torch.cat(feats), torch.cat(ys)
+    model.feature_mean.copy_(f.mean(0))
+    model.feature_std.copy_(f.std(0).clamp_min(1e-3))
+    if len(ds) > RIDGE_MAX_SEQUENCES:
+        return {"kernel_head": "gradient"}
+    ridge = fit_ridge((f - model.feature_mean) / model.feature_std, y, model.cfg.num_classes)
+    model.kernel_head.weight.copy_(ridge["weight"])
+    model.kernel_head.bias.copy_(ridge["bias"])
+    model.kernel_head.requires_grad_(False)
+    fitted = {"kernel_head": "ridge", "kernel_head_sequences": len(ds)}
+    return fitted | {"ridge_alpha": ridge["alpha"], "ridge_temperature": ridge["temperature"]}

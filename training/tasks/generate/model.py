@@ -84,7 +84,7 @@ class StepGraph(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model
         # The ONNX RNN ops take unsorted sequence_lens: the sort that packing needs in torch stays out of the
-        # graph (the export example is sorted), as in the classifier (training/model.py).
+        # graph (the export example is sorted), as in the classifier (training/tasks/classify/model.py).
         sort = not torch.onnx.is_in_onnx_export()
         packed = pack_padded_sequence(m.embed(tokens), lengths.cpu(), batch_first=True, enforce_sorted=not sort)
         _, new = m.rnn(packed, (state[0], state[1]) if m.cfg.rnn == "lstm" else state[0])

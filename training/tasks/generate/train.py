@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from training import data
-from training.lm_model import CharLM, LMConfig, detach
-from training.train import pick_device, seed_everything
+from training.loop import pick_device, plot_curves, seed_everything
+from training.tasks.generate.model import CharLM, LMConfig, detach
 
 VAL_FRACTION = 0.1
 VAL_WINDOW = 256  # nanoGPT's block size
@@ -237,7 +237,9 @@ def train_lm(args: argparse.Namespace) -> dict:
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "samples.txt").write_text("\n\n".join(samples), encoding="utf-8")
-    plot_curve(history, out / "learning_curves.png")
+    lines = {"train (smoothed)": [h["train_loss"] for h in history], "validation": [h["val_loss"] for h in history]}
+    panels = [("learning curve", "nats per character", lines)]
+    plot_curves(out / "learning_curves.png", "seconds", [h["seconds"] for h in history], panels)
     log_file.close()
     return metrics
 
@@ -250,19 +252,3 @@ def load_lm(path: str | Path) -> tuple[CharLM, dict]:
     model = CharLM(LMConfig(**ck["config"]))
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck
-
-
-def plot_curve(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    s = [h["seconds"] for h in history]
-    ax.plot(s, [h["train_loss"] for h in history], label="train (smoothed)")
-    ax.plot(s, [h["val_loss"] for h in history], label="validation")
-    ax.set_xlabel("seconds"), ax.set_ylabel("nats per character"), ax.legend(), ax.set_title("learning curve")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -1,0 +1,33 @@
+"""What every task's export shares: the opset, the parity error, a quiet CPU session, the content version.
+
+Each task's export lives beside the model it exports (``training/tasks/<task>/export.py``): it writes the graph,
+gates it on parity with torch (``ParityError``), records reference outputs for the service's load-time check and
+builds ``metadata.json`` through the artifact contract (``service.core.artifact``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+
+OPSET = 17  # the TorchScript exporter's opset: native ONNX RNN ops with sequence_lens
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not reproduce torch, or depends on batch composition."""
+
+
+def cpu_session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def content_version(graph_sha256: str, contract: dict) -> str:
+    """Version = hash of the graph's hash and the serving contract (classes, limits, normalisation)."""
+    h = hashlib.sha256(graph_sha256.encode())
+    h.update(json.dumps(contract, sort_keys=True).encode())
+    return h.hexdigest()[:12]
