@@ -42,11 +42,25 @@ INFRA_PATHS = ("/", "/docs.json", "/healthz", "/livez", "/readyz", "/metrics")
 UNKNOWN_PATH = "/{unknown}"
 
 
-class DeadlinePassed(Exception):
+class Rejected(Exception):
+    """A request refused: the message names the field and the limit, ``reason`` labels the task's rejection
+    counter, ``status`` is the HTTP code. Every task's refusals are this type (or a subclass naming where they
+    come from: ``GenerateError``, ``V2Error``, ``DeadlinePassed``); ``service.core.app.refuse`` answers one."""
+
+    def __init__(self, message: str, reason: str = "bad_request", status: int = 400) -> None:
+        super().__init__(message)
+        self.reason, self.status = reason, status
+
+
+class DeadlinePassed(Rejected):
     """The request's deadline passed before the model ran it."""
 
-    def __str__(self) -> str:
-        return "deadline: passed before the model ran the request (X-Request-Deadline-Ms, SEQSERVE_DEADLINE_MS)"
+    def __init__(self) -> None:
+        super().__init__(
+            "deadline: passed before the model ran the request (X-Request-Deadline-Ms, SEQSERVE_DEADLINE_MS)",
+            reason="deadline",
+            status=504,
+        )
 
 
 def deadline() -> float:

@@ -28,6 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.core.app import refuse
+from service.core.guard import Rejected
+
 HEADER = "inference-header-content-length"
 DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
 Tensor = tuple[str, list[int], Any]  # (datatype, shape, values: an array, or a list of str for BYTES)
@@ -43,22 +46,17 @@ class V2Adapter(Protocol):
 
     async def version(self, ask: bool) -> str:
         """The model version served (``ask``: ask the model service now, not the API worker's last note of it).
-        Raises ``V2Error`` (503) if the model service is not ready."""
+        Raises ``Rejected`` (503) if the model service is not ready."""
 
     async def infer(self, request: dict, binaries: dict[str, memoryview]) -> tuple[str, dict[str, Tensor]]:
         """The request's input tensors through the task's batching path: (the version that answered, outputs)."""
 
 
-class V2Error(ValueError):
+class V2Error(Rejected):
     """A rejected V2 request: the message names the tensor and the limit; ``reason`` labels the metric."""
 
     def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:
-        super().__init__(message)
-        self.status, self.reason = status, reason
-
-
-def error(e: V2Error) -> JSONResponse:
-    return JSONResponse({"error": str(e)}, status_code=e.status, headers={"x-seqserve-reason": e.reason})
+        super().__init__(message, reason, status)
 
 
 def tensor(spec: dict, binary: memoryview | None, datatype: str, name: str) -> np.ndarray:
@@ -216,22 +214,22 @@ def v2_routes(adapter: V2Adapter) -> list[Route]:
     async def ready(request: Request) -> Response:
         try:
             await adapter.version(ask=True)
-        except V2Error as e:
-            return error(e)
+        except Rejected as e:
+            return refuse(e)
         return JSONResponse({"ready": True})
 
     async def model(request: Request) -> Response:
         try:
             version = await check(request)
-        except V2Error as e:
-            return error(e)
+        except Rejected as e:
+            return refuse(e)
         return JSONResponse({"name": adapter.model_name, "versions": [version], **adapter.metadata()})
 
     async def model_ready(request: Request) -> Response:
         try:
             await check(request)
-        except V2Error as e:
-            return error(e)
+        except Rejected as e:
+            return refuse(e)
         return JSONResponse({"name": adapter.model_name, "ready": True})
 
     async def infer(request: Request) -> Response:
@@ -241,8 +239,8 @@ def v2_routes(adapter: V2Adapter) -> list[Route]:
             version, tensors = await adapter.infer(parsed, binaries)
             served(adapter.model_name, request.path_params.get("version"), version)  # swapped meanwhile
             return encode(parsed, adapter.model_name, version, tensors)
-        except V2Error as e:
-            return error(e)
+        except Rejected as e:
+            return refuse(e)
 
     routes = [
         Route("/v2", server, methods=["GET"]),

@@ -29,33 +29,40 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import gc
 import logging
 import time
 from typing import Annotated, Any
 
-import aiohttp
 import bentoml
 import numpy as np
 from bentoml.validators import ContentType
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service.core.admin import admin_routes
-from service.core.artifact import Artifact, find_artifact
+from service.core.app import (
+    api_service_config,
+    boot,
+    call_again,
+    install_guard,
+    model_info,
+    model_service_config,
+    quiet_client_errors,
+    refuse,
+    session_info,
+    tune_gc,
+)
+from service.core.artifact import Artifact
 from service.core.batching import hop
 from service.core.batching.coalesce import Coalescer
 from service.core.batching.hop import Answer, Pack, request_items
 from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
-from service.core.guard import DeadlinePassed, RequestGuard, request_id
+from service.core.guard import DeadlinePassed, Rejected
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
 from service.core.protocol.v2 import route_template, v2_routes
-from service.core.settings import Settings
-from service.core.store.champion import served_ref
 from service.core.validate import first_non_finite, non_finite_message
 from service.tasks.classify.engine import Engine
 from service.tasks.classify.feedback import FeedbackStore, StoreFull, StoreUnavailable, open_store
@@ -76,14 +83,13 @@ from service.tasks.classify.schema import (
     predictions_json,
     sequences_type,
 )
+from service.tasks.classify.spec import swap_problem
 from service.tasks.classify.v2 import ClassifyV2
 
 log = logging.getLogger("seqserve")
-log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
 
-SETTINGS = Settings()
-MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.database)
-ARTIFACT = find_artifact(MODEL_REF)
+BOOT = boot("classify")  # settings and the artifact to serve (service/core/app.py)
+SETTINGS, ARTIFACT = BOOT.settings, BOOT.artifact
 MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
 MAX_STEPS = SETTINGS.max_request_steps
 Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES, MAX_STEPS)
@@ -91,28 +97,9 @@ FeedbackItems = feedback_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.me
 JSON_PATHS = ("/predict", "/predict_nobatch", "/feedback", "/admin/retrain", "/admin/alert", "/admin/reload")
 
 
-class ClientErrorFilter(logging.Filter):
-    """BentoML logs every 400 (pydantic ValidationError) as an ERROR traceback: make it one INFO line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ValidationError):
-            record.msg, record.args = "rejected request on %s: %s", (record.args[0], exc.errors()[0]["msg"])
-            record.msg += f" [request_id={request_id()}]"
-            record._seqserve_rid = True
-            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
-        return True
-
-
 @bentoml.service(
-    name="seqserve-model",
-    workers=SETTINGS.model_workers,
-    traffic={"timeout": 60},
-    logging={"access": {"enabled": SETTINGS.access_log}},
+    **model_service_config("seqserve-model", SETTINGS, SETTINGS.model_workers, timeout_s=60),
     tracing={"excluded_urls": ["/"]},  # no OpenTelemetry spans on the internal hop (every URL holds "/")
-    # BentoML's client replaces its connection pool every 100 requests by default and closes the old one
-    # with calls still running on it (~1% of requests failed with "Server disconnected" under load).
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class SeqModel(FollowsChampion):
     """Owns the session and the adaptive batcher. Items: one ``Pack`` (``service.core.batching.hop``) per API
@@ -122,21 +109,18 @@ class SeqModel(FollowsChampion):
     task = "classify"
 
     def __init__(self) -> None:
-        _tune_gc()
+        tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/core/bentoml_patches.py
-        self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
+        self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
         engine = Engine(artifact, SETTINGS)  # opens the session and runs the load-time check
         return ModelSlot(engine, ServiceMetrics(engine, SETTINGS.device, SETTINGS.drift_window_steps), source)
 
     def _check_compatible(self, artifact: Artifact) -> None:
-        e = self.slot.engine
-        if (artifact.meta.feature_dim, artifact.meta.classes) != (e.feature_dim, e.classes):
-            raise ValueError(
-                f"its contract differs (feature_dim {artifact.meta.feature_dim}, classes {artifact.meta.classes}; "
-                f"serving {e.feature_dim}, {e.classes}): that needs a restart"
-            )
+        problem = swap_problem(self.slot.engine.artifact.meta, artifact.meta)
+        if problem:
+            raise ValueError(problem)
 
     @bentoml.api
     def reload(self) -> dict:
@@ -156,20 +140,10 @@ class SeqModel(FollowsChampion):
     def info(self) -> dict:
         """What /metadata reports about the loaded model and its session."""
         slot = self.slot  # read once, like a batch
-        e = slot.engine
-        info = e.info
         return {
-            "model_version": e.model_version,
-            "classes": e.classes,
-            "provider": info.provider,
-            "provider_options": info.provider_options,
-            "provider_fallback": info.fallback_reason,
-            "load_check": info.check or None,
-            "device_requested": SETTINGS.device,
-            "ort_threads": e.ort_threads,
+            **session_info(slot, SETTINGS),
+            "classes": slot.engine.classes,
             "model_workers": SETTINGS.model_workers,
-            "source": e.artifact.source,
-            "served_because": slot.source,
         }
 
     def _run(self, packs: list[Pack]) -> list[Answer]:
@@ -205,9 +179,9 @@ async def metadata(request: Request) -> JSONResponse:
     """``GET /metadata``: the artifact's contract and what the model service reports about its session."""
     meta = ARTIFACT.meta
     try:
-        info = await bentoml.get_current_service().model.to_async.info()
-    except Exception as e:  # noqa: BLE001 - the model service is starting or gone
-        return JSONResponse({"error": f"model service not available: {e}"}, status_code=503)
+        info = await model_info()
+    except Rejected as e:  # the model service is starting or gone: 503
+        return refuse(e)
     return JSONResponse(
         {
             "task": meta.task,
@@ -245,12 +219,7 @@ PredictionsDoc = Annotated[list[Prediction], ContentType("application/json")]
 
 
 @bentoml.asgi_app(routes, path="/")
-@bentoml.service(
-    name="seqserve",
-    workers=SETTINGS.workers,
-    traffic={"timeout": 60},
-    logging={"access": {"enabled": SETTINGS.access_log}},
-)
+@bentoml.service(**api_service_config("seqserve", SETTINGS, timeout_s=60))
 class SeqServe:
     """Variable-length sequence classification: validation and JSON here, the model in ``SeqModel``."""
 
@@ -265,8 +234,8 @@ class SeqServe:
             SETTINGS.database, SETTINGS.feedback_holdout, SETTINGS.feedback_max_items
         )
         self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="feedback")
-        _tune_gc()
-        logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+        tune_gc()
+        quiet_client_errors()
         bound_metric_paths(ROUTE_PATHS, route_template)  # bounded metric labels (service/core/guard.py)
 
     @bentoml.api
@@ -276,7 +245,7 @@ class SeqServe:
         try:
             return self._respond(await self.infer_items(request_items(sequences)))
         except DeadlinePassed as e:
-            return JSONResponse({"error": str(e)}, status_code=504)
+            return refuse(e)
 
     async def infer_items(self, items: list[Any]) -> list[Any]:
         """Sequences (as ``request_items``) through the model service's batcher: ``(probabilities, attention,
@@ -303,7 +272,7 @@ class SeqServe:
         try:
             return self._respond(_answered(await self._call("infer_nobatch", request_items(sequences))))
         except DeadlinePassed as e:
-            return JSONResponse({"error": str(e)}, status_code=504)
+            return refuse(e)
 
     @bentoml.api(route="/feedback")
     async def feedback(self, items: FeedbackItems) -> FeedbackAck:
@@ -314,11 +283,11 @@ class SeqServe:
             stored = await asyncio.get_running_loop().run_in_executor(self._store_thread, add)
         except StoreFull as e:
             FEEDBACK_FULL.inc()
-            return JSONResponse({"error": str(e)}, status_code=507)
+            return refuse(Rejected(str(e), "store_full", 507))
         except StoreUnavailable as e:  # nothing stored, nothing acknowledged
             FEEDBACK_UNAVAILABLE.inc()
             log.warning("seqserve: feedback not stored: %s", e)
-            return JSONResponse({"error": f"{e}; nothing was stored"}, status_code=503, headers={"retry-after": "30"})
+            return refuse(Rejected(f"{e}; nothing was stored", "store_unavailable", 503))
         for item in stored:
             FEEDBACK_ITEMS.labels(item.split).inc()
         return FeedbackAck(
@@ -334,11 +303,7 @@ class SeqServe:
         method = getattr(self.model.to_async, api)
         call = hop.pack(items)  # one array for the whole call (service/core/batching/hop.py)
         wire = [tuple(call)]  # plain tuples of arrays cross BentoML's pickle, never a project class
-        try:
-            answer = (await method(wire))[0]
-        except aiohttp.ClientConnectionError as e:
-            log.info("seqserve: model service connection lost (%s); calling again", type(e).__name__)
-            answer = (await method(wire))[0]
+        answer = (await call_again(lambda: method(wire)))[0]
         return hop.unpack(answer, call.lengths)
 
     def _respond(self, results: list[Any]) -> Response:
@@ -346,24 +311,11 @@ class SeqServe:
         self.version = version
         bad = first_non_finite([p for p, _, _ in results])
         if bad is not None:  # never a null probability: the request is refused, naming the sequence
-            REJECTED.labels("non_finite_output", "json").inc()
-            return JSONResponse({"error": non_finite_message(f"sequences[{bad}]")}, status_code=422)
+            refusal = Rejected(non_finite_message(f"sequences[{bad}]"), "non_finite_output", 422)
+            return refuse(refusal, lambda reason: REJECTED.labels(reason, "json").inc())
         probs = np.stack([p for p, _, _ in results])
         body = predictions_json(self.classes, version, probs, [a for _, a, _ in results])
         return Response(body, media_type="application/json")
-
-
-def _tune_gc() -> None:
-    """Fewer, cheaper garbage collections in every worker: the tail latency was mostly GC pauses.
-
-    Each request allocates many short-lived objects (parsed JSON numbers), so CPython's default thresholds
-    (700 allocations) ran collections constantly, and full collections walked every long-lived object of
-    BentoML, pydantic and ONNX Runtime. Freezing what exists after start-up moves it out of the collector's
-    sight; a larger young-generation threshold makes collections rarer. Measured on 2 cores (jv, c=64):
-    p99 259 -> 64 ms, 1,574 -> 1,711 seq/s (docs/performance.md)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
 
 
 def _answered(results: list[Any]) -> list[Any]:
@@ -375,12 +327,10 @@ def _answered(results: list[Any]) -> list[Any]:
 
 ROUTE_PATHS = (*JSON_PATHS, "/metadata", "/docs")
 SeqServe.add_asgi_middleware(RejectionCounter)
-SeqServe.add_asgi_middleware(
-    RequestGuard,
-    json_paths=JSON_PATHS,
-    max_body_bytes=SETTINGS.max_body_bytes,
-    body_timeout_s=SETTINGS.body_timeout_s,
-    deadline_ms=SETTINGS.deadline_ms,
+install_guard(
+    SeqServe,
+    SETTINGS,
+    JSON_PATHS,
     on_reject=lambda reason, path: REJECTED.labels(reason, "v2" if path.startswith("/v2/") else "json").inc(),
 )
 SeqServe.add_asgi_middleware(

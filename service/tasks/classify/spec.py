@@ -1,6 +1,8 @@
-"""The classifier's part of the artifact contract: its load-time reference check.
+"""The classifier's part of the artifact contract: its load-time reference check and what a model swap may change.
 
-(Its ``metadata.json`` section, today in ``service.core.artifact.ArtifactMeta``, moves here in issue 23's step 4.)
+Its ``metadata.json`` fields (classes, feature_dim, max_length, normalisation) are typed in
+``service.core.artifact.ArtifactMeta``, where promote and the bento builder read them without task code
+(docs/architecture.md says why).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.core.artifact import ArtifactMeta
 from service.core.runtime import CHECK_TOLERANCE, judged
 
 
@@ -24,3 +27,14 @@ def check_reference(sess: ort.InferenceSession, reference_path: Path, tolerance:
         p, a = sess.run(None, {"x": x[i : i + 1, :n], "lengths": lengths[i : i + 1]})
         diff_alone = max(diff_alone, float(np.abs(p[0] - probs[i]).max()), float(np.abs(a[0] - att[i, :n]).max()))
     return judged("sequences", len(lengths), diff_batched, diff_alone, tolerance)
+
+
+def swap_problem(serving: ArtifactMeta, new: ArtifactMeta) -> str | None:
+    """Why ``new`` cannot replace ``serving`` without a restart, or None. The API workers validate requests
+    against the feature count and label answers with the classes they read at start-up: those must stay."""
+    if (new.feature_dim, new.classes) != (serving.feature_dim, serving.classes):
+        return (
+            f"its contract differs (feature_dim {new.feature_dim}, classes {new.classes}; "
+            f"serving {serving.feature_dim}, {serving.classes}): that needs a restart"
+        )
+    return None

@@ -12,9 +12,9 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
+from service.core.app import model_info
 from service.core.artifact import ArtifactMeta
 from service.core.batching.hop import request_items
-from service.core.guard import DeadlinePassed
 from service.core.protocol.v2 import Tensor, V2Error, tensor
 from service.core.validate import first_non_finite, non_finite_message
 
@@ -112,18 +112,12 @@ class ClassifyV2:
     async def version(self, ask: bool) -> str:
         service = bentoml.get_current_service()
         if ask:  # the API worker's own note of the version lags a swap until an answer
-            try:
-                service.version = (await service.model.to_async.info())["model_version"]
-            except Exception as e:  # noqa: BLE001 - the model service is starting or gone
-                raise V2Error(f"model service not ready: {e}", 503, "unavailable") from e
+            service.version = (await model_info())["model_version"]  # Rejected (503) if not there
         return service.version
 
     async def infer(self, request: dict, binaries: dict) -> tuple[str, dict[str, Tensor]]:
         seqs, t = sequences(request, binaries, self.meta, self.max_length, self.max_sequences)
-        try:
-            results = await bentoml.get_current_service().infer_items(request_items(seqs))
-        except DeadlinePassed as e:
-            raise V2Error(str(e), 504, "deadline") from None
+        results = await bentoml.get_current_service().infer_items(request_items(seqs))  # DeadlinePassed: 504
         bad = first_non_finite([p for p, _, _ in results])
         if bad is not None:
             raise V2Error(non_finite_message(f"x[{bad}]"), 422, "non_finite_output")

@@ -28,51 +28,49 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from service.core.artifact import Artifact, find_artifact
+from service.core.app import (
+    api_service_config,
+    boot,
+    call_again,
+    install_guard,
+    model_info,
+    model_service_config,
+    refuse,
+    session_info,
+)
+from service.core.artifact import Artifact
 from service.core.bentoml_patches import bound_metric_paths
 from service.core.decoding.channel import Channel, Outbox, sse
-from service.core.guard import DeadlinePassed, RequestGuard, deadline
+from service.core.guard import DeadlinePassed, Rejected, deadline
 from service.core.lifecycle import FollowsChampion, ModelSlot
-from service.core.settings import Settings
-from service.core.store.champion import served_ref
 from service.core.vocab import Vocabulary
 from service.tasks.generate.engine import LMEngine, Retiring
 from service.tasks.generate.metrics import GEN_REJECTED
 from service.tasks.generate.openapi import GenerateOpenAPIPatch
 from service.tasks.generate.params import GenerateError, Limits, parse
 from service.tasks.generate.settings import GenerateSettings
+from service.tasks.generate.spec import swap_problem
 
 log = logging.getLogger("seqserve")
-log.setLevel(logging.INFO)
 
-SETTINGS = Settings()
+BOOT = boot("generate")  # settings and the artifact to serve (service/core/app.py)
+SETTINGS, ARTIFACT = BOOT.settings, BOOT.artifact
 KNOBS = GenerateSettings()
-MODEL_REF, MODEL_SOURCE = served_ref(SETTINGS.model, SETTINGS.database, task="generate")
-ARTIFACT = find_artifact(MODEL_REF)
-if ARTIFACT.meta.generation is None:
-    raise SystemExit(f"seqserve: {MODEL_REF} is a {ARTIFACT.meta.task} model; serve it with service.service:SeqServe")
 GEN = ARTIFACT.meta.generation
+assert GEN is not None  # boot refused any other task
 VOCAB = Vocabulary(GEN)
 LIMITS = Limits(GEN.max_prompt_tokens, KNOBS.max_new_tokens or GEN.max_new_tokens, KNOBS.max_beams)
-BUSY = "busy"
-RETRY_AFTER_S = 1  # the Retry-After of a 429: streams finish and free slots every few steps
+BUSY = "busy"  # the 429's Retry-After is 1 s (service/core/app.py): streams finish and free slots every few steps
 SUBMIT_ATTEMPTS = 3  # submit is idempotent by request id, so a call on a stale connection is simply made again
 
 
-@bentoml.service(
-    name="seqserve-lm-model",
-    workers=1,
-    traffic={"timeout": 600},
-    logging={"access": {"enabled": SETTINGS.access_log}},
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
-)
+@bentoml.service(**model_service_config("seqserve-lm-model", SETTINGS, workers=1, timeout_s=600))
 class LMModel(FollowsChampion):
     """The step scheduler of the served language model (``service.core.decoding.scheduler``)."""
 
@@ -81,7 +79,7 @@ class LMModel(FollowsChampion):
     def __init__(self) -> None:
         self._streams: dict[str, Any] = {}  # request id -> stream, for cancel()
         self._outboxes: dict[str, Outbox] = {}  # API worker -> its channel's outbox
-        self._start_slot(ARTIFACT, MODEL_SOURCE, SETTINGS)
+        self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
         engine = LMEngine(artifact, SETTINGS, KNOBS)
@@ -89,9 +87,9 @@ class LMModel(FollowsChampion):
         return ModelSlot(engine, Retiring(engine), source)
 
     def _check_compatible(self, artifact: Artifact) -> None:
-        gen = artifact.meta.generation
-        if gen is None or (gen.vocab, gen.special_ids) != (GEN.vocab, GEN.special_ids):
-            raise ValueError("its vocabulary differs from the one the API workers validate against: restart")
+        problem = swap_problem(ARTIFACT.meta, artifact.meta)  # against what the API workers validate with
+        if problem:
+            raise ValueError(problem)
 
     def _deliver(self, batch: list) -> None:
         """From the scheduler thread, once per step: run the step's emits on the event loop."""
@@ -144,15 +142,7 @@ class LMModel(FollowsChampion):
         slot = self.slot
         e = slot.engine
         return {
-            "model_version": e.model_version,
-            "provider": e.info.provider,
-            "provider_options": e.info.provider_options,
-            "provider_fallback": e.info.fallback_reason,
-            "load_check": e.info.check or None,
-            "device_requested": SETTINGS.device,
-            "ort_threads": e.ort_threads,
-            "source": e.artifact.source,
-            "served_because": slot.source,
+            **session_info(slot, SETTINGS),
             "active_streams": len(e.scheduler.active),
             "waiting": e.scheduler.load - len(e.scheduler.active),
             "capacity_streams": e.scheduler.capacity,
@@ -188,46 +178,39 @@ async def _cancel_on_disconnect(request: Request, model: Any, rid: str) -> None:
     await model.to_async.cancel(request_id=rid)
 
 
-def _reject(message: str, reason: str, status: int = 400) -> JSONResponse:
+def _count(reason: str) -> None:
     GEN_REJECTED.labels(reason).inc()
-    return JSONResponse({"error": message}, status_code=status)
 
 
 async def generate(request: Request) -> Response:
     try:
         body = json.loads(await request.body())
     except ValueError:
-        return _reject("body: not valid JSON", "invalid_json")
+        return refuse(Rejected("body: not valid JSON", "invalid_json"), _count)
     try:
         req, stream = parse(body, VOCAB, LIMITS)
     except GenerateError as e:
-        return _reject(str(e), e.reason)
+        return refuse(e, _count)
     body = {**body, "seed": req.seed}  # the model service samples with the seed chosen here
     model = bentoml.get_current_service().model
     rid, chan = uuid.uuid4().hex, channel()
     due = deadline()
     if due <= time.perf_counter():
-        GEN_REJECTED.labels("deadline").inc()
-        return JSONResponse({"error": str(DeadlinePassed())}, status_code=504)
+        return refuse(DeadlinePassed(), _count)
     due = None if due == float("inf") else due
     chan.register(rid)
     try:
-        for attempt in range(SUBMIT_ATTEMPTS):  # a kept-alive connection the model service had closed: again
-            try:
-                answer = await model.to_async.submit(request=body, request_id=rid, worker=chan.worker, deadline=due)
-                break
-            except aiohttp.ClientConnectionError:
-                if attempt == SUBMIT_ATTEMPTS - 1:
-                    raise
+        submit = model.to_async.submit
+        answer = await call_again(
+            lambda: submit(request=body, request_id=rid, worker=chan.worker, deadline=due), SUBMIT_ATTEMPTS
+        )
     except BaseException:
         chan.unregister(rid)
         raise
     if answer.get("error"):
         chan.unregister(rid)
         if answer["error"] == BUSY:  # never an unbounded queue: the client comes back later
-            response = _reject("generation capacity is full: try again shortly", BUSY, 429)
-            response.headers["retry-after"] = str(RETRY_AFTER_S)
-            return response
+            return refuse(Rejected("generation capacity is full: try again shortly", BUSY, 429), _count)
         return JSONResponse({"error": answer["error"]}, status_code=500)
     upstream = chan.events(rid)
     watch = asyncio.create_task(_cancel_on_disconnect(request, model, rid))
@@ -270,9 +253,9 @@ async def generate(request: Request) -> Response:
 
 async def metadata(request: Request) -> JSONResponse:
     try:
-        info = await bentoml.get_current_service().model.to_async.info()
-    except Exception as e:  # noqa: BLE001 - the model service is starting or gone
-        return JSONResponse({"error": f"model service not available: {e}"}, status_code=503)
+        info = await model_info()
+    except Rejected as e:  # the model service is starting or gone: 503
+        return refuse(e)
     meta = ARTIFACT.meta
     return JSONResponse(
         {
@@ -297,12 +280,7 @@ routes = Starlette(
 
 
 @bentoml.asgi_app(routes, path="/")
-@bentoml.service(
-    name="seqserve-generate",
-    workers=SETTINGS.workers,
-    traffic={"timeout": 600},
-    logging={"access": {"enabled": SETTINGS.access_log}},
-)
+@bentoml.service(**api_service_config("seqserve-generate", SETTINGS, timeout_s=600))
 class SeqGenerate:
     """Text generation: validation and answers here, the step scheduler in ``LMModel``."""
 
@@ -324,14 +302,7 @@ SeqGenerate.add_asgi_middleware(
     alphabet="".join(c for c in GEN.vocab if len(c) == 1 and VOCAB.index[c] not in GEN.special_ids.values()),
     empty_prompt="bos" in GEN.special_ids,
 )
-SeqGenerate.add_asgi_middleware(
-    RequestGuard,
-    json_paths=("/generate",),
-    max_body_bytes=SETTINGS.max_body_bytes,
-    body_timeout_s=SETTINGS.body_timeout_s,
-    deadline_ms=SETTINGS.deadline_ms,
-    on_reject=lambda reason, path: GEN_REJECTED.labels(reason).inc(),
-)
+install_guard(SeqGenerate, SETTINGS, ("/generate",), on_reject=lambda reason, path: _count(reason))
 
 
 __all__ = ["SeqGenerate", "LMModel"]

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.decoding.sampling import Sampling
+from service.core.guard import Rejected
 from service.core.vocab import ConstraintError, Vocabulary
 from service.tasks.generate.forms import Constraint, from_form, from_request
 
@@ -79,12 +80,11 @@ class GenerateRequest:
     position: int = 0  # the document position of the first generated character (for constraints)
 
 
-class GenerateError(ValueError):
-    """A bad /generate request: the message names the field and the limit; ``reason`` labels the metric."""
+class GenerateError(Rejected):
+    """A bad /generate request (400): the message names the field and the limit; ``reason`` labels the metric."""
 
     def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason, 400)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
-"""The language model's part of the artifact contract: the step graph's load-time reference check.
+"""The language model's part of the artifact contract: the step graph's load-time reference check and what a model
+swap may change.
 
-(Its ``metadata.json`` section, ``Generation`` in ``service.core.artifact`` today, moves here in issue 23's step 4.)
+Its ``metadata.json`` section is typed as ``Generation`` in ``service.core.artifact``, where promote and the bento
+builder read it without task code (docs/architecture.md says why).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.core.artifact import ArtifactMeta
 from service.core.runtime import CHECK_TOLERANCE, judged
 
 
@@ -29,3 +32,12 @@ def check_reference(sess: ort.InferenceSession, reference_path: Path, tolerance:
         diff_alone = max(diff_alone, float(np.abs(one[0][0] - want[0][i]).max()))
         diff_alone = max(diff_alone, *(float(np.abs(o[:, 0] - w[:, i]).max()) for o, w in zip(one[1:], want[1:])))
     return judged("streams", len(lengths), diff_batched, diff_alone, tolerance)
+
+
+def swap_problem(serving: ArtifactMeta, new: ArtifactMeta) -> str | None:
+    """Why ``new`` cannot replace ``serving`` without a restart, or None: the API workers validate prompts against
+    the vocabulary they read at start-up."""
+    old, gen = serving.generation, new.generation
+    if gen is None or old is None or (gen.vocab, gen.special_ids) != (old.vocab, old.special_ids):
+        return "its vocabulary differs from the one the API workers validate against: restart"
+    return None

@@ -1,0 +1,169 @@
+"""What every task's two BentoML services do alike, once: boot, service configs, /metadata's model info, the
+model-call retry, refusals, GC tuning, log filters, the guard.
+
+A task's ``app.py`` (``service/tasks/<task>/app.py``) reads as its routes and its model service; the rest is here:
+
+* ``boot(task)``: the settings (read once) and the artifact to serve (``SEQSERVE_MODEL``, else the task's
+  champion), at import, because request types and OpenAPI limits come from the artifact. A model of another
+  task is refused, naming the entry that serves it.
+* ``model_service_config`` / ``api_service_config``: the ``@bentoml.service`` arguments both tasks share.
+* ``model_info()``: the model service's ``info()``, or ``Rejected`` (503) while it is starting or gone.
+* ``call_again``: a call to the model service, made again when the kept-alive connection broke (calls are
+  idempotent: inference has no side effects; ``submit`` is keyed by request id).
+* ``refuse``: a ``Rejected`` as the JSON answer, counted by the task's counter.
+* ``tune_gc``, ``ClientErrorFilter``, ``install_guard``: start-up of each worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import bentoml
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from service.core.artifact import Artifact, find_artifact
+from service.core.guard import Rejected, RequestGuard, request_id
+from service.core.settings import Settings
+from service.core.store.champion import served_ref
+
+log = logging.getLogger("seqserve")
+ENTRIES = {"classify": "service.service:SeqServe", "generate": "service.generate_service:SeqGenerate"}
+
+
+@dataclass(frozen=True)
+class Boot:
+    settings: Settings
+    artifact: Artifact
+    source: str  # why this model is served: SEQSERVE_MODEL or champion
+
+
+def boot(task: str) -> Boot:
+    """The settings and the artifact a task's services serve (see the module doc)."""
+    log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
+    settings = Settings()
+    ref, source = served_ref(settings.model, settings.database, task=task)
+    artifact = find_artifact(ref)
+    if artifact.meta.task != task:
+        entry = ENTRIES.get(artifact.meta.task, f"the {artifact.meta.task} task's entry")
+        raise SystemExit(f"seqserve: {ref} is a {artifact.meta.task} model; serve it with {entry}")
+    return Boot(settings, artifact, source)
+
+
+def model_service_config(name: str, settings: Settings, workers: int, timeout_s: int) -> dict[str, Any]:
+    """``@bentoml.service`` arguments of a model service (the one that holds the session)."""
+    return {
+        "name": name,
+        "workers": workers,
+        "traffic": {"timeout": timeout_s},
+        "logging": {"access": {"enabled": settings.access_log}},
+        # BentoML's client replaces its connection pool every 100 requests by default and closes the old one
+        # with calls still running on it (~1% of requests failed with "Server disconnected" under load).
+        "runner_connection": {"max_requests": 2**31 - 1, "max_age": 1e9},
+    }
+
+
+def api_service_config(name: str, settings: Settings, timeout_s: int) -> dict[str, Any]:
+    """``@bentoml.service`` arguments of an API service (HTTP, validation, JSON; no model)."""
+    return {
+        "name": name,
+        "workers": settings.workers,
+        "traffic": {"timeout": timeout_s},
+        "logging": {"access": {"enabled": settings.access_log}},
+    }
+
+
+async def model_info() -> dict[str, Any]:
+    """The model service's ``info()``; ``Rejected`` (503) if it is not there."""
+    try:
+        return await bentoml.get_current_service().model.to_async.info()
+    except Exception as e:  # noqa: BLE001 - the model service is starting or gone
+        raise Rejected(f"model service not available: {e}", reason="unavailable", status=503) from None
+
+
+async def call_again(call: Callable[[], Awaitable[Any]], attempts: int = 2) -> Any:
+    """``await call()``, again (up to ``attempts`` in all) when the connection broke: a keep-alive connection
+    the model service closed as it was reused."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except aiohttp.ClientConnectionError as e:
+            if attempt == attempts - 1:
+                raise
+            log.info("seqserve: model service connection lost (%s); calling again", type(e).__name__)
+    raise AssertionError("unreachable")
+
+
+def refuse(e: Rejected, count: Callable[[str], None] | None = None) -> JSONResponse:
+    """``{"error": message}`` with the refusal's status, its reason in ``x-seqserve-reason``; counted."""
+    if count is not None:
+        count(e.reason)
+    headers = {"x-seqserve-reason": e.reason}
+    if e.status in (429, 503):
+        headers["retry-after"] = "1" if e.status == 429 else "30"
+    return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections in every worker: the tail latency was mostly GC pauses.
+
+    Each request allocates many short-lived objects (parsed JSON numbers), so CPython's default thresholds
+    (700 allocations) ran collections constantly, and full collections walked every long-lived object of
+    BentoML, pydantic and ONNX Runtime. Freezing what exists after start-up moves it out of the collector's
+    sight; a larger young-generation threshold makes collections rarer. Measured on 2 cores (jv, c=64):
+    p99 259 -> 64 ms, 1,574 -> 1,711 seq/s (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
+class ClientErrorFilter(logging.Filter):
+    """BentoML logs every 400 (pydantic ValidationError) as an ERROR traceback: make it one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.msg, record.args = "rejected request on %s: %s", (record.args[0], exc.errors()[0]["msg"])
+            record.msg += f" [request_id={request_id()}]"
+            record._seqserve_rid = True
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+        return True
+
+
+def quiet_client_errors() -> None:
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+
+
+def install_guard(
+    service: Any, settings: Settings, json_paths: Iterable[str], on_reject: Callable[[str, str], None]
+) -> None:
+    """``RequestGuard`` (service/core/guard.py) on an API service, with the shared limits."""
+    service.add_asgi_middleware(
+        RequestGuard,
+        json_paths=tuple(json_paths),
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        deadline_ms=settings.deadline_ms,
+        on_reject=on_reject,
+    )
+
+
+def session_info(slot: Any, settings: Settings) -> dict[str, Any]:
+    """What /metadata reports about a model service's slot and session (both tasks' ``info()`` start here)."""
+    e = slot.engine
+    return {
+        "model_version": e.model_version,
+        "provider": e.info.provider,
+        "provider_options": e.info.provider_options,
+        "provider_fallback": e.info.fallback_reason,
+        "load_check": e.info.check or None,
+        "device_requested": settings.device,
+        "ort_threads": e.ort_threads,
+        "source": e.artifact.source,
+        "served_because": slot.source,
+    }
