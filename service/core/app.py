@@ -27,13 +27,12 @@ import bentoml
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from service.core.artifact import Artifact, find_artifact
+from service.core.artifact import ENTRIES, Artifact, find_artifact
 from service.core.guard import Rejected, RequestGuard, request_id
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
 
 log = logging.getLogger("seqserve")
-ENTRIES = {"classify": "service.service:SeqServe", "generate": "service.generate_service:SeqGenerate"}
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,8 @@ def boot(task: str) -> Boot:
     ref, source = served_ref(settings.model, settings.database, task=task)
     artifact = find_artifact(ref)
     if artifact.meta.task != task:
-        entry = ENTRIES.get(artifact.meta.task, f"the {artifact.meta.task} task's entry")
-        raise SystemExit(f"seqserve: {ref} is a {artifact.meta.task} model; serve it with {entry}")
+        other = artifact.meta.task  # a known task: the contract refused any other
+        raise SystemExit(f"seqserve: {ref} is a {other} model; serve it with {ENTRIES[other]}")
     return Boot(settings, artifact, source)
 
 

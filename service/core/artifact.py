@@ -34,7 +34,9 @@ log = logging.getLogger("seqserve")
 
 SCHEMA_VERSION = 1
 NORMALISATION_MODES = ("global", "series")
-TASKS = ("classify", "generate")
+# The tasks an artifact may declare, and the BentoML entry that serves each (the training registry names these too).
+ENTRIES = {"classify": "service.service:SeqServe", "generate": "service.generate_service:SeqGenerate"}
+TASKS = tuple(ENTRIES)
 
 
 class ContractError(ValueError):

@@ -3,6 +3,7 @@ tune.py, evaluate.py, export.py, retrain.py. Served by ``service/tasks/classify`
 
 from __future__ import annotations
 
+from service.core.artifact import ENTRIES
 from training.task import Command, Task
 
 TASK = Task(
@@ -29,5 +30,5 @@ TASK = Task(
         ),
     ),
     export=f"{__name__}.export:export_cli",
-    entry="service.service:SeqServe",
+    entry=ENTRIES["classify"],
 )

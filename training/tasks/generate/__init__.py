@@ -3,6 +3,7 @@ Served by ``service/tasks/generate``."""
 
 from __future__ import annotations
 
+from service.core.artifact import ENTRIES
 from training.task import Command, Task
 
 TASK = Task(
@@ -16,5 +17,5 @@ TASK = Task(
         ),
     ),
     export=f"{__name__}.export:export_cli",
-    entry="service.generate_service:SeqGenerate",
+    entry=ENTRIES["generate"],
 )
