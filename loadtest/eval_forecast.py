@@ -143,6 +143,24 @@ def anomaly_eval(work: Path) -> dict:
     return out
 
 
+HOW = """## The model and the service
+
+One global model over every series (MQ-RNN style, `training/tasks/forecast/model.py`): each row is a series'
+last `context` values (NaN where missing, masked) scaled by their mean absolute value, seasonal time features
+and known covariates; a 2-layer LSTM reads it (right-padded: exact under batching, the answer at a row's end
+does not see the padding after it); an MLP head gives H x 13 quantiles (0.02..0.98) as a median plus softplus
+steps (they never cross). The median starts from the mean of the last K seasons when averaging seasons beats
+seasonal naive on the training data's last horizon (K picked there; otherwise the head predicts it alone).
+Trained on the pinball loss at every cut point of every series, each window weighed as MASE weighs its errors
+and, by default, halved every eighth of the median series length back (recency). A DeepAR-style autoregressive
+head was not built: the direct quantile head needs one call per forecast and no sampling loop.
+
+Served by `service/tasks/forecast/` (`make serve-forecast`): `POST /forecast` (DeepAR/GluonTS shape: mean,
+any quantile inside the grid by interpolation, samples by inverse CDF per step), `POST /anomalies` (each point
+against its one-step interval: score 1 = the interval's edge, flagged ranges, the top point), V2 `quantiles`
+[N, H, Q]; rows of all requests share the model service's adaptive batches (`service.core.batching`)."""
+
+
 def row(label: str, s: dict, seconds: object) -> str:
     return f"| {label} | {s['mase']:.3f} | {s['smape']:.2f} | {s['pinball']:.4f} | {s['coverage_80']:.3f} | {seconds} |"
 
@@ -155,6 +173,8 @@ def render(result: dict) -> str:
         "`docs/forecasting.json`. Protocol: issue 24 (last h points held out; mean per-series MASE with the "
         "in-sample seasonal-naive scale; sMAPE; scaled pinball at 0.1/0.5/0.9; 80% interval coverage). The "
         "model's point forecast is its median; the baselines' is their mean.",
+        "",
+        *HOW.splitlines(),
         "",
     ]
     for name, r in result["forecast"].items():

@@ -52,9 +52,15 @@ def fc_artifact(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path) ->
 
 
 @pytest.fixture(scope="module")
-def fc_server(fc_artifact: Path, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory):
+def fc_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fc_data")
+
+
+@pytest.fixture(scope="module")
+def fc_server(fc_artifact: Path, bentoml_home: Path, fc_data: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("fc_logs") / "bentoml.log"
     env = {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MODEL": str(fc_artifact), "SEQSERVE_FORECAST_MAX_SERIES": "50"}
+    env["SEQSERVE_DATA_DIR"] = str(fc_data)
     proc, url = start_bentoml(ROOT, env, log, target="service.forecast_service:SeqForecast")
     yield url
     stop_process(proc)
@@ -192,3 +198,20 @@ def test_metadata_and_metrics(fc_server: str) -> None:
         "seqserve_batch_size_sequences_bucket",
     ):
         assert name in text, name
+
+
+def test_actuals_are_stored_and_retrain_from_them(fc_server: str, fc_data: Path, tmp_path: Path) -> None:
+    instances = [{"id": f"s{k}", "start": s, "target": y} for k, (s, y) in enumerate([tourism(0), tourism(1, 40)])]
+    instances[1]["target"][5] = None
+    r = httpx.post(f"{fc_server}/actuals", json={"instances": instances}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"accepted": 2}, r.text
+    r = httpx.post(f"{fc_server}/actuals", json={"instances": [{"start": "2000 Q1", "target": [1.0]}]}, timeout=30)
+    assert r.status_code == 400 and "instances[0].id" in r.json()["error"]
+    stored = fc_data / "forecast" / "actuals.jsonl"
+    lines = [json.loads(line) for line in stored.read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["s0", "s1"] and lines[1]["target"][5] is None
+    from training.__main__ import main
+
+    args = ["forecast", "--data", str(stored), "--frequency", "Q", "--horizon", "4", "--steps", "5"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--hidden", "8"]) == 0
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["test"]["series"] == 2

@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu", "cpu-postgresql", "cpu-generate")
+OVERLAYS = ("cpu", "gpu", "cpu-postgresql", "cpu-generate", "cpu-forecast")
 BIN = Path(sys.executable).parent
 KUBE_VERSION = "1.30.0"
 
@@ -246,4 +246,18 @@ def test_the_generation_pods_use_the_classifiers_image() -> None:
     c = by_kind(docs, "Deployment", "seqserve-generate")[0]["spec"]["template"]["spec"]["containers"][0]
     assert c["args"][0] == "service.generate_service:SeqGenerate"
     monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")["spec"]["selector"]["matchExpressions"][0]
-    assert set(monitor["values"]) == {"seqserve", "seqserve-generate"}  # job labels the rules expect
+    assert set(monitor["values"]) == {
+        "seqserve",
+        "seqserve-generate",
+        "seqserve-forecast",
+    }  # job labels the rules expect
+
+
+def test_the_forecast_pods_serve_the_forecaster_and_are_scraped() -> None:
+    docs = render("cpu-forecast")
+    c = by_kind(docs, "Deployment", "seqserve-forecast")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][0] == "service.forecast_service:SeqForecast"
+    assert (
+        c["image"] == by_kind(docs, "Deployment", "seqserve")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert by_kind(docs, "Service", "seqserve-forecast")

@@ -5,6 +5,8 @@
 
   - ``POST /forecast``: SageMaker DeepAR / GluonTS shape, many series per request, each its own history length ->
     ``{"predictions": [{"mean", "quantiles", "samples"}], "model_version"}``;
+  - ``POST /actuals``: observed series (with an ``id``) kept durably for retraining
+    (``service.tasks.forecast.actuals``);
   - ``POST /anomalies``: each observed point scored against its one-step predictive interval -> scores, flagged
     ranges, the level used (``service.tasks.forecast.anomalies``);
   - the Open Inference Protocol: ``/v2/models/<name>/infer`` with ``x`` FP32 ``[N, T]`` (NaN = missing) and
@@ -21,6 +23,7 @@ Settings: ``service.core.settings`` and ``SEQSERVE_FORECAST_MAX_SERIES`` (256 se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -53,9 +56,10 @@ from service.core.metrics import DEADLINE_DROPPED
 from service.core.protocol.v2 import route_template, v2_routes
 from service.core.settings import env_int
 from service.tasks.forecast import anomalies as anomaly
+from service.tasks.forecast.actuals import ActualsStore
 from service.tasks.forecast.calendar import Calendar
 from service.tasks.forecast.engine import ForecastEngine, build_row, draw, interpolate, mean_of
-from service.tasks.forecast.metrics import REJECTED, ForecastMetrics, observe_anomalies, observe_request
+from service.tasks.forecast.metrics import ACTUALS, REJECTED, ForecastMetrics, observe_anomalies, observe_request
 from service.tasks.forecast.schema import parse_configuration, parse_instances, parse_level
 from service.tasks.forecast.spec import swap_problem
 from service.tasks.forecast.v2 import ForecastV2
@@ -68,7 +72,8 @@ MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
 MAX_SERIES = env_int("SEQSERVE_FORECAST_MAX_SERIES", 256, minimum=1)
 MAX_ANOMALY_POINTS = env_int("SEQSERVE_FORECAST_MAX_ANOMALY_POINTS", 10_000, minimum=1)
 MAX_POINTS = SETTINGS.max_request_steps
-JSON_PATHS = ("/forecast", "/anomalies")
+JSON_PATHS = ("/forecast", "/anomalies", "/actuals")
+STORE = ActualsStore(SETTINGS.data_dir)
 
 
 @bentoml.service(
@@ -227,6 +232,28 @@ async def anomalies(request: Request) -> Response:
     )
 
 
+async def actuals(request: Request) -> Response:
+    """Store observed series for retraining (``service.tasks.forecast.actuals``), each with an ``id``."""
+    try:
+        body = await _body(request)
+        series = parse_instances(body, FC, CALENDAR, MAX_SERIES, MAX_LENGTH, MAX_POINTS, 0)
+        records = []
+        for k, (inst, s) in enumerate(zip(body["instances"], series, strict=True)):
+            if not isinstance(inst.get("id"), str) or not inst["id"]:
+                raise Rejected(f"instances[{k}].id: required, a non-empty string naming the series", "bad_request")
+            start = inst.get("start", 0)
+            records.append(
+                {"id": inst["id"], "start": start, "target": s.target, "dynamic_feat": inst.get("dynamic_feat")}
+            )
+        stored = await asyncio.to_thread(STORE.add, records, ARTIFACT.meta.model_version)
+    except Rejected as e:
+        return refuse(e, _count)
+    except OSError as e:
+        return refuse(Rejected(f"actuals not stored ({e}); nothing was stored", "store_unavailable", 503), _count)
+    ACTUALS.inc(stored)
+    return JSONResponse({"accepted": stored})
+
+
 async def metadata(request: Request) -> JSONResponse:
     try:
         info = await model_info()
@@ -259,6 +286,7 @@ routes = Starlette(
     routes=[
         Route("/forecast", forecast, methods=["POST"]),
         Route("/anomalies", anomalies, methods=["POST"]),
+        Route("/actuals", actuals, methods=["POST"]),
         Route("/metadata", metadata, methods=["GET"]),
         *v2_routes(ForecastV2(ARTIFACT.meta, CALENDAR, MAX_LENGTH, MAX_SERIES, run_rows)),
     ]

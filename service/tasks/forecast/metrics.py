@@ -6,6 +6,7 @@
 ``seqserve_forecast_history_length``           histogram of the history length a series arrived with
 ``seqserve_forecast_horizon_steps``            histogram of the prediction_length asked for
 ``seqserve_forecast_missing_values_total``     history values sent as missing (masked by the model)
+``seqserve_forecast_actuals_total``            observed series stored for retraining (POST /actuals)
 ``seqserve_anomaly_points_total``              points scored by /anomalies, by outcome (normal|flagged)
 ``seqserve_anomaly_max_score``                 histogram of each scored series' largest score (1 = interval edge)
 =============================================  =======================================================
@@ -44,6 +45,7 @@ HORIZON = Histogram(
     "seqserve_forecast_horizon_steps", "prediction_length asked for", buckets=(1, 2, 4, 8, 12, 24, 48, 96, 192)
 )
 MISSING = Counter("seqserve_forecast_missing_values", "History values sent as missing (masked)")
+ACTUALS = Counter("seqserve_forecast_actuals", "Observed series stored for retraining (POST /actuals)")
 ANOMALY_POINTS = Counter("seqserve_anomaly_points", "Points scored by /anomalies", ["outcome"])
 ANOMALY_MAX = Histogram(
     "seqserve_anomaly_max_score", "A scored series' largest anomaly score", buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 100)

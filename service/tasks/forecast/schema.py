@@ -92,7 +92,7 @@ def parse_instances(
         where = f"instances[{k}]"
         if not isinstance(inst, dict):
             raise Rejected(f"{where}: must be an object with 'target' (and 'start')", "bad_type")
-        unknown = sorted(set(inst) - {"start", "target", "dynamic_feat", "cat"})
+        unknown = sorted(set(inst) - {"id", "start", "target", "dynamic_feat", "cat"})
         if unknown:
             raise Rejected(f"{where}.{unknown[0]}: unknown field (start, target, dynamic_feat)", "bad_request")
         if "target" not in inst:

@@ -6,6 +6,10 @@ the first column whose values parse as time stamps is the time, the last numeric
 text columns the series id). Known-future covariates are numeric (or TRUE/FALSE) columns named in
 ``covariates``. Gaps on the grid and empty cells become NaN (masked by the model).
 
+A ``.jsonl`` file is read in SageMaker DeepAR's training format, one series a line: ``{"start": "1998 Q1",
+"target": [...], "dynamic_feat": [[...], ...]}`` (``null``/``"NaN"`` missing), as ``POST /actuals`` stores them;
+its frequency comes from ``frequency`` (a start alone does not say it).
+
 Holding out: ``split(panel, h)`` keeps the last ``h`` points of every series for evaluation (the fpp3 protocol).
 """
 
@@ -13,12 +17,13 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from service.tasks.forecast.calendar import Calendar, infer_frequency
+from service.tasks.forecast.calendar import FREQUENCIES, Calendar, infer_frequency
 
 # name -> (file in tsdata/fpp3, time column, target, id columns, covariates, horizon)
 PRESETS: dict[str, dict] = {
@@ -67,7 +72,10 @@ def load_panel(
     target: str | None = None,
     ids: list[str] | None = None,
     covariates: list[str] | None = None,
+    frequency: str | None = None,
 ) -> Panel:
+    if data.endswith(".jsonl"):
+        return load_jsonl(Path(data), frequency, covariates or [])
     preset = PRESETS.get(data)
     path = fpp3_path(data) if preset else Path(data)
     if not path.exists():
@@ -108,6 +116,37 @@ def load_panel(
             x = np.full((len(y), len(covs)), np.nan, dtype=np.float32)
             x[steps - steps[0]] = [[_number(group[i][c]) for c in covs] for i in order]
             panel.covariates.append(np.nan_to_num(x, nan=0.0))
+    return panel
+
+
+def load_jsonl(path: Path, frequency: str | None, covariates: list[str]) -> Panel:
+    """DeepAR-style JSON lines (see the module doc); the last record of a series name (``"id"``, else its start)
+    wins, so re-sent actuals replace the shorter history."""
+    if not frequency:
+        raise ValueError(f"{path}: JSON lines need --frequency (one of {sorted(FREQUENCIES)})")
+    if frequency not in FREQUENCIES:
+        raise ValueError(f"--frequency {frequency!r}: one of {sorted(FREQUENCIES)}")
+    calendar = Calendar(frequency)
+    records: dict[str, dict] = {}
+    for n, line in enumerate(path.read_text().splitlines()):
+        if line.strip():
+            r = json.loads(line)
+            if not isinstance(r, dict) or "start" not in r or not isinstance(r.get("target"), list):
+                raise ValueError(f"{path}:{n + 1}: need an object with 'start' and a 'target' list")
+            records[str(r.get("id", r["start"]))] = r
+    panel = Panel([], [], [], [], calendar, covariate_names=list(covariates), source=str(path))
+    for name, r in records.items():
+        panel.names.append(name)
+        panel.values.append(np.array([_number(str(v)) if v is not None else np.nan for v in r["target"]], np.float32))
+        panel.first_steps.append(calendar.step_index(str(r["start"])))
+        panel.starts.append(str(r["start"]))
+        if covariates:
+            feats = np.array(r.get("dynamic_feat") or [], np.float32)
+            if feats.shape[0] != len(covariates):
+                raise ValueError(f"{path}: series {name!r} has {feats.shape[0]} covariates, expected {len(covariates)}")
+            panel.covariates.append(feats.T.copy())
+    if not panel.values:
+        raise ValueError(f"{path}: no series")
     return panel
 
 

@@ -117,7 +117,14 @@ def parity_report(model: Forecaster, onnx_path: Path, x: np.ndarray, lengths: np
 def export_forecast_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, cfg, metrics = load_forecaster(run_dir / "checkpoint.pt")
-    panel = load_panel(cfg["data"], cfg.get("time_col"), cfg.get("target"), cfg.get("ids"), cfg["covariates"])
+    panel = load_panel(
+        cfg["data"],
+        cfg.get("time_col"),
+        cfg.get("target"),
+        cfg.get("ids"),
+        cfg["covariates"],
+        cfg.get("frequency_given"),
+    )
     panel.calendar = Calendar(panel.calendar.freq, cfg["period"])
     fc = contract(panel, cfg["horizon"], cfg["context"], model.quantiles)
     rows = windows(panel, fc, ends=True)
