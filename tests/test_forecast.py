@@ -215,3 +215,24 @@ def test_actuals_are_stored_and_retrain_from_them(fc_server: str, fc_data: Path,
     args = ["forecast", "--data", str(stored), "--frequency", "Q", "--horizon", "4", "--steps", "5"]
     assert main([*args, "--out", str(tmp_path / "run"), "--hidden", "8"]) == 0
     assert json.loads((tmp_path / "run/metrics.json").read_text())["test"]["series"] == 2
+
+
+def test_known_future_covariates_train_export_and_serve_rows(tmp_path: Path) -> None:
+    """vic_elec's first 2,000 half-hours with temperature and the holiday flag as known covariates."""
+    from training.__main__ import main
+    from training.tasks.forecast.data import fpp3_path
+    from training.tasks.forecast.export import export_forecast_run
+
+    lines = fpp3_path("vic_elec").read_text().splitlines()[:2001]
+    csv_path = tmp_path / "vic_elec_head.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    args = ["forecast", "--data", str(csv_path), "--target", "Demand", "--time-col", "Time", "--ids", ""]
+    args += ["--covariates", "Temperature,Holiday", "--horizon", "12", "--context", "48", "--steps", "10"]
+    assert main([*args, "--out", str(run), "--hidden", "16"]) == 0
+    meta = export_forecast_run(run, tmp_path / "art")
+    fc = meta["forecasting"]
+    assert fc["covariates"] == ["Temperature", "Holiday"] and fc["frequency"] == "30min" and fc["period"] == 48
+    assert meta["parity"]["passed"]
+    art = find_artifact(str(tmp_path / "art"))
+    assert art.meta.feature_dim == 1 + 4 + 2

@@ -47,7 +47,7 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--time-col", default=None, help="CSV time column (default: the preset's or the first)")
     p.add_argument("--target", default=None, help="CSV target column (default: the preset's or the last)")
-    p.add_argument("--ids", default=None, help="comma-separated id columns (default: the text columns)")
+    p.add_argument("--ids", default=None, help='comma-separated id columns (default: text columns; "": one series)')
     p.add_argument("--covariates", default=None, help="comma-separated known-future covariate columns")
     p.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=True, help="score the last horizon")
     p.add_argument("--frequency", default=None, help="the time grid of a .jsonl file (Q, M, D, H, 30min, step, ...)")
@@ -122,6 +122,8 @@ def windows(panel: Panel, fc: Forecasting, ends: bool = False, half_life: float 
             level = np.nanmean(np.abs(row[:-h, 0])) if np.isfinite(row[:-h, 0]).any() else 1.0
             recency = 0.5 ** ((n - h - t) / half_life) if half_life > 0 else 1.0
             weights.append(recency * (level / naive if level > 0 else 1.0))
+    if not xs:
+        raise ValueError(f"no training windows: every series is shorter than horizon + 1 ({h + 1}) or has no values")
     return {
         "x": np.stack(xs),
         "lengths": np.array(lengths, np.int64),
@@ -200,7 +202,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         log_file.write(msg + "\n")
         log_file.flush()
 
-    split_list = lambda s: [c.strip() for c in s.split(",") if c.strip()] if s else None  # noqa: E731
+    split_list = lambda s: None if s is None else [c.strip() for c in s.split(",") if c.strip()]  # noqa: E731
     panel = load_panel(
         args.data, args.time_col, args.target, split_list(args.ids), split_list(args.covariates), args.frequency
     )
