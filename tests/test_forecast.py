@@ -57,9 +57,12 @@ def fc_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fc_server(fc_artifact: Path, bentoml_home: Path, fc_data: Path, tmp_path_factory: pytest.TempPathFactory):
-    log = tmp_path_factory.mktemp("fc_logs") / "bentoml.log"
-    env = {"BENTOML_HOME": str(bentoml_home), "SEQSERVE_MODEL": str(fc_artifact), "SEQSERVE_FORECAST_MAX_SERIES": "50"}
+def fc_server(fc_artifact: Path, fc_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A BENTOML_HOME of its own (the model by path): every `bentoml serve` start empties the Prometheus multiprocess
+    directory under its home, which would wipe the metrics of the session's classifier server."""
+    logs = tmp_path_factory.mktemp("fc_logs")
+    log = logs / "bentoml.log"
+    env = {"BENTOML_HOME": str(logs / "home"), "SEQSERVE_MODEL": str(fc_artifact), "SEQSERVE_FORECAST_MAX_SERIES": "50"}
     env["SEQSERVE_DATA_DIR"] = str(fc_data)
     proc, url = start_bentoml(ROOT, env, log, target="service.forecast_service:SeqForecast")
     yield url
