@@ -239,3 +239,60 @@ def test_known_future_covariates_train_export_and_serve_rows(tmp_path: Path) -> 
     assert meta["parity"]["passed"]
     art = find_artifact(str(tmp_path / "art"))
     assert art.meta.feature_dim == 1 + 4 + 2
+
+
+def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_artifact: Path, tmp_path: Path) -> None:
+    """The lifecycle of the classifier, for forecasts: the server follows the forecast champion pointer; a
+    promoted model with the same contract is served within seconds while requests keep being answered; one with
+    another horizon is refused and the model in service keeps serving."""
+    import threading
+    import time
+
+    from export.promote import promote
+    from training.__main__ import main
+    from training.tasks.forecast.export import export_forecast_run
+
+    def trained(name: str, *extra: str) -> Path:
+        run = tmp_path / f"run-{name}"
+        args = ["forecast", "--data", "tourism", "--out", str(run), "--steps", "40", "--hidden", "32", *extra]
+        assert main(args) == 0
+        export_forecast_run(run, tmp_path / name)
+        return tmp_path / name
+
+    challenger, other_horizon = trained("challenger", "--seed", "1"), trained("h4", "--horizon", "4")
+    version = {p: json.loads((p / "metadata.json").read_text())["model_version"] for p in (fc_artifact, challenger)}
+    data = tmp_path / "data"
+    promote(str(fc_artifact), data)
+    env = {"BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(data), "SEQSERVE_RELOAD_INTERVAL_S": "0.3"}
+    proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt", target="service.forecast_service:SeqForecast")
+    start, y = tourism(3)
+    body = {"instances": [{"start": start, "target": y}], "configuration": {"output_types": ["mean"]}}
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(f"{url}/forecast", json=body)
+                answers.append((r.status_code, r.json().get("model_version", "") if r.status_code == 200 else ""))
+
+    try:
+        first = httpx.get(f"{url}/metadata").json()
+        thread = threading.Thread(target=load)
+        thread.start()
+        promote(str(challenger), data)
+        time.sleep(4)
+        promote(str(other_horizon), data)
+        time.sleep(3)
+        stop.set()
+        thread.join(30)
+        after = httpx.get(f"{url}/metadata").json()
+        metrics = httpx.get(f"{url}/metrics").text
+    finally:
+        stop.set()
+        stop_process(proc)
+    assert (first["model_version"], first["served_because"]) == (version[fc_artifact], "champion")
+    assert answers and all(status == 200 for status, _ in answers)
+    assert {v for _, v in answers} == {version[fc_artifact], version[challenger]}
+    assert answers[-1][1] == version[challenger] and after["model_version"] == version[challenger]
+    assert "seqserve_model_swaps_total 1.0" in metrics and "seqserve_model_swap_failures_total 1.0" in metrics

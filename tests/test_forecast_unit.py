@@ -3,6 +3,8 @@ the quantile helpers, the anomaly scores and the request checks (issue 24)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,26 @@ def test_forecasting_contract_is_checked() -> None:
         ArtifactMeta.from_dict(
             {**base, "forecasting": {k: v for k, v in base["forecasting"].items() if k != "horizon"}}
         )
+
+
+def test_the_base_is_picked_on_the_data() -> None:
+    """The median's base: the mean of seasons on noisy seasonal data (tourism), none on trending monthly data
+    (aus_retail: seasonal naive wins, the head reads it), the last value on a smooth series forecast one step
+    ahead (the UCR series' normal part); and the naive base map puts all weight on the last value."""
+    from training.tasks.forecast.model import base_map
+    from training.tasks.forecast.train import parse_base, pick_base
+
+    tourism, _ = split(load_panel("tourism"), 8)
+    assert pick_base(tourism, 8, 4) == (4, 3)
+    retail, _ = split(load_panel("aus_retail"), 24)
+    assert pick_base(retail, 24, 4) == (12, 0)
+    ucr = Path(__file__).resolve().parents[1] / "data/anomaly/135_UCR_Anomaly_InternalBleeding16_TRAIN.csv"
+    smooth = load_panel(str(ucr), "timestamp", "value", [], [])
+    smooth.calendar = Calendar("step", 183)
+    assert pick_base(smooth, 1, 1) == (1, 1)
+    naive = base_map(6, 3, 1, 1)
+    assert naive[-1].tolist() == [1.0, 1.0, 1.0] and float(naive.sum()) == 3.0
+    assert parse_base("naive", 12) == (1, 1) and parse_base("none", 12) == (12, 0) and parse_base("2", 4) == (4, 2)
+    assert parse_base("auto", 4) is None
+    with pytest.raises(SystemExit, match="--base"):
+        parse_base("weekly", 4)

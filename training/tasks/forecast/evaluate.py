@@ -25,9 +25,11 @@ def naive_scale(history: np.ndarray, period: int) -> float:
 def series_scores(
     history: np.ndarray, actual: np.ndarray, point: np.ndarray, q: dict[float, np.ndarray], period: int
 ) -> dict:
-    """Scores of one series; ``q`` maps 0.1/0.5/0.9 to ``[h]`` forecasts."""
+    """Scores of one series; ``q`` maps 0.1/0.5/0.9 to ``[h]`` forecasts (finite wherever the actual is)."""
     ok = np.isfinite(actual)
     a, p = actual[ok], point[ok]
+    if not (np.isfinite(p).all() and all(np.isfinite(v[ok]).all() for v in q.values())):
+        raise ValueError("a forecast is NaN or infinite where the actual is known")
     scale = naive_scale(history, period)
     denom = np.abs(a) + np.abs(p)
     smape = np.where(denom > 0, 200.0 * np.abs(a - p) / np.where(denom > 0, denom, 1), 0.0)

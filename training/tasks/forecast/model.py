@@ -11,7 +11,8 @@ Read top to bottom, ``Forecaster.forward`` is the whole model, and the exported 
    at step ``lengths - 1`` exactly what it gives the row alone: padding comes after it (exact under batching).
 3. **Head.** The last state, the last ``window`` scaled values (a seasonal-naive-like shortcut), the future time
    features and future covariates go through an MLP to ``[H, Q]`` numbers: the median and softplus steps away from
-   it, so quantiles never cross.
+   it, so quantiles never cross. The median is added to a *base* when training picked one: the last value
+   (naive, ``period`` 1) or the mean of the last ``base_seasons`` seasons (``base_map``).
 
 Trained on the pinball loss over a quantile grid; any quantile inside the grid is served by interpolation.
 """
@@ -31,7 +32,7 @@ class Forecaster(nn.Module):
         time_features: int,
         covariates: int = 0,
         window: int = 8,
-        period: int = 1,
+        period: int = 1,  # the base's period: the series' season, or 1 for the naive base (the last value)
         base_seasons: int = 1,
         hidden: int = 64,
         layers: int = 2,

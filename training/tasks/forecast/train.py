@@ -55,7 +55,10 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=0, help="history steps the model reads (0: from horizon/period)")
     p.add_argument("--window", type=int, default=0, help="recent values given to the head (0: from the period)")
     p.add_argument(
-        "--base-seasons", type=int, default=-1, help="seasons the median starts from (0: none; -1: picked on the data)"
+        "--base",
+        default="auto",
+        help="where the median starts from: none, naive (the last value), K (the mean of the last K seasons) or "
+        "auto (picked on the training data)",
     )
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
@@ -132,27 +135,52 @@ def windows(panel: Panel, fc: Forecasting, ends: bool = False, half_life: float 
     }
 
 
-def pick_base_seasons(panel: Panel, horizon: int, most: int) -> int:
-    """How many past seasons the median starts from: the seasonal mean (over 1..``most`` seasons) with the
-    lowest MASE on the last ``horizon`` points of the training data, if that is a mean of 2 or more (averaging
-    seasons helps: noisy series); else 0, no base (one season is seasonal naive, which the head reads anyway,
-    and on trending series a fixed base pulled the forecasts back: aus_retail MASE 1.36 with it, 1.29 without)."""
+def pick_base(panel: Panel, horizon: int, most: int) -> tuple[int, int]:
+    """Where the median starts from, as ``(base_period, seasons)``: the candidate with the lowest MASE on the
+    training data's last horizons (cut points a horizon apart, as many as cover a season): the naive forecast
+    (the last value: ``(1, 1)``) or the mean of the last 1..``most`` seasons. A mean of 2 or more seasons
+    (noisy series) or naive (one-step, smooth series) is kept; seasonal naive gives ``(period, 0)``, no base
+    (the head reads the last season anyway, and on trending series a fixed seasonal base pulled the forecasts
+    back: aus_retail MASE 1.36 with it, 1.29 without)."""
     m = panel.calendar.period
-    train, actual = split(panel, horizon)
-    best, best_k = np.inf, 1
-    for k in range(1, most + 1):
+    origins = max(1, -(-m // horizon))
+    candidates = [(1, 1)] + [(m, k) for k in range(1, most + 1)]
+    errors = []
+    for p, k in candidates:
         errs = []
-        for y, a in zip(train.values, actual, strict=True):
-            last = [y[len(y) - m * j + (s % m)] for s in range(horizon) for j in range(1, k + 1) if len(y) >= m * j]
-            if not last:
-                continue
-            f = np.nanmean(np.array(last, dtype=np.float64).reshape(horizon, -1), axis=1)
-            ok = np.isfinite(a) & np.isfinite(f)
-            if ok.any():
-                errs.append(np.mean(np.abs(a[ok] - f[ok])) / naive_scale(y, m))
-        if errs and np.mean(errs) < best:
-            best, best_k = float(np.mean(errs)), k
-    return best_k if best_k > 1 else 0
+        for y in panel.values:
+            for o in range(origins):
+                cut = len(y) - horizon * (o + 1)
+                hist, a = y[:cut], y[cut : cut + horizon]
+                if len(hist) < p * k or not np.isfinite(a).any():
+                    continue
+                steps = np.arange(horizon)
+                f = np.nanmean(np.stack([hist[len(hist) - p * j + steps % p] for j in range(1, k + 1)]), axis=0)
+                ok = np.isfinite(a) & np.isfinite(f)
+                if ok.any():
+                    errs.append(np.mean(np.abs(a[ok] - f[ok])) / naive_scale(hist, m))
+        errors.append(float(np.mean(errs)) if errs else np.inf)
+    p, k = candidates[int(np.argmin(errors))]
+    return (p, k) if p == 1 or k > 1 else (m, 0)
+
+
+def parse_base(text: str, period: int) -> tuple[int, int] | None:
+    """``--base``: ``(base_period, seasons)``, or None for auto."""
+    if text == "auto":
+        return None
+    if text == "none":
+        return period, 0
+    if text == "naive":
+        return 1, 1
+    if text.isdigit():
+        return period, int(text)
+    raise SystemExit(f"--base {text!r}: expected auto, none, naive or a number of seasons")
+
+
+def describe_base(base_period: int, seasons: int) -> str:
+    if not seasons:
+        return "none"
+    return "naive (the last value)" if base_period == 1 else f"the mean of the last {seasons} season(s)"
 
 
 def predict(model: Forecaster, w: dict[str, np.ndarray], batch: int = 1024) -> np.ndarray:
@@ -172,7 +200,7 @@ def build_model(cfg: dict) -> Forecaster:
         TIME_FEATURES,
         len(cfg["covariates"]),
         cfg["window"],
-        cfg["period"],
+        cfg.get("base_period", cfg["period"]),
         cfg["base_seasons"],
         cfg["hidden"],
         cfg["layers"],
@@ -212,19 +240,18 @@ def train_forecast(args: argparse.Namespace) -> dict:
     horizon = args.horizon or PRESETS.get(args.data, {}).get("h") or 2 * max(period, 4)
     context, window = sizes(horizon, period, args.context, args.window)
     train_panel, actuals = split(panel, horizon) if args.holdout else (panel, [])
-    seasons = (
-        args.base_seasons
-        if args.base_seasons >= 0
-        else pick_base_seasons(train_panel, horizon, max(1, min(4, context // period)))
+    base_period, seasons = parse_base(args.base, period) or pick_base(
+        train_panel, horizon, max(1, min(4, context // period))
     )
-    window = min(context, max(window, seasons * period))
+    window = min(context, max(window, seasons * base_period))
     median_length = float(np.median([len(y) for y in train_panel.values]))
     half_life = args.half_life if args.half_life >= 0 else median_length / 8
     lengths = [len(y) for y in panel.values]
     log(
         f"data {panel.source}: {len(panel)} series, lengths {min(lengths)}-{max(lengths)}, frequency "
         f"{panel.calendar.freq} (period {period}), horizon {horizon}, context {context}, window {window}, "
-        f"base {seasons} season(s), half-life {half_life:g}, covariates {panel.covariate_names or 'none'}, "
+        f"base {describe_base(base_period, seasons)}, half-life {half_life:g}, "
+        f"covariates {panel.covariate_names or 'none'}, "
         f"holdout {args.holdout}"
     )
     fc = contract(panel, horizon, context, QUANTILES)
@@ -234,7 +261,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
     w["weight"] = (w["weight"] / w["weight"].mean()).astype(np.float32)
     covs = len(panel.covariate_names)
     model = Forecaster(
-        horizon, TIME_FEATURES, covs, window, period, seasons, args.hidden, args.layers, dropout=args.dropout
+        horizon, TIME_FEATURES, covs, window, base_period, seasons, args.hidden, args.layers, dropout=args.dropout
     )
     if covs:
         flat = np.concatenate(train_panel.covariates)
@@ -306,6 +333,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "context": context,
         "window": window,
         "base_seasons": seasons,
+        "base_period": base_period,
         "hidden": args.hidden,
         "layers": args.layers,
         "dropout": args.dropout,
