@@ -145,6 +145,7 @@ def pick_base(panel: Panel, horizon: int, most: int) -> tuple[int, int]:
     m = panel.calendar.period
     origins = max(1, -(-m // horizon))
     candidates = [(1, 1)] + [(m, k) for k in range(1, most + 1)]
+    steps = np.arange(horizon)
     errors = []
     for p, k in candidates:
         errs = []
@@ -154,7 +155,6 @@ def pick_base(panel: Panel, horizon: int, most: int) -> tuple[int, int]:
                 hist, a = y[:cut], y[cut : cut + horizon]
                 if len(hist) < p * k or not np.isfinite(a).any():
                     continue
-                steps = np.arange(horizon)
                 f = np.nanmean(np.stack([hist[len(hist) - p * j + steps % p] for j in range(1, k + 1)]), axis=0)
                 ok = np.isfinite(a) & np.isfinite(f)
                 if ok.any():
@@ -259,11 +259,21 @@ def train_forecast(args: argparse.Namespace) -> dict:
     if args.weighting == "none":
         w["weight"][:] = 1.0
     w["weight"] = (w["weight"] / w["weight"].mean()).astype(np.float32)
-    covs = len(panel.covariate_names)
-    model = Forecaster(
-        horizon, TIME_FEATURES, covs, window, base_period, seasons, args.hidden, args.layers, dropout=args.dropout
-    )
-    if covs:
+    # what build_model reads, kept in the checkpoint's config: the model trained is the model loaded
+    arch = {
+        "period": period,
+        "horizon": horizon,
+        "window": window,
+        "base_seasons": seasons,
+        "base_period": base_period,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "dropout": args.dropout,
+        "quantiles": list(QUANTILES),
+        "covariates": panel.covariate_names,
+    }
+    model = build_model(arch)
+    if panel.covariate_names:
         flat = np.concatenate(train_panel.covariates)
         model.cov_mean.copy_(torch.from_numpy(flat.mean(0)))
         model.cov_std.copy_(torch.from_numpy(np.maximum(flat.std(0), 1e-6)))
@@ -328,17 +338,8 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "frequency": panel.calendar.freq,
         "period_given": args.period,
         "frequency_given": args.frequency,
-        "period": period,
-        "horizon": horizon,
+        **arch,
         "context": context,
-        "window": window,
-        "base_seasons": seasons,
-        "base_period": base_period,
-        "hidden": args.hidden,
-        "layers": args.layers,
-        "dropout": args.dropout,
-        "quantiles": list(model.quantiles),
-        "covariates": panel.covariate_names,
         "time_col": args.time_col,
         "target": args.target,
         "ids": split_list(args.ids),
