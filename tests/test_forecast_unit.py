@@ -16,7 +16,7 @@ from service.tasks.forecast.calendar import TIME_FEATURES, Calendar, TimeError, 
 from service.tasks.forecast.engine import build_row, draw, interpolate, mean_of
 from service.tasks.forecast.schema import parse_configuration, parse_instances, parse_level
 from training.tasks.forecast.data import load_panel, split
-from training.tasks.forecast.model import QUANTILES, Forecaster
+from training.tasks.forecast.model import QUANTILES, DeepAR, Ensemble, Forecaster
 
 FC = Forecasting(horizon=4, frequency="Q", period=4, context=12, quantiles=list(QUANTILES))
 
@@ -55,13 +55,19 @@ def test_row_layout_and_context_cut() -> None:
     assert np.allclose(row[:, 1:], Calendar("Q").features(108, FC.context + FC.horizon))
 
 
-def _model(seed: int = 0) -> Forecaster:
+def _model(seed: int = 0, kind: str = "quantile") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return Forecaster(FC.horizon, TIME_FEATURES, 0, window=8, period=4, base_seasons=2, hidden=16, layers=2).eval()
+    make = {"quantile": Forecaster, "deepar": DeepAR, "ensemble": Forecaster}[kind]
+    members = [
+        make(FC.horizon, TIME_FEATURES, 0, window=8, period=4, base_seasons=2, hidden=16, layers=2)
+        for _ in range(2 if kind == "ensemble" else 1)
+    ]
+    return (Ensemble(members) if kind == "ensemble" else members[0]).eval()
 
 
-def test_a_series_forecast_does_not_change_when_batched_with_longer_ones() -> None:
-    model = _model()
+@pytest.mark.parametrize("kind", ["quantile", "deepar", "ensemble"])
+def test_a_series_forecast_does_not_change_when_batched_with_longer_ones(kind: str) -> None:
+    model = _model(0, kind)
     rng = np.random.default_rng(0)
     cal = Calendar("Q")
     series = [rng.uniform(50, 150, n).astype(np.float32) for n in (3, 12, 7, 30)]
@@ -82,8 +88,9 @@ def test_a_series_forecast_does_not_change_when_batched_with_longer_ones() -> No
     assert (np.diff(q, axis=-1) >= 0).all()  # quantiles never cross
 
 
-def test_padding_values_do_not_leak_into_the_forecast() -> None:
-    model = _model(1)
+@pytest.mark.parametrize("kind", ["quantile", "deepar", "ensemble"])
+def test_padding_values_do_not_leak_into_the_forecast(kind: str) -> None:
+    model = _model(1, kind)
     row = build_row(FC, Calendar("Q"), np.linspace(10, 20, 9, dtype=np.float32), 0, None)
     x = np.zeros((1, len(row) + 5, row.shape[1]), np.float32)
     x[0, : len(row)] = row
@@ -208,3 +215,59 @@ def test_the_base_is_picked_on_the_data() -> None:
     assert parse_base("auto", 4) is None
     with pytest.raises(SystemExit, match="--base"):
         parse_base("weekly", 4)
+
+
+def test_deepar_learns_a_step_distribution_and_its_paths_give_the_quantiles() -> None:
+    """The autoregressive head: teacher-forced Gaussian likelihood in training; served quantiles are the sampled
+    paths' empirical quantiles (deterministic: a fixed table of draws). Trained briefly on one noisy seasonal
+    series, the median follows the season and the 80% interval widens with the noise."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cal = Calendar("Q")
+    season = np.array([10.0, 14.0, 8.0, 12.0])
+    model = DeepAR(
+        FC.horizon, TIME_FEATURES, 0, window=8, period=4, base_seasons=0, hidden=16, layers=1, dropout=0.0, samples=64
+    )
+    rows, targets = [], []
+    for _ in range(256):
+        y = (np.tile(season, 6) + rng.normal(0, 1.0, 24)).astype(np.float32)
+        rows.append(build_row(FC, cal, y[:20], 0, None))
+        targets.append(y[20:])
+    x, t = torch.from_numpy(np.stack(rows)), torch.from_numpy(np.stack(targets))
+    lengths = torch.full((len(rows),), x.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = model.loss(x, lengths, t).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 1.0
+    model.eval()
+    with torch.no_grad():
+        q = model(x[:4], lengths[:4])
+        again = model(x[:4], lengths[:4])
+    assert torch.equal(q, again) and q.shape == (4, FC.horizon, len(QUANTILES))
+    assert (torch.diff(q, dim=-1) >= 0).all()
+    median = q[..., QUANTILES.index(0.5)].mean(0).numpy()
+    assert np.abs(median - season).max() < 1.5, median
+    width = (q[..., QUANTILES.index(0.9)] - q[..., QUANTILES.index(0.1)]).mean().item()
+    assert 1.0 < width < 5.0, width  # the noise's 80% interval is 2.56 wide
+
+
+def test_histories_are_cut_short_as_the_service_would_send_them() -> None:
+    """``--truncate``: a row keeps the last k steps of its history with its future right behind, zeros after."""
+    from training.tasks.forecast.train import truncate_histories
+
+    x = torch.arange(2 * 10 * 2, dtype=torch.float32).view(2, 10, 2)
+    lengths = torch.tensor([10, 7])
+    x[1, 7:] = 0.0  # right padding
+    cut, new = truncate_histories(x, lengths, 3, 1.0, np.random.default_rng(1))
+    for i in range(2):
+        hist, keep = int(lengths[i]) - 3, int(new[i]) - 3
+        assert 1 <= keep <= hist
+        assert torch.equal(cut[i, : keep + 3], x[i, hist - keep : hist + 3])
+        assert (cut[i, keep + 3 :] == 0).all()
+    same, same_len = truncate_histories(x, lengths, 3, 0.0, np.random.default_rng(1))
+    assert torch.equal(same, x) and torch.equal(same_len, lengths)

@@ -1,6 +1,7 @@
 """Forecaster run -> ``model.onnx`` + ``metadata.json`` (task ``forecast``), gated by parity.
 
-The graph is ``Forecaster.forward``: inputs ``x`` float32 ``[B, L, 1 + F_t + C]`` (rows as
+The graph is ``Forecaster.forward`` (or ``DeepAR.forward``: its sampled paths' quantiles, the same answer shape):
+inputs ``x`` float32 ``[B, L, 1 + F_t + C]`` (rows as
 ``service.tasks.forecast.engine.build_row`` makes them) and ``lengths`` int64 ``[B]``; output ``quantiles``
 float32 ``[B, H, Q]``.
 
@@ -158,7 +159,12 @@ def export_forecast_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         "forecasting": forecasting,
         "max_length": max(MAX_HISTORY, cfg["length_range"][1]),
         "training_length_range": cfg["length_range"],
-        "rnn": {"rnn": "lstm", **{k: cfg[k] for k in ("hidden", "layers", "window", "base_seasons", "dropout")}},
+        "rnn": {
+            "rnn": "lstm",
+            "head": cfg.get("head", "quantile"),
+            "ensemble": cfg.get("ensemble", 1),
+            **{k: cfg[k] for k in ("hidden", "layers", "window", "base_seasons", "dropout")},
+        },
         "opset": OPSET,
         "exporter": f"torch {torch.__version__} TorchScript (dynamo=False)",
         "training_metrics": metrics,

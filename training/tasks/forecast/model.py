@@ -65,10 +65,9 @@ class Forecaster(nn.Module):
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return y0 / scale, observed.float(), scale
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[B, L, 1 + F_t + C]``: each row's history (value, NaN if missing; time features; covariates)
-        then its ``horizon`` future steps; ``lengths`` = history + horizon. Quantiles ``[B, H, Q]`` in the
-        series' own units."""
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Steps 1 and 2 and the head's inputs: the encoder's state at each row's last history step, the last
+        ``window`` scaled values and flags, the future known features, the base and the scale."""
         hist = lengths - self.horizon
         ys, observed, scale = self.scaled(x[..., 0], hist)
         known = x[..., 1:]
@@ -89,13 +88,108 @@ class Forecaster(nn.Module):
         seen = flags @ self.base_map
         level = values.sum(1, keepdim=True) / flags.sum(1, keepdim=True).clamp(min=1.0)
         base = torch.where(seen > 0, (values @ self.base_map) / seen.clamp(min=1.0), level)  # all missing: the level
-        z = self.head(torch.cat([state, values, flags, future.flatten(1)], 1))
+        base = base if self.base_seasons else torch.zeros_like(base)
+        return {"state": state, "values": values, "flags": flags, "future": future, "base": base, "scale": scale}
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, L, 1 + F_t + C]``: each row's history (value, NaN if missing; time features; covariates)
+        then its ``horizon`` future steps; ``lengths`` = history + horizon. Quantiles ``[B, H, Q]`` in the
+        series' own units."""
+        e = self.encode(x, lengths)
+        z = self.head(torch.cat([e["state"], e["values"], e["flags"], e["future"].flatten(1)], 1))
         z = z.view(-1, self.horizon, len(self.quantiles))
-        median = z[..., self.mid : self.mid + 1] + (base.unsqueeze(-1) if self.base_seasons else 0.0)
+        median = z[..., self.mid : self.mid + 1] + e["base"].unsqueeze(-1)
         steps = nn.functional.softplus(z)
         upper = median + torch.cumsum(steps[..., self.mid + 1 :], -1)
         lower = median - torch.flip(torch.cumsum(torch.flip(steps[..., : self.mid], [-1]), -1), [-1])
-        return torch.cat([lower, median, upper], -1) * scale.unsqueeze(-1)
+        return torch.cat([lower, median, upper], -1) * e["scale"].unsqueeze(-1)
+
+    def loss(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss per element ``[B, H, Q]`` in each row's scaled units: the pinball loss of the grid."""
+        _, _, scale = self.scaled(x[..., 0], lengths - self.horizon)
+        qs = torch.tensor(self.quantiles, device=x.device)
+        return pinball(self(x, lengths) / scale.unsqueeze(-1), target / scale, qs)
+
+
+class DeepAR(Forecaster):
+    """The autoregressive variant (DeepAR style, ``--head deepar``): the same encoder, then an LSTM cell walks the
+    horizon one step at a time, each step a Gaussian (mean, spread) in the row's scaled units fed the value before
+    it: the actual in training (teacher forcing, negative log-likelihood), a sampled value when forecasting. The
+    quantiles are the empirical quantiles of ``samples`` paths drawn with a fixed table of normal draws (stratified
+    per step), so the graph is deterministic and answers in the same ``[B, H, Q]`` as the direct head."""
+
+    def __init__(self, *args, samples: int = 200, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        hidden, drop = self.rnn.hidden_size, self.rnn.dropout
+        known = self.time_features + self.covariates
+        self.head = nn.Sequential(nn.Linear(hidden + 2 * self.window, 2 * hidden), nn.Tanh())  # the cell's start
+        self.cell = nn.LSTM(2 + known, hidden, batch_first=True)  # one step at a time (LSTMCell does not export)
+        self.drop = nn.Dropout(drop)
+        self.out = nn.Linear(hidden, 2)
+        g = torch.Generator().manual_seed(0)
+        grid = torch.special.ndtri((torch.arange(samples, dtype=torch.float64) + 0.5) / samples).float()
+        draws = [grid[torch.randperm(samples, generator=g)] for _ in range(self.horizon)]
+        self.register_buffer("noise", torch.stack(draws, 1))  # [samples, H]
+        pos = torch.tensor(self.quantiles, dtype=torch.float64) * (samples - 1)
+        self.register_buffer("lo", pos.floor().long())
+        self.register_buffer("hi", pos.ceil().long())
+        self.register_buffer("frac", (pos - pos.floor()).float())
+
+    def walk(
+        self, e: dict[str, torch.Tensor], feed: torch.Tensor | None, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder over the horizon: ``feed`` ``[R, H]`` scaled actuals (teacher forcing; NaN = missing) or
+        ``noise`` ``[R, H]`` draws (sampling). (means, spreads, values walked) ``[R, H]`` each."""
+        start = self.head(torch.cat([e["state"], e["values"], e["flags"]], 1))
+        n = self.cell.hidden_size
+        h, c = start[:, :n].unsqueeze(0).contiguous(), start[:, n:].unsqueeze(0).contiguous()
+        prev, seen = e["values"][:, -1:], e["flags"][:, -1:]
+        means, spreads, walked = [], [], []
+        for t in range(self.horizon):
+            step, (h, c) = self.cell(torch.cat([prev, seen, e["future"][:, t]], 1).unsqueeze(1), (h, c))
+            o = self.out(self.drop(step[:, 0]))
+            mean, spread = o[:, :1] + e["base"][:, t : t + 1], nn.functional.softplus(o[:, 1:]) + 1e-3
+            if feed is not None:
+                actual = feed[:, t : t + 1]
+                seen = torch.isfinite(actual).float()
+                prev = torch.where(seen > 0, actual, torch.zeros_like(actual))
+            else:
+                prev = mean + spread * noise[:, t : t + 1]
+            means.append(mean)
+            spreads.append(spread)
+            walked.append(prev)
+        return torch.cat(means, 1), torch.cat(spreads, 1), torch.cat(walked, 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        e = self.encode(x, lengths)
+        n = self.noise.shape[0]
+        rows = {k: v.unsqueeze(1).expand(v.shape[0], n, *v.shape[1:]).flatten(0, 1) for k, v in e.items()}
+        noise = self.noise.unsqueeze(0).expand(x.shape[0], -1, -1).flatten(0, 1)
+        _, _, paths = self.walk(rows, None, noise)
+        paths, _ = torch.sort(paths.view(-1, n, self.horizon), dim=1)
+        q = paths[:, self.lo] * (1 - self.frac.view(1, -1, 1)) + paths[:, self.hi] * self.frac.view(1, -1, 1)
+        return q.transpose(1, 2) * e["scale"].unsqueeze(-1)
+
+    def loss(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Gaussian negative log-likelihood per step ``[B, H, 1]`` in scaled units (0 where the target is NaN)."""
+        e = self.encode(x, lengths)
+        y = target / e["scale"]
+        mean, spread, _ = self.walk(e, y, None)
+        nll = 0.5 * ((y - mean) / spread) ** 2 + torch.log(spread)
+        return torch.where(torch.isfinite(nll), nll, torch.zeros_like(nll)).unsqueeze(-1)
+
+
+class Ensemble(nn.Module):
+    """Members trained from different starts (``--ensemble K``); the answer is their quantiles averaged level by
+    level (they still never cross), ``[B, H, Q]`` as one member's."""
+
+    def __init__(self, members: list[Forecaster]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.quantiles = members[0].quantiles
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x, lengths) for m in self.members]).mean(0)
 
 
 def base_map(window: int, horizon: int, period: int, seasons: int) -> torch.Tensor:

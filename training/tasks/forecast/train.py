@@ -36,7 +36,7 @@ from service.tasks.forecast.engine import build_row
 from training.loop import pick_device, plot_curves, progress_bar, seed_everything
 from training.tasks.forecast.data import PRESETS, Panel, estimate_period, load_panel, split
 from training.tasks.forecast.evaluate import naive_scale, score_set
-from training.tasks.forecast.model import QUANTILES, Forecaster, pinball
+from training.tasks.forecast.model import QUANTILES, DeepAR, Ensemble, Forecaster
 
 MAX_CONTEXT = 256  # the default context's ceiling (a long period): the cost of a row is its length
 
@@ -60,6 +60,19 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
         help="where the median starts from: none, naive (the last value), K (the mean of the last K seasons) or "
         "auto (picked on the training data)",
     )
+    p.add_argument(
+        "--head",
+        default="quantile",
+        choices=["quantile", "deepar"],
+        help="quantile: direct multi-horizon quantiles (MQ-RNN style); deepar: autoregressive Gaussian steps, "
+        "quantiles of sampled paths",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="members trained from different starts, their quantiles averaged (the time budget shared)",
+    )
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.1)
@@ -74,6 +87,20 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
         default=-1.0,
         help="recency weighting: a window's weight halves every this many steps back from its series' end "
         "(0: off; -1: an eighth of the median series length)",
+    )
+    p.add_argument(
+        "--truncate",
+        type=float,
+        default=0.0,
+        help="the share of each batch's rows whose history is cut to a random shorter length (short series: "
+        "recency weighting leaves few short-history windows)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="the last fraction of the steps trains without dropout, so the quantiles' spread is learned around "
+        "the median the served model gives",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
@@ -133,6 +160,24 @@ def windows(panel: Panel, fc: Forecasting, ends: bool = False, half_life: float 
         "target": np.stack(targets).astype(np.float32),
         "weight": np.array(weights, np.float32),
     }
+
+
+def truncate_histories(
+    x: torch.Tensor, lengths: torch.Tensor, horizon: int, share: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``share`` of the rows keep only the last ``k`` steps of their history (``k`` log-uniform in
+    1..history), their future moved up behind it: a row as the service builds it for a series that short."""
+    hist = (lengths - horizon).cpu().numpy()
+    cut = rng.random(len(hist)) < share
+    keep = np.where(cut, np.ceil(np.exp(rng.uniform(0, np.log(np.maximum(hist, 1))))), hist).astype(np.int64)
+    keep = np.clip(keep, 1, hist)
+    shift = torch.from_numpy(hist - keep).to(x.device)
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    idx = (steps + shift.unsqueeze(1)).clamp(max=x.shape[1] - 1)
+    moved = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    new_lengths = torch.from_numpy(keep).to(x.device) + horizon
+    inside = (steps < new_lengths.unsqueeze(1)).unsqueeze(-1)
+    return torch.where(inside, moved, torch.zeros_like(moved)), new_lengths
 
 
 def pick_base(panel: Panel, horizon: int, most: int) -> tuple[int, int]:
@@ -195,7 +240,10 @@ def predict(model: Forecaster, w: dict[str, np.ndarray], batch: int = 1024) -> n
 
 
 def build_model(cfg: dict) -> Forecaster:
-    return Forecaster(
+    kind = DeepAR if cfg.get("head", "quantile") == "deepar" else Forecaster
+    if cfg.get("ensemble", 1) > 1:
+        return Ensemble([build_model({**cfg, "ensemble": 1}) for _ in range(cfg["ensemble"])])
+    return kind(
         cfg["horizon"],
         TIME_FEATURES,
         len(cfg["covariates"]),
@@ -215,6 +263,51 @@ def load_forecaster(path: Path) -> tuple[Forecaster, dict, dict]:
     model = build_model(ck["config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck["config"], ck.get("metrics", {})
+
+
+def fit(
+    model: Forecaster,
+    tensors: dict[str, torch.Tensor],
+    args: argparse.Namespace,
+    horizon: int,
+    budget_end: float,
+    rng: np.random.Generator,
+    desc: str,
+) -> dict:
+    """AdamW on the model's loss (``Forecaster.loss``), each window weighed, a cosine learning rate over
+    ``args.steps``; by ``budget_end`` (seconds since the epoch) it anneals over 5% more steps and stops."""
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    n = len(tensors["x"])
+    curve_steps, curve = [], []
+    stopped_by, running, step, planned = "steps", 0.0, 0, args.steps
+    bar = progress_bar()(total=args.steps, desc=desc, unit="step")
+    while step < planned:
+        frac = step / planned
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        idx = torch.from_numpy(rng.integers(0, n, args.batch)).to(tensors["x"].device)
+        b = {k: v[idx] for k, v in tensors.items()}
+        if args.truncate > 0:
+            b["x"], b["lengths"] = truncate_histories(b["x"], b["lengths"], horizon, args.truncate, rng)
+        model.train(frac < 1 - args.settle)
+        loss_el = model.loss(b["x"], b["lengths"], b["target"])
+        counted = torch.isfinite(b["target"]).float().unsqueeze(-1).expand_as(loss_el)
+        loss = (loss_el * b["weight"].view(-1, 1, 1)).sum() / counted.sum().clamp(min=1)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        bar.update(1)
+        if step % 100 == 0:
+            curve_steps.append(step)
+            curve.append(running)
+            bar.set_postfix(loss=f"{running:.4f}")
+        if time.time() > budget_end and planned == args.steps:
+            planned, stopped_by = step + max(1, step // 20), "time_budget"
+    bar.close()
+    return {"steps": step, "stopped_by": stopped_by, "train_loss": running, "curve": curve, "curve_steps": curve_steps}
 
 
 def train_forecast(args: argparse.Namespace) -> dict:
@@ -266,6 +359,8 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "window": window,
         "base_seasons": seasons,
         "base_period": base_period,
+        "head": args.head,
+        "ensemble": args.ensemble,
         "hidden": args.hidden,
         "layers": args.layers,
         "dropout": args.dropout,
@@ -275,51 +370,31 @@ def train_forecast(args: argparse.Namespace) -> dict:
     model = build_model(arch)
     if panel.covariate_names:
         flat = np.concatenate(train_panel.covariates)
-        model.cov_mean.copy_(torch.from_numpy(flat.mean(0)))
-        model.cov_std.copy_(torch.from_numpy(np.maximum(flat.std(0), 1e-6)))
+        for m in model.members if isinstance(model, Ensemble) else [model]:
+            m.cov_mean.copy_(torch.from_numpy(flat.mean(0)))
+            m.cov_std.copy_(torch.from_numpy(np.maximum(flat.std(0), 1e-6)))
     model.to(device)
-    log(f"{len(w['x'])} training windows; {sum(p.numel() for p in model.parameters())} parameters")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    qs = torch.tensor(model.quantiles, device=device)
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    log(
+        f"{len(w['x'])} training windows; {len(members)} member(s) of "
+        f"{sum(p.numel() for p in members[0].parameters())} parameters"
+    )
     tensors = {k: torch.from_numpy(v).to(device) for k, v in w.items()}
-    rng = np.random.default_rng(args.seed)
-    curve: dict[str, list[float]] = {"step": [], "train pinball": []}
-    budget_end = started + args.time_budget
-    stopped_by, running, step = "steps", 0.0, 0
-    bar = progress_bar()(total=args.steps, desc="forecast", unit="step")
-    planned = args.steps
-    while step < planned:
-        frac = step / planned
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        idx = torch.from_numpy(rng.integers(0, len(w["x"]), args.batch)).to(device)
-        b = {k: v[idx] for k, v in tensors.items()}
-        model.train()
-        pred = model(b["x"], b["lengths"])
-        _, _, scale = model.scaled(b["x"][..., 0], b["lengths"] - horizon)
-        loss_el = pinball(pred / scale.unsqueeze(-1), b["target"] / scale, qs)
-        counted = torch.isfinite(b["target"]).float().unsqueeze(-1).expand_as(loss_el)
-        loss = (loss_el * b["weight"].view(-1, 1, 1)).sum() / counted.sum().clamp(min=1)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
-        bar.update(1)
-        if step % 100 == 0:
-            curve["step"].append(step)
-            curve["train pinball"].append(running)
-            bar.set_postfix(pinball=f"{running:.4f}")
-        if time.time() > budget_end and planned == args.steps:
-            # the budget ran out: anneal over the next 5% of the steps done and stop
-            planned, stopped_by = step + max(1, step // 20), "time_budget"
-    bar.close()
+    fits = []
+    for i, member in enumerate(members):
+        # each member its own batches and an equal share of the time left
+        member_end = time.time() + (started + args.time_budget - time.time()) / (len(members) - i)
+        rng = np.random.default_rng(args.seed if i == 0 else [args.seed, i])
+        fits.append(fit(member, tensors, args, horizon, member_end, rng, f"forecast {i + 1}/{len(members)}"))
     model.cpu().eval()
+    step = sum(f["steps"] for f in fits)
+    stopped_by = "time_budget" if any(f["stopped_by"] == "time_budget" for f in fits) else "steps"
+    running = float(np.mean([f["train_loss"] for f in fits]))
     metrics: dict = {
         "steps": step,
+        "member_steps": [f["steps"] for f in fits],
         "stopped_by": stopped_by,
-        "train_pinball": running,
+        "train_loss": running,
         "train_seconds": round(time.time() - started, 1),
     }
     if args.holdout:
@@ -353,11 +428,11 @@ def train_forecast(args: argparse.Namespace) -> dict:
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     torch.save({"state_dict": model.state_dict(), "config": config, "metrics": metrics}, out / "checkpoint.pt")
-    plot_curves(
-        out / "learning_curves.png",
-        "step",
-        curve["step"],
-        [("training", "pinball (scaled)", {"train": curve["train pinball"]})],
-    )
+    loss_name = "Gaussian NLL (scaled)" if args.head == "deepar" else "pinball (scaled)"
+    steps_axis = max((f["curve_steps"] for f in fits), key=len)
+    curves = {
+        f"member {i + 1}": f["curve"] + [np.nan] * (len(steps_axis) - len(f["curve"])) for i, f in enumerate(fits)
+    }
+    plot_curves(out / "learning_curves.png", "step", steps_axis, [("training", loss_name, curves)])
     log_file.close()
     return metrics
