@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast eval-forecast bench-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -140,6 +140,12 @@ loadtest: venv ## Locust, headless, against a running service (PROFILE=jv|longta
 	LOADTEST_PROFILE=$(PROFILE) LOADTEST_DATA=$(DATA) $(VENV)/bin/locust -f loadtest/locustfile.py --headless --host http://$(HOST):$(PORT) \
 	  --csv loadtest/results/$(PROFILE) --csv-full-history --html loadtest/results/$(PROFILE).html --only-summary
 	$(PY) -m loadtest.report loadtest/results/$(PROFILE)_stats_history.csv loadtest/results/$(PROFILE).png
+
+loadtest-forecast: venv ## Locust, headless, against a running forecaster (make serve-forecast; DATA= its series)
+	mkdir -p loadtest/results
+	LOADTEST_DATA=$(DATA) $(VENV)/bin/locust -f loadtest/locust_forecast.py --headless --host http://$(HOST):$(PORT) \
+	  --csv loadtest/results/forecast --csv-full-history --html loadtest/results/forecast.html --only-summary
+	$(PY) -m loadtest.report loadtest/results/forecast_stats_history.csv loadtest/results/forecast.png
 
 # seqserve vs Triton vs Ray Serve, same model and load: bench/results.json + docs/benchmarks.md (~12 min).
 # Re-render docs/benchmarks.md from bench/results.json and bench/results-gpu.json (after a GPU visit).

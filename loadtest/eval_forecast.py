@@ -57,6 +57,11 @@ def train(data: str, out: Path, seed: int, extra: list[str], reuse: bool = False
     return metrics
 
 
+def median_of(runs: dict[int, dict]) -> dict[str, float]:
+    keys = ("mase", "smape", "pinball", "coverage_80")
+    return {k: float(np.median([r["test"][k] for r in runs.values()])) for k in keys}
+
+
 def baselines(name: str, work: Path) -> dict:
     from loadtest.peer_servers import ensure_venv
 
@@ -212,7 +217,12 @@ def render(result: dict) -> str:
             t = m["test"]
             lines.append(row(f"LSTM quantile, seed {seed}", t, m.get("wall_seconds", m["train_seconds"])))
         med = r["median"]
-        lines.append(row("**LSTM, median of seeds**", med, ""))
+        lines.append(row("**LSTM quantile (default), median of seeds**", med, ""))
+        for variant, v in r.get("variants", {}).items():
+            for seed, m in v["seeds"].items():
+                t = m["test"]
+                lines.append(row(f"LSTM {variant}, seed {seed}", t, m.get("wall_seconds", m["train_seconds"])))
+            lines.append(row(f"LSTM {variant}, median of seeds", v["median"], ""))
         for model, b in r.get("baselines", {}).items():
             n = b.get("naive_filled_series", 0)
             lines.append(row(model + (f" ({n} series naive-filled)" if n else ""), b, b["seconds"]))
@@ -244,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="keep model runs already in --work (their metrics.json)")
     p.add_argument("--no-anomalies", action="store_true")
     p.add_argument("--out", default="docs/forecasting")
+    p.add_argument("--deepar-seeds", default="0,1,2", help='the autoregressive variant (--head deepar); "": none')
     args = p.parse_args(argv)
     work = ROOT / args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -256,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in args.sets.split(","):
         runs = {s: train(name, work / f"{name}-seed{s}", s, extra, args.reuse) for s in seeds}
-        keys = ("mase", "smape", "pinball", "coverage_80")
-        median = {k: float(np.median([r["test"][k] for r in runs.values()])) for k in keys}
-        entry = {"seeds": runs, "median": median, "target_mase": TARGETS.get(name)}
+        entry = {"seeds": runs, "median": median_of(runs), "target_mase": TARGETS.get(name), "variants": {}}
+        variant_seeds = seeds[:1] if args.quick else [int(s) for s in args.deepar_seeds.split(",") if s.strip()]
+        if variant_seeds:
+            dar = ["--head", "deepar", *extra]
+            runs = {s: train(name, work / f"{name}-deepar-seed{s}", s, dar, args.reuse) for s in variant_seeds}
+            entry["variants"]["DeepAR"] = {"seeds": runs, "median": median_of(runs)}
+        median = entry["median"]
         if not (args.quick or args.no_baselines):
             entry["baselines"] = baselines(name, work)
         result["forecast"][name] = entry

@@ -3,6 +3,7 @@ gate), serve with a real ``bentoml serve`` on 127.0.0.1, and check /forecast, /a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -192,6 +193,7 @@ def test_metadata_and_metrics(fc_server: str) -> None:
     meta = httpx.get(f"{fc_server}/metadata", timeout=10).json()
     assert meta["task"] == "forecast" and meta["horizon"] == 8 and meta["provider"] == "CPUExecutionProvider"
     assert meta["max_series"] == 50 and 0.5 in meta["quantiles"]
+    assert meta["training_data"] == {"data": "tourism", "series": 304} and meta["rnn"]["head"] == "quantile"
     text = httpx.get(f"{fc_server}/metrics", timeout=10).text
     for name in (
         'seqserve_forecast_series_total{route="forecast"}',
@@ -201,6 +203,21 @@ def test_metadata_and_metrics(fc_server: str) -> None:
         "seqserve_batch_size_sequences_bucket",
     ):
         assert name in text, name
+
+
+def test_locust_forecast_headless_smoke(fc_server: str, tmp_path: Path) -> None:
+    """``make loadtest-forecast``'s file: real tourism series (the served model's training data, from /metadata),
+    a short step ramp, no failures."""
+    env = {**os.environ, "LOADTEST_STEPS": "2", "LOADTEST_STEP_USERS": "2", "LOADTEST_STEP_SECONDS": "2"}
+    env["LOADTEST_SERIES_PER_REQUEST"] = "3"
+    prefix = tmp_path / "fc"
+    locust = str(Path(sys.executable).with_name("locust"))
+    args = [locust, "-f", "loadtest/locust_forecast.py", "--headless", "--host", fc_server, "--csv", str(prefix)]
+    proc = subprocess.run([*args, "--only-summary"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loadtest-forecast: tourism, 304 series, 101 request bodies of 3" in proc.stdout + proc.stderr
+    rows = {r["Name"]: r for r in csv.DictReader(open(f"{prefix}_stats.csv"))}
+    assert int(rows["Aggregated"]["Request Count"]) > 10 and int(rows["Aggregated"]["Failure Count"]) == 0
 
 
 def test_actuals_are_stored_and_retrain_from_them(fc_server: str, fc_data: Path, tmp_path: Path) -> None:
@@ -239,6 +256,28 @@ def test_known_future_covariates_train_export_and_serve_rows(tmp_path: Path) -> 
     assert meta["parity"]["passed"]
     art = find_artifact(str(tmp_path / "art"))
     assert art.meta.feature_dim == 1 + 4 + 2
+
+
+def test_the_deepar_variant_and_an_ensemble_train_and_export_with_parity(tmp_path: Path) -> None:
+    """``--head deepar --ensemble 2``: two autoregressive members train on tourism; the graph (the members' sampled
+    paths' quantiles, averaged) passes the parity gate and answers the same ``[B, H, Q]`` contract the service
+    reads, deterministically."""
+    from training.__main__ import main
+    from training.tasks.forecast.export import export_forecast_run
+
+    run = tmp_path / "run"
+    args = ["forecast", "--data", "tourism", "--head", "deepar", "--ensemble", "2", "--steps", "20", "--hidden", "16"]
+    assert main([*args, "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["series"] == 304 and np.isfinite(metrics["test"]["mase"])
+    meta = export_forecast_run(run, tmp_path / "art")
+    assert meta["parity"]["passed"] and meta["rnn"]["head"] == "deepar" and meta["rnn"]["ensemble"] == 2
+    assert metrics["member_steps"] == [20, 20]
+    ref = np.load(tmp_path / "art/reference.npz")
+    sess = cpu_session(tmp_path / "art/model.onnx")
+    (q,) = sess.run(None, {"x": ref["x"], "lengths": ref["lengths"]})
+    assert q.shape == (len(ref["x"]), 8, len(meta["forecasting"]["quantiles"]))
+    assert np.array_equal(q, ref["quantiles"]) and (np.diff(q, axis=-1) >= 0).all()
 
 
 def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_artifact: Path, tmp_path: Path) -> None:

@@ -277,6 +277,7 @@ async def metadata(request: Request) -> JSONResponse:
             "max_anomaly_points": MAX_ANOMALY_POINTS,
             "training_length_range": meta.training_length_range,
             "rnn": meta.rnn,
+            "training_data": {k: meta.extra.get("training_data", {}).get(k) for k in ("data", "series")},
             "training_metrics": {k: meta.training_metrics.get(k) for k in ("test", "steps", "train_seconds")},
         }
     )
