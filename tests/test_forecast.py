@@ -283,7 +283,8 @@ def test_the_deepar_variant_and_an_ensemble_train_and_export_with_parity(tmp_pat
 def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_artifact: Path, tmp_path: Path) -> None:
     """The lifecycle of the classifier, for forecasts: the server follows the forecast champion pointer; a
     promoted model with the same contract is served within seconds while requests keep being answered; one with
-    another horizon is refused and the model in service keeps serving."""
+    another horizon is refused and the model in service keeps serving; ``POST /admin/reload`` (with the admin
+    token) looks at the pointer at once."""
     import threading
     import time
 
@@ -303,6 +304,7 @@ def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_art
     data = tmp_path / "data"
     promote(str(fc_artifact), data)
     env = {"BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(data), "SEQSERVE_RELOAD_INTERVAL_S": "0.3"}
+    env["SEQSERVE_ADMIN_TOKEN"] = "fc-secret"
     proc, url = start_bentoml(ROOT, env, tmp_path / "log.txt", target="service.forecast_service:SeqForecast")
     start, y = tourism(3)
     body = {"instances": [{"start": start, "target": y}], "configuration": {"output_types": ["mean"]}}
@@ -326,6 +328,8 @@ def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_art
         stop.set()
         thread.join(30)
         after = httpx.get(f"{url}/metadata").json()
+        refused = httpx.post(f"{url}/admin/reload")
+        reloaded = httpx.post(f"{url}/admin/reload", headers={"authorization": "Bearer fc-secret"})
         metrics = httpx.get(f"{url}/metrics").text
     finally:
         stop.set()
@@ -334,4 +338,6 @@ def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_art
     assert answers and all(status == 200 for status, _ in answers)
     assert {v for _, v in answers} == {version[fc_artifact], version[challenger]}
     assert answers[-1][1] == version[challenger] and after["model_version"] == version[challenger]
+    assert refused.status_code == 401
+    assert reloaded.status_code == 200 and reloaded.json()["model_version"] == version[challenger], reloaded.text
     assert "seqserve_model_swaps_total 1.0" in metrics and "seqserve_model_swap_failures_total 1.0" in metrics

@@ -33,8 +33,8 @@ DRIFT_ALERT = "SeqserveInputDrift"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def admin_routes(token: str, database: str) -> list[Route]:
-    queue = functools.cache(lambda: JobQueue(database))  # one connection per API worker, opened on first use
+def bearer(token: str) -> Callable[[Handler], Handler]:
+    """Wrap an admin handler: 404 without a token configured, 401 unless ``Authorization: Bearer <token>``."""
 
     def guarded(handler: Handler) -> Handler:
         async def check(request: Request) -> Response:
@@ -51,6 +51,22 @@ def admin_routes(token: str, database: str) -> list[Route]:
             return await handler(request)
 
         return check
+
+    return guarded
+
+
+def reload_route(token: str) -> Route:
+    """``POST /admin/reload`` for any task whose model service has a ``reload`` API (the champion pointer now)."""
+
+    async def reload(request: Request) -> Response:
+        return JSONResponse(await bentoml.get_current_service().model.to_async.reload())
+
+    return Route("/admin/reload", bearer(token)(reload), methods=["POST"])
+
+
+def admin_routes(token: str, database: str) -> list[Route]:
+    queue = functools.cache(lambda: JobQueue(database))  # one connection per API worker, opened on first use
+    guarded = bearer(token)
 
     def queued(trigger: str) -> JSONResponse:
         job, new = queue().enqueue(trigger)
@@ -75,11 +91,8 @@ def admin_routes(token: str, database: str) -> list[Route]:
             return JSONResponse({"queued": False, "reason": f"no firing {DRIFT_ALERT} alert"})
         return queued("alert")
 
-    async def reload(request: Request) -> Response:
-        return JSONResponse(await bentoml.get_current_service().model.to_async.reload())
-
     return [
         Route("/admin/retrain", guarded(retrain), methods=["GET", "POST"]),
         Route("/admin/alert", guarded(alert), methods=["POST"]),
-        Route("/admin/reload", guarded(reload), methods=["POST"]),
+        reload_route(token),
     ]

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.core.admin import reload_route
 from service.core.app import (
     api_service_config,
     boot,
@@ -72,7 +73,7 @@ MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
 MAX_SERIES = env_int("SEQSERVE_FORECAST_MAX_SERIES", 256, minimum=1)
 MAX_ANOMALY_POINTS = env_int("SEQSERVE_FORECAST_MAX_ANOMALY_POINTS", 10_000, minimum=1)
 MAX_POINTS = SETTINGS.max_request_steps
-JSON_PATHS = ("/forecast", "/anomalies", "/actuals")
+JSON_PATHS = ("/forecast", "/anomalies", "/actuals", "/admin/reload")
 STORE = ActualsStore(SETTINGS.data_dir)
 
 
@@ -290,6 +291,7 @@ routes = Starlette(
         Route("/actuals", actuals, methods=["POST"]),
         Route("/metadata", metadata, methods=["GET"]),
         *v2_routes(ForecastV2(ARTIFACT.meta, CALENDAR, MAX_LENGTH, MAX_SERIES, run_rows)),
+        reload_route(SETTINGS.admin_token),
     ]
 )
 
