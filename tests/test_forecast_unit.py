@@ -57,15 +57,16 @@ def test_row_layout_and_context_cut() -> None:
 
 def _model(seed: int = 0, kind: str = "quantile") -> torch.nn.Module:
     torch.manual_seed(seed)
-    make = {"quantile": Forecaster, "deepar": DeepAR, "ensemble": Forecaster}[kind]
+    make = {"quantile": Forecaster, "deepar": DeepAR, "ensemble": Forecaster, "log1p": Forecaster}[kind]
+    transform = "log1p" if kind == "log1p" else "none"
     members = [
-        make(FC.horizon, TIME_FEATURES, 0, window=8, period=4, base_seasons=2, hidden=16, layers=2)
+        make(FC.horizon, TIME_FEATURES, 0, window=8, period=4, base_seasons=2, hidden=16, layers=2, transform=transform)
         for _ in range(2 if kind == "ensemble" else 1)
     ]
     return (Ensemble(members) if kind == "ensemble" else members[0]).eval()
 
 
-@pytest.mark.parametrize("kind", ["quantile", "deepar", "ensemble"])
+@pytest.mark.parametrize("kind", ["quantile", "deepar", "ensemble", "log1p"])
 def test_a_series_forecast_does_not_change_when_batched_with_longer_ones(kind: str) -> None:
     model = _model(0, kind)
     rng = np.random.default_rng(0)
@@ -88,7 +89,7 @@ def test_a_series_forecast_does_not_change_when_batched_with_longer_ones(kind: s
     assert (np.diff(q, axis=-1) >= 0).all()  # quantiles never cross
 
 
-@pytest.mark.parametrize("kind", ["quantile", "deepar", "ensemble"])
+@pytest.mark.parametrize("kind", ["quantile", "deepar", "ensemble", "log1p"])
 def test_padding_values_do_not_leak_into_the_forecast(kind: str) -> None:
     model = _model(1, kind)
     row = build_row(FC, Calendar("Q"), np.linspace(10, 20, 9, dtype=np.float32), 0, None)

@@ -39,9 +39,12 @@ class Forecaster(nn.Module):
         head: int = 256,
         dropout: float = 0.1,
         quantiles: tuple[float, ...] = QUANTILES,
+        transform: str = "none",  # "log1p": the model works on log(1 + scaled value) (non-negative data)
     ) -> None:
         super().__init__()
         assert 0.5 in quantiles, "the quantile grid needs the median"
+        assert transform in ("none", "log1p"), transform
+        self.transform = transform
         self.horizon, self.window, self.covariates, self.time_features = horizon, window, covariates, time_features
         self.quantiles = tuple(quantiles)
         self.mid = self.quantiles.index(0.5)
@@ -65,11 +68,20 @@ class Forecaster(nn.Module):
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return y0 / scale, observed.float(), scale
 
+    def to_model(self, v: torch.Tensor) -> torch.Tensor:
+        """Scaled values into the model's space (``log1p``: log(1 + v), v clamped above -1)."""
+        return torch.log1p(v.clamp(min=-0.999)) if self.transform == "log1p" else v
+
+    def from_model(self, v: torch.Tensor) -> torch.Tensor:
+        """The inverse (monotone: quantiles stay in order)."""
+        return torch.expm1(v) if self.transform == "log1p" else v
+
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         """Steps 1 and 2 and the head's inputs: the encoder's state at each row's last history step, the last
         ``window`` scaled values and flags, the future known features, the base and the scale."""
         hist = lengths - self.horizon
         ys, observed, scale = self.scaled(x[..., 0], hist)
+        ys = self.to_model(ys) * observed
         known = x[..., 1:]
         if self.covariates:
             cov = (known[..., self.time_features :] - self.cov_mean) / self.cov_std
@@ -102,7 +114,7 @@ class Forecaster(nn.Module):
         steps = nn.functional.softplus(z)
         upper = median + torch.cumsum(steps[..., self.mid + 1 :], -1)
         lower = median - torch.flip(torch.cumsum(torch.flip(steps[..., : self.mid], [-1]), -1), [-1])
-        return torch.cat([lower, median, upper], -1) * e["scale"].unsqueeze(-1)
+        return self.from_model(torch.cat([lower, median, upper], -1)) * e["scale"].unsqueeze(-1)
 
     def loss(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Training loss per element ``[B, H, Q]`` in each row's scaled units: the pinball loss of the grid."""
@@ -168,12 +180,12 @@ class DeepAR(Forecaster):
         _, _, paths = self.walk(rows, None, noise)
         paths, _ = torch.sort(paths.view(-1, n, self.horizon), dim=1)
         q = paths[:, self.lo] * (1 - self.frac.view(1, -1, 1)) + paths[:, self.hi] * self.frac.view(1, -1, 1)
-        return q.transpose(1, 2) * e["scale"].unsqueeze(-1)
+        return self.from_model(q.transpose(1, 2)) * e["scale"].unsqueeze(-1)
 
     def loss(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Gaussian negative log-likelihood per step ``[B, H, 1]`` in scaled units (0 where the target is NaN)."""
         e = self.encode(x, lengths)
-        y = target / e["scale"]
+        y = self.to_model(target / e["scale"])
         mean, spread, _ = self.walk(e, y, None)
         nll = 0.5 * ((y - mean) / spread) ** 2 + torch.log(spread)
         return torch.where(torch.isfinite(nll), nll, torch.zeros_like(nll)).unsqueeze(-1)

@@ -73,6 +73,12 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
         default=1,
         help="members trained from different starts, their quantiles averaged (the time budget shared)",
     )
+    p.add_argument(
+        "--transform",
+        default="none",
+        choices=["none", "log1p", "auto"],
+        help="log1p: the model works on log(1 + value / scale); auto: log1p when the training data is non-negative",
+    )
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.1)
@@ -254,6 +260,7 @@ def build_model(cfg: dict) -> Forecaster:
         cfg["layers"],
         dropout=cfg["dropout"],
         quantiles=tuple(cfg["quantiles"]),
+        transform=cfg.get("transform", "none"),
     )
 
 
@@ -337,13 +344,15 @@ def train_forecast(args: argparse.Namespace) -> dict:
         train_panel, horizon, max(1, min(4, context // period))
     )
     window = min(context, max(window, seasons * base_period))
+    non_negative = all(np.nanmin(y, initial=0.0) >= 0 for y in train_panel.values)
+    transform = ("log1p" if non_negative else "none") if args.transform == "auto" else args.transform
     median_length = float(np.median([len(y) for y in train_panel.values]))
     half_life = args.half_life if args.half_life >= 0 else median_length / 8
     lengths = [len(y) for y in panel.values]
     log(
         f"data {panel.source}: {len(panel)} series, lengths {min(lengths)}-{max(lengths)}, frequency "
         f"{panel.calendar.freq} (period {period}), horizon {horizon}, context {context}, window {window}, "
-        f"base {describe_base(base_period, seasons)}, half-life {half_life:g}, "
+        f"base {describe_base(base_period, seasons)}, transform {transform}, half-life {half_life:g}, "
         f"covariates {panel.covariate_names or 'none'}, "
         f"holdout {args.holdout}"
     )
@@ -361,6 +370,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "base_period": base_period,
         "head": args.head,
         "ensemble": args.ensemble,
+        "transform": transform,
         "hidden": args.hidden,
         "layers": args.layers,
         "dropout": args.dropout,
