@@ -208,6 +208,12 @@ def row(label: str, s: dict, seconds: object) -> str:
     return f"| {label} | {s['mase']:.3f} | {s['smape']:.2f} | {s['pinball']:.4f} | {s['coverage_80']:.3f} | {seconds} |"
 
 
+def seed_rows(label: str, runs: dict) -> list[str]:
+    return [
+        row(f"{label}, seed {seed}", m["test"], m.get("wall_seconds", m["train_seconds"])) for seed, m in runs.items()
+    ]
+
+
 def render(result: dict) -> str:
     lines = [
         "# Forecasting and anomaly detection: measured",
@@ -227,15 +233,11 @@ def render(result: dict) -> str:
             "| model | MASE | sMAPE | pinball | coverage 80% | seconds |",
             "|---|---|---|---|---|---|",
         ]
-        for seed, m in r["seeds"].items():
-            t = m["test"]
-            lines.append(row(f"LSTM quantile, seed {seed}", t, m.get("wall_seconds", m["train_seconds"])))
+        lines += seed_rows("LSTM quantile", r["seeds"])
         med = r["median"]
         lines.append(row("**LSTM quantile (default), median of seeds**", med, ""))
         for variant, v in r.get("variants", {}).items():
-            for seed, m in v["seeds"].items():
-                t = m["test"]
-                lines.append(row(f"LSTM {variant}, seed {seed}", t, m.get("wall_seconds", m["train_seconds"])))
+            lines += seed_rows(f"LSTM {variant}", v["seeds"])
             lines.append(row(f"LSTM {variant}, median of seeds", v["median"], ""))
         for model, b in r.get("baselines", {}).items():
             n = b.get("naive_filled_series", 0)

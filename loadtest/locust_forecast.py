@@ -8,9 +8,7 @@ covariates (``dynamic_feat``) over history + horizon when the model has any, ask
 Environment:
   LOADTEST_DATA          an fpp3 set name (tourism, aus_retail, vic_elec) or a long CSV file (the training's format)
   LOADTEST_SERIES_PER_REQUEST  series per request (default 1)
-  LOADTEST_STEPS         number of user steps in the ramp (default 4)
-  LOADTEST_STEP_USERS    users added per step (default 16)
-  LOADTEST_STEP_SECONDS  seconds per step (default 10); the test stops by itself after STEPS x STEP_SECONDS
+  LOADTEST_STEPS, LOADTEST_STEP_USERS, LOADTEST_STEP_SECONDS: the bounded ramp (loadtest/locust_common.py)
 """
 
 from __future__ import annotations
@@ -18,16 +16,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import urllib.request
-from urllib.parse import urlparse
 
 import numpy as np
-from locust import LoadTestShape, events, task
+from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-STEPS = int(os.environ.get("LOADTEST_STEPS", 4))
-STEP_USERS = int(os.environ.get("LOADTEST_STEP_USERS", 16))
-STEP_SECONDS = float(os.environ.get("LOADTEST_STEP_SECONDS", 10))
+from loadtest.locust_common import StepRamp, served_metadata  # noqa: F401  (Locust finds the shape here)
+
 PER_REQUEST = int(os.environ.get("LOADTEST_SERIES_PER_REQUEST", 1))
 BODIES: list[bytes] = []  # built at test start, once the served model's /metadata is known
 QUANTILES = ["0.1", "0.5", "0.9"]
@@ -57,11 +52,7 @@ def instances(meta: dict, data: str) -> list[dict]:
 
 @events.test_start.add_listener
 def check_target(environment, **_: object) -> None:  # noqa: ANN001
-    host = urlparse(environment.host or "").hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit(f"load tests hit loopback only; --host is {environment.host!r}")
-    with urllib.request.urlopen(environment.host + "/metadata", timeout=30) as r:
-        meta = json.loads(r.read())
+    meta = served_metadata(environment.host)
     if meta.get("task") != "forecast":
         raise SystemExit(f"{environment.host} serves task {meta.get('task')!r}, not forecast")
     data = os.environ.get("LOADTEST_DATA") or (meta.get("training_data") or {}).get("data")
@@ -95,13 +86,3 @@ class ForecastUser(FastHttpUser):
                 r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
             elif len(r.json()["predictions"]) != PER_REQUEST:
                 r.failure("wrong number of predictions")
-
-
-class StepRamp(LoadTestShape):
-    """STEP_USERS more users every STEP_SECONDS, STEPS times; then stop."""
-
-    def tick(self) -> tuple[int, float] | None:
-        step = int(self.get_run_time() // STEP_SECONDS)
-        if step >= STEPS:
-            return None
-        return (step + 1) * STEP_USERS, float(STEP_USERS)

@@ -4,29 +4,22 @@ Environment:
   LOADTEST_PROFILE   jv (the sequences as they are) | longtail (a tenth stretched 10-40x); default jv
   LOADTEST_DATA      a .ts/.jsonl file to send; default: JapaneseVowels if the served model takes 12 features,
                      else sequences generated from the model's /metadata (loadtest/workload.py)
-  LOADTEST_STEPS     number of user steps in the ramp (default 4)
-  LOADTEST_STEP_USERS users added per step (default 16)
-  LOADTEST_STEP_SECONDS seconds per step (default 10); the test stops by itself after STEPS x STEP_SECONDS
+  LOADTEST_STEPS, LOADTEST_STEP_USERS, LOADTEST_STEP_SECONDS: the bounded ramp (loadtest/locust_common.py)
   LOADTEST_SEQS_PER_REQUEST sequences per request (default 1)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import urllib.request
-from urllib.parse import urlparse
 
-from locust import LoadTestShape, events, task
+from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 
 from loadtest import workload
+from loadtest.locust_common import StepRamp, served_metadata  # noqa: F401  (Locust finds the shape here)
 
 PROFILE = os.environ.get("LOADTEST_PROFILE", "jv")
-STEPS = int(os.environ.get("LOADTEST_STEPS", 4))
-STEP_USERS = int(os.environ.get("LOADTEST_STEP_USERS", 16))
-STEP_SECONDS = float(os.environ.get("LOADTEST_STEP_SECONDS", 10))
 PER_REQUEST = int(os.environ.get("LOADTEST_SEQS_PER_REQUEST", 1))
 DATA = os.environ.get("LOADTEST_DATA") or None
 BODIES: list[bytes] = []  # built at test start, once the served model's /metadata is known
@@ -34,11 +27,7 @@ BODIES: list[bytes] = []  # built at test start, once the served model's /metada
 
 @events.test_start.add_listener
 def check_target(environment, **_: object) -> None:  # noqa: ANN001
-    host = urlparse(environment.host or "").hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit(f"load tests hit loopback only; --host is {environment.host!r}")
-    with urllib.request.urlopen(environment.host + "/metadata", timeout=30) as r:
-        meta = json.loads(r.read())
+    meta = served_metadata(environment.host)
     try:
         seqs = workload.sequences(PROFILE, meta=meta, data=DATA)
     except ValueError as e:
@@ -72,13 +61,3 @@ class SeqUser(FastHttpUser):
                 r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
             elif len(r.json()) != PER_REQUEST:
                 r.failure("wrong number of results")
-
-
-class StepRamp(LoadTestShape):
-    """STEP_USERS more users every STEP_SECONDS, STEPS times; then stop."""
-
-    def tick(self) -> tuple[int, float] | None:
-        step = int(self.get_run_time() // STEP_SECONDS)
-        if step >= STEPS:
-            return None
-        return (step + 1) * STEP_USERS, float(STEP_USERS)

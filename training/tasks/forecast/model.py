@@ -81,7 +81,7 @@ class Forecaster(nn.Module):
         ``window`` scaled values and flags, the future known features, the base and the scale."""
         hist = lengths - self.horizon
         ys, observed, scale = self.scaled(x[..., 0], hist)
-        ys = self.to_model(ys) * observed
+        ys = self.to_model(ys)  # 0 where not counted stays 0 (log1p(0) = 0)
         known = x[..., 1:]
         if self.covariates:
             cov = (known[..., self.time_features :] - self.cov_mean) / self.cov_std

@@ -378,13 +378,13 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "covariates": panel.covariate_names,
     }
     model = build_model(arch)
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
     if panel.covariate_names:
         flat = np.concatenate(train_panel.covariates)
-        for m in model.members if isinstance(model, Ensemble) else [model]:
+        for m in members:
             m.cov_mean.copy_(torch.from_numpy(flat.mean(0)))
             m.cov_std.copy_(torch.from_numpy(np.maximum(flat.std(0), 1e-6)))
     model.to(device)
-    members = list(model.members) if isinstance(model, Ensemble) else [model]
     log(
         f"{len(w['x'])} training windows; {len(members)} member(s) of "
         f"{sum(p.numel() for p in members[0].parameters())} parameters"
