@@ -272,3 +272,17 @@ def test_histories_are_cut_short_as_the_service_would_send_them() -> None:
         assert (cut[i, keep + 3 :] == 0).all()
     same, same_len = truncate_histories(x, lengths, 3, 0.0, np.random.default_rng(1))
     assert torch.equal(same, x) and torch.equal(same_len, lengths)
+
+
+def test_batches_are_drawn_in_proportion_to_the_windows_weights() -> None:
+    """``--sampling weighted``: a window's share of the draws is its share of the weight (never drawn at 0);
+    ``uniform`` draws every window alike."""
+    from training.tasks.forecast.train import draw_rows
+
+    weights = np.array([0.0, 1.0, 3.0, 0.0, 6.0], np.float32)
+    rows = draw_rows(weights, 200_000, np.random.default_rng(0))
+    share = np.bincount(rows, minlength=5) / len(rows)
+    assert np.abs(share - weights / weights.sum()).max() < 0.01, share
+    assert share[0] == 0 and share[3] == 0
+    flat = np.bincount(draw_rows(weights, 100_000, np.random.default_rng(0), weighted=False), minlength=5)
+    assert np.abs(flat / flat.sum() - 0.2).max() < 0.01, flat

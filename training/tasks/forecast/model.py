@@ -40,6 +40,7 @@ class Forecaster(nn.Module):
         dropout: float = 0.1,
         quantiles: tuple[float, ...] = QUANTILES,
         transform: str = "none",  # "log1p": the model works on log(1 + scaled value) (non-negative data)
+        head_dropout: float | None = None,  # the head's own (None: ``dropout``)
     ) -> None:
         super().__init__()
         assert 0.5 in quantiles, "the quantile grid needs the median"
@@ -55,7 +56,10 @@ class Forecaster(nn.Module):
         self.rnn = nn.LSTM(2 + time_features + covariates, hidden, layers, batch_first=True, dropout=dropout)
         n_in = hidden + 2 * window + horizon * (time_features + covariates)
         self.head = nn.Sequential(
-            nn.Linear(n_in, head), nn.ReLU(), nn.Dropout(dropout), nn.Linear(head, horizon * len(self.quantiles))
+            nn.Linear(n_in, head),
+            nn.ReLU(),
+            nn.Dropout(dropout if head_dropout is None else head_dropout),
+            nn.Linear(head, horizon * len(self.quantiles)),
         )
 
     def scaled(self, y: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,7 +9,8 @@ A linear script:
   shorter near the series start: variable lengths, right-padded, exact) and the ``horizon`` values after it;
 * each window weighs as MASE weighs its errors (its scale over its series' seasonal-naive MAE) and, by default,
   half as much every eighth of the median series length back from its series' end (``--half-life``: recent
-  behaviour counts more; tourism MASE 1.02 -> 0.95 with it);
+  behaviour counts more; tourism MASE 1.02 -> 0.95 with it); batches are drawn in proportion to these weights
+  (``--sampling weighted``, ``draw_rows``), so no step is spent on windows that barely count;
 * the median starts from the mean of the last K seasons when such a mean (K >= 2) beats seasonal naive on the
   training data's last horizon (``pick_base_seasons``; ``--base-seasons`` overrides);
 * AdamW on the pinball loss of the quantile grid in each window's scaled units, a cosine learning rate over
@@ -82,11 +83,25 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument(
+        "--head-dropout",
+        type=float,
+        default=-1.0,
+        help="dropout before the quantile head's last layer (-1: --dropout); the spread it adds in training is "
+        "not there when serving",
+    )
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps; the learning-rate schedule spans them")
     p.add_argument("--time-budget", type=float, default=600.0, help="seconds; the run stops (annealed) by then")
     p.add_argument("--weighting", default="mase", choices=["mase", "none"], help="mase: weigh windows as MASE does")
+    p.add_argument(
+        "--sampling",
+        default="weighted",
+        choices=["weighted", "uniform"],
+        help="weighted: batches drawn in proportion to the windows' weights (each then counts once); uniform: "
+        "drawn uniformly, each window's loss multiplied by its weight (the same objective, noisier)",
+    )
     p.add_argument(
         "--half-life",
         type=float,
@@ -259,6 +274,7 @@ def build_model(cfg: dict) -> Forecaster:
         cfg["hidden"],
         cfg["layers"],
         dropout=cfg["dropout"],
+        head_dropout=None if cfg.get("head_dropout", -1.0) < 0 else cfg["head_dropout"],
         quantiles=tuple(cfg["quantiles"]),
         transform=cfg.get("transform", "none"),
     )
@@ -270,6 +286,16 @@ def load_forecaster(path: Path) -> tuple[Forecaster, dict, dict]:
     model = build_model(ck["config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck["config"], ck.get("metrics", {})
+
+
+def draw_rows(weights: np.ndarray, batch: int, rng: np.random.Generator, weighted: bool = True) -> np.ndarray:
+    """A batch of window indices: in proportion to ``weights`` (importance sampling: the weighted loss's
+    expectation, with the batch spent on the windows that count: under recency weighting the windows' effective
+    number is about a quarter of their count, so uniform draws waste most rows), or uniformly."""
+    if not weighted:
+        return rng.integers(0, len(weights), batch)
+    cdf = np.cumsum(weights, dtype=np.float64)
+    return np.minimum(np.searchsorted(cdf, rng.random(batch) * cdf[-1], side="right"), len(weights) - 1)
 
 
 def fit(
@@ -284,7 +310,8 @@ def fit(
     """AdamW on the model's loss (``Forecaster.loss``), each window weighed, a cosine learning rate over
     ``args.steps``; by ``budget_end`` (seconds since the epoch) it anneals over 5% more steps and stops."""
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    n = len(tensors["x"])
+    weighted = args.sampling == "weighted"
+    weights = tensors["weight"].cpu().numpy()
     curve_steps, curve = [], []
     stopped_by, running, step, planned = "steps", 0.0, 0, args.steps
     bar = progress_bar()(total=args.steps, desc=desc, unit="step")
@@ -292,8 +319,10 @@ def fit(
         frac = step / planned
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        idx = torch.from_numpy(rng.integers(0, n, args.batch)).to(tensors["x"].device)
-        b = {k: v[idx] for k, v in tensors.items()}
+        rows = draw_rows(weights, args.batch, rng, weighted)
+        b = {k: v[torch.from_numpy(rows).to(v.device)] for k, v in tensors.items()}
+        if weighted:  # drawn in proportion to the weight: each row now counts once
+            b["weight"] = torch.ones_like(b["weight"])
         if args.truncate > 0:
             b["x"], b["lengths"] = truncate_histories(b["x"], b["lengths"], horizon, args.truncate, rng)
         model.train(frac < 1 - args.settle)
@@ -374,6 +403,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "hidden": args.hidden,
         "layers": args.layers,
         "dropout": args.dropout,
+        "head_dropout": args.head_dropout,
         "quantiles": list(QUANTILES),
         "covariates": panel.covariate_names,
     }
@@ -430,6 +460,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "ids": split_list(args.ids),
         "half_life": half_life,
         "weighting": args.weighting,
+        "sampling": args.sampling,
         "holdout": args.holdout,
         "seed": args.seed,
         "series": len(panel),
