@@ -256,7 +256,13 @@ def render(result: dict) -> str:
         for model, b in r.get("baselines", {}).items():
             n = b.get("naive_filled_series", 0)
             lines.append(row(model + (f" ({n} series naive-filled)" if n else ""), b, b["seconds"]))
-        lines += ["", f"Target: MASE < {TARGETS[name]}: **{'met' if med['mase'] < TARGETS[name] else 'not met'}**.", ""]
+        verdict = "met" if med["mase"] < TARGETS[name] else "not met"
+        line = f"Target (issue 24's figure): MASE < {TARGETS[name]}: **{verdict}** ({med['mase']:.4f})."
+        if r.get("baselines"):
+            best, b = min(r["baselines"].items(), key=lambda kv: kv[1]["mase"])
+            beaten = "beaten" if med["mase"] < b["mase"] else "not beaten"
+            line += f" The best baseline measured in this run, {best} {b['mase']:.4f}: {beaten}."
+        lines += ["", line, ""]
     if result.get("anomalies"):
         lines += [
             "## Anomalies (one-step 96% interval)",
