@@ -30,7 +30,8 @@ from service.tasks.forecast import anomalies
 from service.tasks.forecast.engine import build_row
 from training.tasks.forecast.data import PRESETS, load_panel, split
 from training.tasks.forecast.evaluate import series_scores, summarise
-from training.tasks.forecast.train import contract, load_forecaster, predict
+from training.tasks.forecast.train import load_forecaster, predict
+from training.tasks.forecast.windows import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"tourism": 0.954, "aus_retail": 1.269}  # the best statistical baseline's MASE (issue 24)

@@ -200,7 +200,7 @@ def test_the_base_is_picked_on_the_data() -> None:
     (aus_retail: seasonal naive wins, the head reads it), the last value on a smooth series forecast one step
     ahead (the UCR series' normal part); and the naive base map puts all weight on the last value."""
     from training.tasks.forecast.model import base_map
-    from training.tasks.forecast.train import parse_base, pick_base
+    from training.tasks.forecast.windows import parse_base, pick_base
 
     tourism, _ = split(load_panel("tourism"), 8)
     assert pick_base(tourism, 8, 4) == (4, 3)
@@ -259,7 +259,7 @@ def test_deepar_learns_a_step_distribution_and_its_paths_give_the_quantiles() ->
 
 def test_histories_are_cut_short_as_the_service_would_send_them() -> None:
     """``--truncate``: a row keeps the last k steps of its history with its future right behind, zeros after."""
-    from training.tasks.forecast.train import truncate_histories
+    from training.tasks.forecast.windows import truncate_histories
 
     x = torch.arange(2 * 10 * 2, dtype=torch.float32).view(2, 10, 2)
     lengths = torch.tensor([10, 7])

@@ -30,7 +30,8 @@ from service.tasks.forecast.calendar import Calendar
 from training.onnx import OPSET, ParityError, content_version, cpu_session
 from training.tasks.forecast.data import load_panel
 from training.tasks.forecast.model import Forecaster
-from training.tasks.forecast.train import contract, load_forecaster, windows
+from training.tasks.forecast.train import load_forecaster
+from training.tasks.forecast.windows import contract, windows
 
 MODEL_NAME = "forecaster"
 TOLERANCE = 1e-4  # relative to the row's largest quantile (float32 through a 2-layer LSTM and the head)
