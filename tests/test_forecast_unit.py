@@ -286,3 +286,37 @@ def test_batches_are_drawn_in_proportion_to_the_windows_weights() -> None:
     assert share[0] == 0 and share[3] == 0
     flat = np.bincount(draw_rows(weights, 100_000, np.random.default_rng(0), weighted=False), minlength=5)
     assert np.abs(flat / flat.sum() - 0.2).max() < 0.01, flat
+
+
+def test_interval_weights_weigh_the_interval_not_the_median() -> None:
+    """``--width-recency``: the interval's quantiles weigh ``widths`` in each row, the median 1; ``widths`` of 1
+    change nothing; the weights keep the batches' mean weight and fall with a window's age."""
+    from training.tasks.forecast.train import interval_weights
+
+    model = _model(2, "quantile").train()
+    cal = Calendar("Q")
+    rng = np.random.default_rng(2)
+    rows = [build_row(FC, cal, rng.uniform(50, 150, 12).astype(np.float32), 0, None) for _ in range(4)]
+    x = torch.from_numpy(np.stack(rows))
+    lengths = torch.full((4,), rows[0].shape[0])
+    target = torch.from_numpy(rng.uniform(50, 150, (4, FC.horizon)).astype(np.float32))
+
+    def loss(**kw: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)  # the same dropout in each call
+        with torch.no_grad():
+            return model.loss(x, lengths, target, **kw)
+
+    plain = loss()
+    assert plain.shape == (4, FC.horizon, len(QUANTILES))
+    assert torch.equal(plain, loss(widths=torch.ones(4)))
+    weighted = loss(widths=torch.tensor([0.0, 0.5, 2.0, 3.0]))
+    mid = QUANTILES.index(0.5)
+    assert torch.equal(weighted[..., mid], plain[..., mid])
+    assert torch.allclose(weighted[1, :, :mid], 0.5 * plain[1, :, :mid])
+    assert torch.allclose(weighted[3, :, mid + 1 :], 3.0 * plain[3, :, mid + 1 :])
+    assert float(weighted[0, :, :mid].abs().max()) == 0.0
+    age = np.array([0, 10, 20, 40], np.float32)
+    weight = np.array([1.0, 0.5, 0.25, 0.0625], np.float32)
+    iw = interval_weights(age, weight, 10.0, 0.5)
+    assert np.isclose((iw * weight).sum(), weight.sum()) and iw[0] > iw[1] > iw[2] > iw[3]
+    assert (interval_weights(age, weight, 10.0, 0.0) == 1).all()

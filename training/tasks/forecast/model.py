@@ -112,19 +112,32 @@ class Forecaster(nn.Module):
         then its ``horizon`` future steps; ``lengths`` = history + horizon. Quantiles ``[B, H, Q]`` in the
         series' own units."""
         e = self.encode(x, lengths)
-        z = self.head(torch.cat([e["state"], e["values"], e["flags"], e["future"].flatten(1)], 1))
-        z = z.view(-1, self.horizon, len(self.quantiles))
+        return self.decode(e, torch.cat([e["state"], e["values"], e["flags"], e["future"].flatten(1)], 1))
+
+    def decode(self, e: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        """The head: the encoder's ``features`` -> quantiles ``[B, H, Q]`` (a median plus steps that never cross)."""
+        z = self.head(features).view(-1, self.horizon, len(self.quantiles))
         median = z[..., self.mid : self.mid + 1] + e["base"].unsqueeze(-1)
         steps = nn.functional.softplus(z)
         upper = median + torch.cumsum(steps[..., self.mid + 1 :], -1)
         lower = median - torch.flip(torch.cumsum(torch.flip(steps[..., : self.mid], [-1]), -1), [-1])
         return self.from_model(torch.cat([lower, median, upper], -1)) * e["scale"].unsqueeze(-1)
 
-    def loss(self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Training loss per element ``[B, H, Q]`` in each row's scaled units: the pinball loss of the grid."""
-        _, _, scale = self.scaled(x[..., 0], lengths - self.horizon)
+    def loss(
+        self, x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor, widths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Training loss per element ``[B, H, Q]`` in each row's scaled units: the pinball loss of the grid
+        (``widths`` ``[B]``: the interval's quantiles, all but the median, weigh that much in each row)."""
+        e = self.encode(x, lengths)
+        features = torch.cat([e["state"], e["values"], e["flags"], e["future"].flatten(1)], 1)
+        scale = e["scale"]  # [B, 1]
         qs = torch.tensor(self.quantiles, device=x.device)
-        return pinball(self(x, lengths) / scale.unsqueeze(-1), target / scale, qs)
+        out = pinball(self.decode(e, features) / scale.unsqueeze(-1), target / scale, qs)
+        if widths is None:
+            return out
+        weights = widths.view(-1, 1, 1).expand(-1, 1, len(self.quantiles)).clone()
+        weights[..., self.mid] = 1.0
+        return out * weights
 
 
 class DeepAR(Forecaster):

@@ -96,6 +96,13 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
         help="dropout before the quantile head's last layer (-1: --dropout); the spread it adds in training is "
         "not there when serving",
     )
+    p.add_argument(
+        "--width-recency",
+        type=float,
+        default=0.0,
+        help="> 0: the interval's quantiles weigh recency with a half-life this many times --half-life (the "
+        "median keeps --half-life): intervals as wide as the recent past (docs/forecasting.md; 0: off)",
+    )
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps; the learning-rate schedule spans them")
@@ -172,6 +179,16 @@ def load_forecaster(path: Path) -> tuple[Forecaster, dict, dict]:
     return model.eval(), ck["config"], ck.get("metrics", {})
 
 
+def interval_weights(age: np.ndarray, weight: np.ndarray, half_life: float, recency: float) -> np.ndarray:
+    """Per window, how much the interval's quantiles weigh against its median (``--width-recency``): the ratio of
+    a half-life ``recency`` times ``half_life`` to ``half_life`` itself, scaled so that the batches, drawn by
+    ``weight``, weigh the interval as much as before on average (all 1 when off)."""
+    if recency <= 0 or half_life <= 0:
+        return np.ones_like(weight)
+    ratio = 0.5 ** (age / (half_life * recency) - age / half_life)
+    return (ratio * weight.sum() / (weight * ratio).sum()).astype(np.float32)
+
+
 def draw_rows(weights: np.ndarray, batch: int, rng: np.random.Generator, weighted: bool = True) -> np.ndarray:
     """A batch of window indices: in proportion to ``weights`` (importance sampling: the weighted loss's
     expectation, with the batch spent on the windows that count: under recency weighting the windows' effective
@@ -210,7 +227,8 @@ def fit(
         if args.truncate > 0:
             b["x"], b["lengths"] = truncate_histories(b["x"], b["lengths"], horizon, args.truncate, rng)
         model.train(frac < 1 - args.settle)
-        loss_el = model.loss(b["x"], b["lengths"], b["target"])
+        widths = {"widths": b["widths"]} if args.width_recency > 0 else {}
+        loss_el = model.loss(b["x"], b["lengths"], b["target"], **widths)
         counted = torch.isfinite(b["target"]).float().unsqueeze(-1).expand_as(loss_el)
         loss = (loss_el * b["weight"].view(-1, 1, 1)).sum() / counted.sum().clamp(min=1)
         opt.zero_grad()
@@ -231,6 +249,8 @@ def fit(
 
 
 def train_forecast(args: argparse.Namespace) -> dict:
+    if args.width_recency > 0 and args.head == "deepar":
+        raise ValueError("--width-recency weighs a quantile grid: it does not apply to --head deepar")
     started = time.time()
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -274,6 +294,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
     if args.weighting == "none":
         w["weight"][:] = 1.0
     w["weight"] = (w["weight"] / w["weight"].mean()).astype(np.float32)
+    w["widths"] = interval_weights(w.pop("age"), w["weight"], half_life, args.width_recency)
     # what build_model reads, kept in the checkpoint's config: the model trained is the model loaded
     arch = {
         "period": period,
@@ -344,6 +365,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "ids": split_list(args.ids),
         "half_life": half_life,
         "weighting": args.weighting,
+        "width_recency": args.width_recency,
         "sampling": args.sampling,
         "holdout": args.holdout,
         "seed": args.seed,

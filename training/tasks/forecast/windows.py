@@ -43,7 +43,7 @@ def windows(panel: Panel, fc: Forecasting, ends: bool = False, half_life: float 
     (mean absolute history) over its series' seasonal-naive MAE, so the scaled loss weighs errors as MASE does,
     halved every ``half_life`` steps back from the series' end (0: no recency weighting)."""
     h, context = fc.horizon, fc.context
-    xs, lengths, targets, weights = [], [], [], []
+    xs, lengths, targets, weights, ages = [], [], [], [], []
     for i, y in enumerate(panel.values):
         n = len(y)
         naive = naive_scale(y, panel.calendar.period)
@@ -63,6 +63,7 @@ def windows(panel: Panel, fc: Forecasting, ends: bool = False, half_life: float 
             level = np.nanmean(np.abs(row[:-h, 0])) if np.isfinite(row[:-h, 0]).any() else 1.0
             recency = 0.5 ** ((n - h - t) / half_life) if half_life > 0 else 1.0
             weights.append(recency * (level / naive if level > 0 else 1.0))
+            ages.append(n - h - t)
     if not xs:
         raise ValueError(f"no training windows: every series is shorter than horizon + 1 ({h + 1}) or has no values")
     return {
@@ -70,6 +71,7 @@ def windows(panel: Panel, fc: Forecasting, ends: bool = False, half_life: float 
         "lengths": np.array(lengths, np.int64),
         "target": np.stack(targets).astype(np.float32),
         "weight": np.array(weights, np.float32),
+        "age": np.array(ages, np.float32),
     }
 
 
