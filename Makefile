@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -93,6 +93,16 @@ serve-forecast: venv ## train and export the forecaster if needed, serve /foreca
 	$(PY) -m export.promote $(FC_ARTIFACT) --store
 	$(VENV)/bin/bentoml serve service.forecast_service:SeqForecast --host $(HOST) --port $(PORT) \
 	  --timeout-graceful-shutdown $(GRACE_S)
+
+TR_RUN ?= runs/translate
+TR_ARGS ?=
+trans-de-en: ## install the Ding German-English dictionary (Debian trans-de-en: the translator's pairs) if missing
+	@if [ ! -f /usr/share/trans/de-en ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends trans-de-en; \
+	fi
+
+train-translate: venv trans-de-en ## train the German -> English translator (TR_RUN, TR_ARGS; <= 15 min on 2 cores)
+	$(PY) -m training translate --out $(TR_RUN) $(TR_ARGS)
 
 # The forecaster vs statsforecast's baselines (3 seeds x tourism, aus_retail; baselines in bench/venvs/statsforecast)
 # and the anomaly detector on aeon's labelled series: docs/forecasting.md + .json (~30-40 minutes on 2 cores).

@@ -47,7 +47,7 @@ def test_a_language_model_artifact_round_trips(lm_artifact: Path) -> None:
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda d: d.update(task="translate"), "task 'translate' is not one of"),
+        (lambda d: d.update(task="summarise"), "task .summarise. is not one of"),
         (lambda d: d.pop("generation"), "missing field 'generation'"),
         (lambda d: d["generation"].pop("hidden"), "missing field 'generation.hidden'"),
         (lambda d: d["generation"].update(rnn="rnn"), "generation.rnn must be 'lstm' or 'gru'"),

@@ -39,6 +39,7 @@ ENTRIES = {
     "classify": "service.service:SeqServe",
     "generate": "service.generate_service:SeqGenerate",
     "forecast": "service.forecast_service:SeqForecast",
+    "translate": "service.translate_service:SeqTranslate",
 }
 TASKS = tuple(ENTRIES)
 
@@ -123,6 +124,44 @@ class Forecasting:
 
 
 @dataclass(frozen=True)
+class Translation:
+    """A translator's serving contract (task ``translate``): ``encoder.onnx`` reads ``src`` ``[B, S]`` and
+    ``lengths`` and gives ``memory``, ``keys``, ``mask`` and the decoder's first state; ``model.onnx`` is the decoder
+    step (``token``, ``feed``, ``memory``, ``keys``, ``mask``, state -> ``log_probs``, ``feed``, ``attention``,
+    state). The tokenizer (``tokenizer.model`` for sentencepiece) ships beside them."""
+
+    tokenizer: str  # "sentencepiece" | "chars"
+    vocab: list[str]  # token id -> piece; ids 0-3 are <pad>, <unk>, <s>, </s>
+    rnn: str  # "lstm" | "gru" (the decoder's state: h, or h and c)
+    dec_layers: int
+    hidden: int
+    attention: str  # "bahdanau" | "luong"
+    max_source_tokens: int
+    max_target_tokens: int
+    files_sha256: dict[str, str] = field(default_factory=dict)  # encoder.onnx, tokenizer.model
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str) -> Translation:
+        missing = [k for k in cls.__dataclass_fields__ if k not in d and k != "files_sha256"]
+        if missing:
+            raise ContractError(f"{source}: missing field 'translation.{missing[0]}'")
+        if d["tokenizer"] not in ("sentencepiece", "chars"):
+            raise ContractError(f"{source}: translation.tokenizer must be 'sentencepiece' or 'chars'")
+        if not isinstance(d["vocab"], list) or len(d["vocab"]) < 5 or not all(isinstance(v, str) for v in d["vocab"]):
+            raise ContractError(f"{source}: translation.vocab must be a list of at least 5 strings")
+        if d["rnn"] not in ("lstm", "gru"):
+            raise ContractError(f"{source}: translation.rnn must be 'lstm' or 'gru', got {d['rnn']!r}")
+        for k in ("dec_layers", "hidden", "max_source_tokens", "max_target_tokens"):
+            if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1:
+                raise ContractError(f"{source}: translation.{k} must be a positive integer")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    @property
+    def state_names(self) -> list[str]:
+        return ["h", "c"] if self.rnn == "lstm" else ["h"]
+
+
+@dataclass(frozen=True)
 class ArtifactMeta:
     schema_version: int
     model_name: str
@@ -137,6 +176,7 @@ class ArtifactMeta:
     task: str = "classify"
     generation: Generation | None = None  # task "generate" only
     forecasting: Forecasting | None = None  # task "forecast" only
+    translation: Translation | None = None  # task "translate" only
     extra: dict[str, Any] = field(default_factory=dict)  # every other field of metadata.json (parity, opset, ...)
 
     @classmethod
@@ -171,6 +211,23 @@ class ArtifactMeta:
                 training_metrics=dict(d.get("training_metrics") or {}),
                 task=task,
                 generation=gen,
+                extra={k: v for k, v in d.items() if k not in known},
+            )
+        if task == "translate":
+            tr = Translation.from_dict(need("translation", dict), source)
+            return cls(
+                schema_version=version,
+                model_name=need("model_name", str),
+                model_version=need("model_version", str),
+                classes=[],
+                feature_dim=0,
+                max_length=tr.max_source_tokens,
+                training_length_range=[1, tr.max_source_tokens],
+                normalisation=Normalisation("global", [], []),
+                rnn=need("rnn", dict),
+                training_metrics=dict(d.get("training_metrics") or {}),
+                task=task,
+                translation=tr,
                 extra={k: v for k, v in d.items() if k not in known},
             )
         if task == "forecast":
@@ -220,12 +277,14 @@ class ArtifactMeta:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.task == "generate":  # the classifier's fields mean nothing here
-            skip = {"classes", "feature_dim", "max_length", "training_length_range", "normalisation", "forecasting"}
+        sections = {"generation", "forecasting", "translation"}
+        if self.task in ("generate", "translate"):  # the classifier's fields mean nothing here
+            skip = {"classes", "feature_dim", "max_length", "training_length_range", "normalisation"}
+            skip |= sections - {"generation" if self.task == "generate" else "translation"}
         elif self.task == "forecast":
-            skip = {"classes", "feature_dim", "normalisation", "generation"}
+            skip = {"classes", "feature_dim", "normalisation"} | sections - {"forecasting"}
         else:
-            skip = {"generation", "forecasting"}
+            skip = sections
         d = {k: v for k, v in d.items() if k not in skip}
         return {**{k: v for k, v in d.items() if k != "extra"}, **self.extra}
 
@@ -314,6 +373,7 @@ def check_integrity(artifact: Artifact) -> None:
 
 ARTIFACT_FILES = ("model.onnx", "metadata.json", "reference.npz", "checkpoint.pt")
 OPTIONAL_FILES = ("reference.npz", "checkpoint.pt")  # absent from artifacts exported by older versions
+TASK_FILES = {"translate": ("encoder.onnx", "tokenizer.model")}  # beside the common ones, where the task has them
 
 
 def save_to_store(artifact_dir: str | Path) -> str:
@@ -341,4 +401,7 @@ def save_to_store(artifact_dir: str | Path) -> str:
             if name in OPTIONAL_FILES and not (artifact_dir / name).exists():
                 continue  # exported before these files existed (unchecked at load / retrained from scratch)
             shutil.copy2(artifact_dir / name, model.path_of(name))
+        for name in TASK_FILES.get(meta.get("task", "classify"), ()):
+            if (artifact_dir / name).exists():
+                shutil.copy2(artifact_dir / name, model.path_of(name))
     return tag

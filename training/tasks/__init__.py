@@ -5,12 +5,13 @@ Adding a task: ``service/tasks/<task>/``, ``training/tasks/<task>/`` with its ``
 from __future__ import annotations
 
 from training.task import Task
-from training.tasks import classify, forecast, generate
+from training.tasks import classify, forecast, generate, translate
 
 TASKS: dict[str, Task] = {
     "classify": classify.TASK,
     "generate": generate.TASK,
     "forecast": forecast.TASK,
+    "translate": translate.TASK,
 }
 
 
