@@ -205,3 +205,29 @@ def test_the_service_checks_the_exported_files_and_graphs(tiny_run: Path, tmp_pa
     (art / "tokenizer.model").write_bytes(b"not a model")
     with pytest.raises(ReferenceMismatch, match="tokenizer.model has SHA-256"):
         check_files(art, meta)
+
+
+def test_an_lstm_with_luong_attention_and_characters_exports_too(tmp_path: Path) -> None:
+    """The other branches of the graphs (an LSTM's ``c``, general attention, a character vocabulary), from a run
+    directory as training writes it."""
+    from training.tasks.translate.export import export_translate_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    pairs = [("Wie die Mutter, so die Tochter.", "Like mother, like daughter."), ("Es gibt sie.", "They exist.")]
+    chars = char_inventory([s for p in pairs for s in p], min_count=1)
+    torch.manual_seed(0)
+    cfg = S2SConfig(len(chars) + 4, PAD, BOS, EOS, "lstm", "luong", 16, 24, 1, 2, 0.0)
+    config = {"task": "translate", "model": cfg.to_dict(), "tokenizer": "chars", "chars": chars, "max_tokens": 40}
+    torch.save({"model": Seq2Seq(cfg).state_dict(), "config": config}, run / "checkpoint.pt")
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "test.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs * 3), encoding="utf-8")
+    meta = export_translate_run(run, tmp_path / "art")
+    assert meta["parity"]["passed"] and meta["translation"]["rnn"] == "lstm"
+    assert meta["translation"]["vocab"][4:] == chars and "tokenizer.model" not in meta["translation"]["files_sha256"]
+    import onnx
+
+    step = onnx.load(str(tmp_path / "art/model.onnx"))
+    assert [i.name for i in step.graph.input] == ["token", "feed", "memory", "keys", "mask", "h", "c"]
+    dims = step.graph.input[2].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_param  # batch and source length stay dynamic

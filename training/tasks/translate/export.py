@@ -129,8 +129,9 @@ def parity_report(model: Seq2Seq, ort_runner: OrtStep, src: list[list[int]], lim
         mismatched["greedy" if width == 1 else f"beam{width}"] = sum(w != g for w, g in zip(want, got))
     # alone vs batched, in ORT: tokens, encoder outputs, first step
     alone_tokens, inv = 0, 0.0
-    batched5 = decode_all(ort_runner, src[:8], 5, limit)
-    for i in range(8):
+    some = src[:8]
+    batched5 = decode_all(ort_runner, some, 5, limit)
+    for i in range(len(some)):
         alone_tokens += decode_all(ort_runner, [src[i]], 5, limit)[0] != batched5[i]
         one = ort_runner.encode([src[i]])
         n = len(src[i])

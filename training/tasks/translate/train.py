@@ -9,7 +9,8 @@ A linear script:
 * tokens: a joint unigram sentencepiece vocabulary trained on the training side only (``--tokenizer
   sentencepiece``, ``--vocab``), or characters (``--tokenizer chars``);
 * batches of similar source lengths (a pool of batches is sorted by length, then shuffled), a share of each
-  batch from the sentence pairs (``--sentence-share``: the dictionary's phrases far outnumber its sentences);
+  batch from the sentence pairs (``--sentence-share``, 0.75: the phrases far outnumber the sentences; held-out
+  beam-5 chrF 27.0 against 26.4 with 0.5);
 * teacher forcing, label smoothing, AdamW, gradient clipping, a linear warm-up and a cosine learning rate over
   ``--max-steps`` (the same seed gives the same model on an idle or a busy machine); ``--time-budget`` (900 s
   by default) caps the run and ``metrics.json`` says when it did (``stopped_by``);
@@ -58,7 +59,7 @@ def add_translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--sentence-share", type=float, default=0.5, help="share of each batch from sentence pairs")
+    p.add_argument("--sentence-share", type=float, default=0.75, help="share of each batch from sentence pairs")
     p.add_argument("--max-tokens", type=int, default=64, help="longest source/target kept for training")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--clip", type=float, default=1.0)
