@@ -90,3 +90,18 @@ def plot_curves(path: Path, xlabel: str, x: list[float], panels: list[tuple[str,
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+class RunLog:
+    """A run's ``log.txt``: ``log(line)`` writes each line there and prints it (to ``stream``, read at each call),
+    flushed at once so a long run can be followed."""
+
+    def __init__(self, path: Path, stream: str = "stderr") -> None:
+        self.file, self.stream = path.open("w"), stream
+
+    def __call__(self, line: str) -> None:
+        print(line, file=getattr(sys, self.stream), flush=True)
+        print(line, file=self.file, flush=True)
+
+    def close(self) -> None:
+        self.file.close()

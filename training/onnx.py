@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -31,3 +33,14 @@ def content_version(graph_sha256: str, contract: dict) -> str:
     h = hashlib.sha256(graph_sha256.encode())
     h.update(json.dumps(contract, sort_keys=True).encode())
     return h.hexdigest()[:12]
+
+
+def write_metadata(meta: dict[str, Any], run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """``metadata.json`` through the artifact contract (a field it refuses fails the export), and the run's
+    ``checkpoint.pt`` beside it (what retraining fine-tunes from); the metadata as written."""
+    from service.core.artifact import ArtifactMeta
+
+    meta = ArtifactMeta.from_dict(meta, str(out_dir / "metadata.json")).to_dict()
+    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")
+    return meta

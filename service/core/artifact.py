@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,25 @@ class Normalisation:
     std: list[float]
 
 
+def check_text_section(
+    cls: type, d: dict[str, Any], source: str, section: str, min_vocab: int, positive: tuple[str, ...]
+) -> None:
+    """What the token models' sections (``generation``, ``translation``) share: every field without a default
+    present, a vocabulary of at least ``min_vocab`` strings, an LSTM or GRU, and ``positive`` sizes."""
+    fields = cls.__dataclass_fields__.values()
+    missing = [f.name for f in fields if f.name not in d and f.default_factory is MISSING]  # type: ignore[attr-defined]
+    if missing:
+        raise ContractError(f"{source}: missing field '{section}.{missing[0]}'")
+    vocab = d["vocab"]
+    if not isinstance(vocab, list) or len(vocab) < min_vocab or not all(isinstance(v, str) for v in vocab):
+        raise ContractError(f"{source}: {section}.vocab must be a list of at least {min_vocab} strings")
+    if d["rnn"] not in ("lstm", "gru"):
+        raise ContractError(f"{source}: {section}.rnn must be 'lstm' or 'gru', got {d['rnn']!r}")
+    for k in positive:
+        if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1:
+            raise ContractError(f"{source}: {section}.{k} must be a positive integer")
+
+
 @dataclass(frozen=True)
 class Generation:
     """A language model's serving contract (task ``generate``): the step graph advances B streams by up to
@@ -72,19 +91,11 @@ class Generation:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str) -> Generation:
-        missing = [k for k in cls.__dataclass_fields__ if k not in d and k != "forms"]
-        if missing:
-            raise ContractError(f"{source}: missing field 'generation.{missing[0]}'")
+        check_text_section(cls, d, source, "generation", 2, ("layers", "hidden", "chunk", "max_prompt_tokens",
+                                                            "max_new_tokens"))  # fmt: skip
         vocab, special = d["vocab"], d["special_ids"]
-        if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(v, str) for v in vocab):
-            raise ContractError(f"{source}: generation.vocab must be a list of at least 2 strings")
         if "unk" not in special or not all(isinstance(i, int) and 0 <= i < len(vocab) for i in special.values()):
             raise ContractError(f"{source}: generation.special_ids needs 'unk' and ids within the vocabulary")
-        if d["rnn"] not in ("lstm", "gru"):
-            raise ContractError(f"{source}: generation.rnn must be 'lstm' or 'gru', got {d['rnn']!r}")
-        for k in ("layers", "hidden", "chunk", "max_prompt_tokens", "max_new_tokens"):
-            if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1:
-                raise ContractError(f"{source}: generation.{k} must be a positive integer")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @property
@@ -142,18 +153,10 @@ class Translation:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str) -> Translation:
-        missing = [k for k in cls.__dataclass_fields__ if k not in d and k != "files_sha256"]
-        if missing:
-            raise ContractError(f"{source}: missing field 'translation.{missing[0]}'")
+        positive = ("dec_layers", "hidden", "max_source_tokens", "max_target_tokens")
+        check_text_section(cls, d, source, "translation", 5, positive)
         if d["tokenizer"] not in ("sentencepiece", "chars"):
             raise ContractError(f"{source}: translation.tokenizer must be 'sentencepiece' or 'chars'")
-        if not isinstance(d["vocab"], list) or len(d["vocab"]) < 5 or not all(isinstance(v, str) for v in d["vocab"]):
-            raise ContractError(f"{source}: translation.vocab must be a list of at least 5 strings")
-        if d["rnn"] not in ("lstm", "gru"):
-            raise ContractError(f"{source}: translation.rnn must be 'lstm' or 'gru', got {d['rnn']!r}")
-        for k in ("dec_layers", "hidden", "max_source_tokens", "max_target_tokens"):
-            if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1:
-                raise ContractError(f"{source}: translation.{k} must be a positive integer")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @property
@@ -196,37 +199,23 @@ class ArtifactMeta:
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         if task not in TASKS:
             raise ContractError(f"{source}: task {task!r} is not one of {TASKS}")
-        if task == "generate":
-            gen = Generation.from_dict(need("generation", dict), source)
+        if task in ("generate", "translate"):  # token models: their limits live in their section
+            gen = Generation.from_dict(need("generation", dict), source) if task == "generate" else None
+            tr = Translation.from_dict(need("translation", dict), source) if task == "translate" else None
+            limit = gen.max_prompt_tokens if gen is not None else tr.max_source_tokens  # type: ignore[union-attr]
             return cls(
                 schema_version=version,
                 model_name=need("model_name", str),
                 model_version=need("model_version", str),
                 classes=[],
                 feature_dim=0,
-                max_length=gen.max_prompt_tokens,
-                training_length_range=[1, gen.max_prompt_tokens],
+                max_length=limit,
+                training_length_range=[1, limit],
                 normalisation=Normalisation("global", [], []),
                 rnn=need("rnn", dict),
                 training_metrics=dict(d.get("training_metrics") or {}),
                 task=task,
                 generation=gen,
-                extra={k: v for k, v in d.items() if k not in known},
-            )
-        if task == "translate":
-            tr = Translation.from_dict(need("translation", dict), source)
-            return cls(
-                schema_version=version,
-                model_name=need("model_name", str),
-                model_version=need("model_version", str),
-                classes=[],
-                feature_dim=0,
-                max_length=tr.max_source_tokens,
-                training_length_range=[1, tr.max_source_tokens],
-                normalisation=Normalisation("global", [], []),
-                rnn=need("rnn", dict),
-                training_metrics=dict(d.get("training_metrics") or {}),
-                task=task,
                 translation=tr,
                 extra={k: v for k, v in d.items() if k not in known},
             )
@@ -353,6 +342,15 @@ def find_artifact(ref: str | None = None) -> Artifact:
     return Artifact(path, meta, ref)
 
 
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_integrity(artifact: Artifact) -> None:
     """``model.onnx`` must be the file that was exported: its SHA-256 against the metadata's ``onnx_sha256``
     (a file damaged or replaced on disk is refused before ONNX Runtime reads it)."""
@@ -360,13 +358,10 @@ def check_integrity(artifact: Artifact) -> None:
     if not expected:
         log.warning("seqserve: artifact %s records no onnx_sha256; integrity not checked", artifact.source)
         return
-    digest = hashlib.sha256()
-    with artifact.onnx_path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
+    got = file_sha256(artifact.onnx_path)
+    if got != expected:
         raise ReferenceMismatch(
-            f"model {artifact.source}: model.onnx has SHA-256 {digest.hexdigest()[:16]}..., the metadata says "
+            f"model {artifact.source}: model.onnx has SHA-256 {got[:16]}..., the metadata says "
             f"{expected[:16]}...: the file was damaged or replaced; refusing to serve it"
         )
 

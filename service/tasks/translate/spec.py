@@ -6,13 +6,12 @@ Its ``metadata.json`` section is typed as ``Translation`` in ``service.core.arti
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service.core.artifact import ArtifactMeta, ReferenceMismatch
+from service.core.artifact import ArtifactMeta, ReferenceMismatch, file_sha256
 from service.core.runtime import CHECK_TOLERANCE, judged
 from service.tasks.translate.tokens import BOS
 
@@ -24,7 +23,7 @@ def check_files(path: Path, meta: ArtifactMeta) -> None:
         f = path / name
         if not f.exists():
             raise ReferenceMismatch(f"{path}: {name} is missing (the metadata records it)")
-        got = hashlib.sha256(f.read_bytes()).hexdigest()
+        got = file_sha256(f)
         if got != want:
             raise ReferenceMismatch(f"{path}: {name} has SHA-256 {got[:16]}..., the metadata says {want[:16]}...")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -28,9 +27,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
+from service.core.artifact import SCHEMA_VERSION
 from training import data
-from training.onnx import OPSET, ParityError, content_version, cpu_session
+from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
 from training.tasks.classify.model import ExportWrapper, load_checkpoint
 
 MODEL_NAME = "seqclassifier"
@@ -220,10 +219,7 @@ def export_run(
         "parity": report,
         "reference": reference,
     }
-    meta = ArtifactMeta.from_dict(meta, str(out_dir / "metadata.json")).to_dict()  # the contract, checked
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
-    shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")  # what retraining fine-tunes from
-    return meta
+    return write_metadata(meta, run_dir, out_dir)
 
 
 def export_cli(run_dir: str | Path, out_dir: str | Path, options: argparse.Namespace) -> dict:

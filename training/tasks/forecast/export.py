@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -25,9 +24,9 @@ import numpy as np
 import onnx
 import torch
 
-from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
+from service.core.artifact import SCHEMA_VERSION
 from service.tasks.forecast.calendar import Calendar
-from training.onnx import OPSET, ParityError, content_version, cpu_session
+from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
 from training.tasks.forecast.data import load_panel
 from training.tasks.forecast.model import Forecaster
 from training.tasks.forecast.train import load_forecaster
@@ -179,10 +178,7 @@ def export_forecast_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         "parity": report,
         "reference": {"file": "reference.npz", "rows": len(x), "lengths": lengths.tolist()},
     }
-    meta = ArtifactMeta.from_dict(meta, str(out_dir / "metadata.json")).to_dict()  # the contract, checked
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
-    shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")
-    return meta
+    return write_metadata(meta, run_dir, out_dir)
 
 
 def export_cli(run_dir: str | Path, out_dir: str | Path, options: argparse.Namespace) -> dict:

@@ -112,7 +112,12 @@ class Forecaster(nn.Module):
         then its ``horizon`` future steps; ``lengths`` = history + horizon. Quantiles ``[B, H, Q]`` in the
         series' own units."""
         e = self.encode(x, lengths)
-        return self.decode(e, torch.cat([e["state"], e["values"], e["flags"], e["future"].flatten(1)], 1))
+        return self.decode(e, self.features(e))
+
+    @staticmethod
+    def features(e: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's input: the encoder's state, the last window's values and flags, the future features."""
+        return torch.cat([e["state"], e["values"], e["flags"], e["future"].flatten(1)], 1)
 
     def decode(self, e: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
         """The head: the encoder's ``features`` -> quantiles ``[B, H, Q]`` (a median plus steps that never cross)."""
@@ -129,10 +134,9 @@ class Forecaster(nn.Module):
         """Training loss per element ``[B, H, Q]`` in each row's scaled units: the pinball loss of the grid
         (``widths`` ``[B]``: the interval's quantiles, all but the median, weigh that much in each row)."""
         e = self.encode(x, lengths)
-        features = torch.cat([e["state"], e["values"], e["flags"], e["future"].flatten(1)], 1)
         scale = e["scale"]  # [B, 1]
         qs = torch.tensor(self.quantiles, device=x.device)
-        out = pinball(self.decode(e, features) / scale.unsqueeze(-1), target / scale, qs)
+        out = pinball(self.decode(e, self.features(e)) / scale.unsqueeze(-1), target / scale, qs)
         if widths is None:
             return out
         weights = widths.view(-1, 1, 1).expand(-1, 1, len(self.quantiles)).clone()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from service.tasks.forecast.calendar import TIME_FEATURES, Calendar
-from training.loop import pick_device, plot_curves, progress_bar, seed_everything
+from training.loop import RunLog, pick_device, plot_curves, progress_bar, seed_everything
 from training.tasks.forecast.data import PRESETS, estimate_period, load_panel, split
 from training.tasks.forecast.evaluate import score_set
 from training.tasks.forecast.model import QUANTILES, DeepAR, Ensemble, Forecaster
@@ -256,12 +255,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = (out / "log.txt").open("w")
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr)
-        log_file.write(msg + "\n")
-        log_file.flush()
+    log = RunLog(out / "log.txt")
 
     split_list = lambda s: None if s is None else [c.strip() for c in s.split(",") if c.strip()]  # noqa: E731
     panel = load_panel(
@@ -381,5 +375,5 @@ def train_forecast(args: argparse.Namespace) -> dict:
         f"member {i + 1}": f["curve"] + [np.nan] * (len(steps_axis) - len(f["curve"])) for i, f in enumerate(fits)
     }
     plot_curves(out / "learning_curves.png", "step", steps_axis, [("training", loss_name, curves)])
-    log_file.close()
+    log.close()
     return metrics

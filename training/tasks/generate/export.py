@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import time
 import warnings
 from collections import Counter
@@ -34,10 +33,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
+from service.core.artifact import SCHEMA_VERSION
 from service.core.vocab import is_free_char
 from training import data
-from training.onnx import OPSET, ParityError, content_version, cpu_session
+from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
 from training.tasks.generate.model import CharLM, StepGraph
 from training.tasks.generate.train import VAL_FRACTION, load_lm
 
@@ -243,10 +242,7 @@ def export_lm_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         "parity": report,
         "reference": reference,
     }
-    meta = ArtifactMeta.from_dict(meta, str(out_dir / "metadata.json")).to_dict()  # the contract, checked
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")
-    return meta
+    return write_metadata(meta, run_dir, out_dir)
 
 
 def export_cli(run_dir: str | Path, out_dir: str | Path, options: argparse.Namespace) -> dict:

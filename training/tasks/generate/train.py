@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from training import data
-from training.loop import pick_device, plot_curves, seed_everything
+from training.loop import RunLog, pick_device, plot_curves, seed_everything
 from training.tasks.generate.model import CharLM, LMConfig, detach
 
 VAL_FRACTION = 0.1
@@ -137,11 +136,7 @@ def train_lm(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = (out / "log.txt").open("w")
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-        print(line, file=log_file, flush=True)
+    log = RunLog(out / "log.txt")
 
     text = data.read_text(args.text, args.documents)
     split = int(len(text.ids) * (1 - VAL_FRACTION))
@@ -240,7 +235,7 @@ def train_lm(args: argparse.Namespace) -> dict:
     lines = {"train (smoothed)": [h["train_loss"] for h in history], "validation": [h["val_loss"] for h in history]}
     panels = [("learning curve", "nats per character", lines)]
     plot_curves(out / "learning_curves.png", "seconds", [h["seconds"] for h in history], panels)
-    log_file.close()
+    log.close()
     return metrics
 
 

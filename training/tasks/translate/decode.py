@@ -79,5 +79,11 @@ def beam(
     return [b.best() for b in beams]
 
 
-def strip(tokens: list[int], eos: int) -> list[int]:
-    return tokens[:-1] if tokens and tokens[-1] == eos else tokens
+def best(runner: Step, src: list[list[int]], width: int, limit: int, bos: int, eos: int) -> list[list[int]]:
+    """Each source sentence's best tokens: greedy for ``width`` 1, else beam search's best hypothesis (``</s>``
+    kept where it ended). ``runner`` is a step function with an ``encode(src)`` method (torch or ORT)."""
+    enc = runner.encode(src)  # type: ignore[attr-defined]
+    ml = max_lengths(np.array([len(s) for s in src]), limit)
+    if width == 1:
+        return greedy(runner, enc, ml, bos, eos)
+    return [h[0].tokens for h in beam(runner, enc, ml, bos, eos, width)]

@@ -16,7 +16,6 @@ encoder outputs and its first step's log-probabilities unchanged by the batch (d
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import time
@@ -28,9 +27,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.core.artifact import SCHEMA_VERSION, ArtifactMeta
+from service.core.artifact import SCHEMA_VERSION, file_sha256
 from service.tasks.translate.tokens import BOS, EOS
-from training.onnx import OPSET, ParityError, content_version, cpu_session
+from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
 from training.tasks.translate import decode
 from training.tasks.translate.model import EncoderGraph, Seq2Seq, StepGraph
 from training.tasks.translate.train import TorchStep, load_model, padded
@@ -107,14 +106,6 @@ class OrtStep:
         return tuple(self.step.run(None, {**feeds, **dict(zip(self.state_names, state))}))
 
 
-def decode_all(runner: TorchStep | OrtStep, src: list[list[int]], width: int, limit: int) -> list[list[int]]:
-    enc = runner.encode(src)
-    ml = decode.max_lengths(np.array([len(s) for s in src]), limit)
-    if width == 1:
-        return decode.greedy(runner, enc, ml, BOS, EOS)
-    return [h[0].tokens for h in decode.beam(runner, enc, ml, BOS, EOS, width)]
-
-
 def parity_report(model: Seq2Seq, ort_runner: OrtStep, src: list[list[int]], limit: int) -> dict:
     torch_runner = TorchStep(model, torch.device("cpu"))
     with torch.no_grad():
@@ -124,15 +115,15 @@ def parity_report(model: Seq2Seq, ort_runner: OrtStep, src: list[list[int]], lim
     mismatched = {}
     for width in (1, 5):
         with torch.no_grad():
-            want = decode_all(torch_runner, src, width, limit)
-        got = decode_all(ort_runner, src, width, limit)
+            want = decode.best(torch_runner, src, width, limit, BOS, EOS)
+        got = decode.best(ort_runner, src, width, limit, BOS, EOS)
         mismatched["greedy" if width == 1 else f"beam{width}"] = sum(w != g for w, g in zip(want, got))
     # alone vs batched, in ORT: tokens, encoder outputs, first step
     alone_tokens, inv = 0, 0.0
     some = src[:8]
-    batched5 = decode_all(ort_runner, some, 5, limit)
+    batched5 = decode.best(ort_runner, some, 5, limit, BOS, EOS)
     for i in range(len(some)):
-        alone_tokens += decode_all(ort_runner, [src[i]], 5, limit)[0] != batched5[i]
+        alone_tokens += decode.best(ort_runner, [src[i]], 5, limit, BOS, EOS)[0] != batched5[i]
         one = ort_runner.encode([src[i]])
         n = len(src[i])
         inv = max(inv, *(float(np.abs(o[:1, :n] - b[i : i + 1, :n]).max()) for o, b in zip(one[:3], enc_o[:3])))
@@ -173,10 +164,6 @@ def write_reference(runner: OrtStep, src: list[list[int]], path: Path) -> dict:
     return {"file": path.name, "sentences": 3}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export_translate_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, tok, cfg = load_model(run_dir)
@@ -193,10 +180,10 @@ def export_translate_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     runner = OrtStep(cpu_session(out_dir / "encoder.onnx"), cpu_session(out_dir / "model.onnx"))
     report = parity_report(model, runner, src, limit)
     reference = write_reference(runner, src, out_dir / "reference.npz")
-    files = {"encoder.onnx": sha256(out_dir / "encoder.onnx")}
+    files = {"encoder.onnx": file_sha256(out_dir / "encoder.onnx")}
     if cfg["tokenizer"] == "sentencepiece":
         shutil.copy2(run_dir / "tokenizer.model", out_dir / "tokenizer.model")
-        files["tokenizer.model"] = sha256(out_dir / "tokenizer.model")
+        files["tokenizer.model"] = file_sha256(out_dir / "tokenizer.model")
     m = cfg["model"]
     translation = {
         "tokenizer": cfg["tokenizer"],
@@ -209,7 +196,7 @@ def export_translate_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         "max_target_tokens": MAX_TARGET_TOKENS,
         "files_sha256": files,
     }
-    graph_sha256 = sha256(out_dir / "model.onnx")
+    graph_sha256 = file_sha256(out_dir / "model.onnx")
     meta = {
         "schema_version": SCHEMA_VERSION,
         "task": "translate",
@@ -226,10 +213,7 @@ def export_translate_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         "parity": report,
         "reference": reference,
     }
-    meta = ArtifactMeta.from_dict(meta, str(out_dir / "metadata.json")).to_dict()  # the contract, checked
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    shutil.copy2(run_dir / "checkpoint.pt", out_dir / "checkpoint.pt")
-    return meta
+    return write_metadata(meta, run_dir, out_dir)
 
 
 def export_cli(run_dir: str | Path, out_dir: str | Path, options: argparse.Namespace) -> dict:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ import sacrebleu
 import torch
 
 from service.tasks.translate.tokens import BOS, EOS, PAD, Tokenizer, char_inventory, train_sentencepiece
-from training.loop import pick_device, plot_curves, progress_bar, seed_everything
+from training.loop import RunLog, pick_device, plot_curves, progress_bar, seed_everything
 from training.tasks.translate import decode
 from training.tasks.translate.data import DataError, Pairs, read_ding, read_tsv, split
 from training.tasks.translate.model import ATTENTIONS, RNN_TYPES, S2SConfig, Seq2Seq
@@ -72,8 +71,8 @@ def add_translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def load_pairs(args: argparse.Namespace) -> tuple[Pairs, Pairs, Pairs, str]:
-    """(train, valid, test, a description of the data)."""
+def load_pairs(args: argparse.Namespace) -> tuple[Pairs, Pairs, Pairs, Pairs, str]:
+    """(train, phrases (training only), valid, test, a description of the data)."""
     if args.train:
         pairs = read_tsv(Path(args.train))
         if args.test:
@@ -81,13 +80,13 @@ def load_pairs(args: argparse.Namespace) -> tuple[Pairs, Pairs, Pairs, str]:
             train, valid, _ = split(pairs, 0, args.valid_size, args.seed)
         else:
             train, valid, test = split(pairs, args.test_size, args.valid_size, args.seed)
-        return train, valid, test, f"{args.train} ({len(pairs)} pairs)"
+        return train, Pairs([], []), valid, test, f"{args.train} ({len(pairs)} pairs)"
     sentences, phrases = read_ding()
     train, valid, test = split(sentences, args.test_size, args.valid_size, args.seed)
     held = set(valid.source) | set(test.source)
     keep = [i for i, s in enumerate(phrases.source) if s not in held]
-    train.phrases = phrases.take(keep)  # type: ignore[attr-defined]
-    return train, valid, test, f"Ding de-en: {len(sentences)} sentence pairs, {len(keep)} phrase pairs"
+    described = f"Ding de-en: {len(sentences)} sentence pairs, {len(keep)} phrase pairs"
+    return train, phrases.take(keep), valid, test, described
 
 
 def encode_all(tok: Tokenizer, texts: list[str], limit: int) -> list[list[int]]:
@@ -145,13 +144,7 @@ def translate(
     step, out = TorchStep(model, device), []
     for i in range(0, len(texts), 100):
         src = [tok.encode(t)[: limit - 1] + [EOS] for t in texts[i : i + 100]]
-        enc = step.encode(src)
-        ml = decode.max_lengths(np.array([len(s) for s in src]), limit)
-        if width == 1:
-            ids = decode.greedy(step, enc, ml, BOS, EOS)
-        else:
-            ids = [decode.strip(h[0].tokens, EOS) for h in decode.beam(step, enc, ml, BOS, EOS, width)]
-        out.extend(tok.decode(x) for x in ids)
+        out.extend(tok.decode(ids) for ids in decode.best(step, src, width, limit, BOS, EOS))  # specials dropped
     model.train()
     return out
 
@@ -174,15 +167,9 @@ def train_translate(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = (out / "log.txt").open("w")
+    log = RunLog(out / "log.txt", "stdout")
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        log_file.write(msg + "\n")
-        log_file.flush()
-
-    train, valid, test, described = load_pairs(args)
-    phrases: Pairs = getattr(train, "phrases", Pairs([], []))
+    train, phrases, valid, test, described = load_pairs(args)
     for name, part in (("test", test), ("valid", valid)):
         (out / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(part.source, part.target)), "utf-8")
     texts = train.source + train.target + phrases.source + phrases.target
@@ -291,7 +278,7 @@ def train_translate(args: argparse.Namespace) -> dict:
         "test_pairs": len(test),
         "tokenizer": args.tokenizer,
         "vocab_size": tok.vocab_size,
-        **{k: results["greedy"][k] for k in ("chrf", "bleu", "ter")},
+        **{k: results[f"beam{args.beam}"][k] for k in ("chrf", "bleu", "ter")},  # the headline: beam, as served
         "greedy": results["greedy"],
         f"beam{args.beam}": results[f"beam{args.beam}"],
         "copy_source": {k: copy[k] for k in ("chrf", "bleu", "ter")},
@@ -301,9 +288,6 @@ def train_translate(args: argparse.Namespace) -> dict:
         "train_seconds": round(train_seconds, 1),
         "samples": samples[:20],
     }
-    metrics["chrf"] = results[f"beam{args.beam}"]["chrf"]  # the headline: beam search, as served
-    metrics["bleu"] = results[f"beam{args.beam}"]["bleu"]
-    metrics["ter"] = results[f"beam{args.beam}"]["ter"]
     config = {
         "task": "translate",
         "model": cfg.to_dict(),
@@ -322,7 +306,7 @@ def train_translate(args: argparse.Namespace) -> dict:
         [("training loss", "loss", {"train": curve})],
     )
     log(f"trained {step} steps in {train_seconds:.0f} s ({stopped_by}); best valid chrF {best:.2f}")
-    log_file.close()
+    log.close()
     return metrics
 
 
@@ -338,9 +322,3 @@ def load_model(run: Path) -> tuple[Seq2Seq, Tokenizer, dict]:
     else:
         tok = Tokenizer("chars", chars=cfg["chars"])
     return model, tok, cfg
-
-
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser()
-    add_translate_args(parser)
-    sys.exit(0 if train_translate(parser.parse_args()) else 1)
