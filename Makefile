@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -35,7 +35,7 @@ export: venv ## export RUN to ONNX + metadata (ARTIFACT=artifacts/default)
 # Train only if no exported model exists; store the artifact (idempotent) and promote it to champion (the
 # model the service serves and follows: service/core/store/champion.py); serve on HOST:PORT.
 serve: venv ## train and export if needed, promote, serve on HOST:PORT (default 127.0.0.1:3000)
-	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
+	@set -e; if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
 	  $(MAKE) --no-print-directory export; \
 	fi
@@ -56,7 +56,7 @@ export-lm: venv ## export LM_RUN to the step graph (LM_ARTIFACT)
 	$(PY) -m export --run $(LM_RUN) --out $(LM_ARTIFACT)
 
 serve-generate: venv ## train and export the language model if needed, serve /generate on HOST:PORT
-	@if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
+	@set -e; if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-lm; fi; \
 	  $(MAKE) --no-print-directory export-lm; \
 	fi
@@ -66,7 +66,7 @@ serve-generate: venv ## train and export the language model if needed, serve /ge
 
 # per-request loop vs request-level batching vs the step scheduler: bench/results-generate.json + docs.
 bench-generate: venv ## per-request vs request batching vs step scheduler (bench/results-generate.json)
-	@if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
+	@set -e; if [ ! -f $(LM_ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-lm; fi; \
 	  $(MAKE) --no-print-directory export-lm; \
 	fi
@@ -86,7 +86,7 @@ export-forecast: venv ## export FC_RUN to ONNX + metadata (FC_ARTIFACT)
 	$(PY) -m export --run $(FC_RUN) --out $(FC_ARTIFACT)
 
 serve-forecast: venv ## train and export the forecaster if needed, serve /forecast and /anomalies on HOST:PORT
-	@if [ ! -f $(FC_ARTIFACT)/model.onnx ]; then \
+	@set -e; if [ ! -f $(FC_ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(FC_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-forecast; fi; \
 	  $(MAKE) --no-print-directory export-forecast; \
 	fi
@@ -94,7 +94,10 @@ serve-forecast: venv ## train and export the forecaster if needed, serve /foreca
 	$(VENV)/bin/bentoml serve service.forecast_service:SeqForecast --host $(HOST) --port $(PORT) \
 	  --timeout-graceful-shutdown $(GRACE_S)
 
+# Translation (issue 25): German -> English from the Ding dictionary; beside the others: PORT=3003.
+# Trains the default translator (<= 15 minutes on 2 cores) if no exported one exists.
 TR_RUN ?= runs/translate
+TR_ARTIFACT ?= artifacts/translate
 TR_ARGS ?=
 trans-de-en: ## install the Ding German-English dictionary (Debian trans-de-en: the translator's pairs) if missing
 	@if [ ! -f /usr/share/trans/de-en ]; then \
@@ -104,13 +107,33 @@ trans-de-en: ## install the Ding German-English dictionary (Debian trans-de-en: 
 train-translate: venv trans-de-en ## train the German -> English translator (TR_RUN, TR_ARGS; <= 15 min on 2 cores)
 	$(PY) -m training translate --out $(TR_RUN) $(TR_ARGS)
 
+export-translate: venv ## export TR_RUN to encoder + decoder step graphs (TR_ARTIFACT)
+	$(PY) -m export --run $(TR_RUN) --out $(TR_ARTIFACT)
+
+serve-translate: venv ## train and export the translator if needed, serve /translate on HOST:PORT
+	@set -e; if [ ! -f $(TR_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(TR_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-translate; fi; \
+	  $(MAKE) --no-print-directory export-translate; \
+	fi
+	$(PY) -m export.promote $(TR_ARTIFACT) --store
+	$(VENV)/bin/bentoml serve service.translate_service:SeqTranslate --host $(HOST) --port $(PORT) \
+	  --timeout-graceful-shutdown $(GRACE_S)
+
+# per-request loop vs request-level batching vs step-level batching: bench/results-translate.json + docs.
+bench-translate: venv ## per-request vs request batching vs step batching for /translate (bench/results-translate.json)
+	@set -e; if [ ! -f $(TR_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(TR_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-translate; fi; \
+	  $(MAKE) --no-print-directory export-translate; \
+	fi
+	$(PY) -m loadtest.bench_translate --artifact $(TR_ARTIFACT) $(BENCH_ARGS)
+
 # The forecaster vs statsforecast's baselines (3 seeds x tourism, aus_retail; baselines in bench/venvs/statsforecast)
 # and the anomaly detector on aeon's labelled series: docs/forecasting.md + .json (~30-40 minutes on 2 cores).
 eval-forecast: venv ## forecaster vs statistical baselines + anomaly detection (docs/forecasting.md)
 	$(PY) -m loadtest.eval_forecast $(EVAL_ARGS)
 
 bench-forecast: venv ## series/s in process and over HTTP at c=1/16/64 (bench/results-forecast.json)
-	@if [ ! -f $(FC_ARTIFACT)/model.onnx ]; then \
+	@set -e; if [ ! -f $(FC_ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(FC_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-forecast; fi; \
 	  $(MAKE) --no-print-directory export-forecast; \
 	fi
@@ -128,7 +151,7 @@ fuzz: venv ## schema fuzzing of both services, FUZZ_EXAMPLES per route (default 
 # (bench/results-soak.json, docs/reliability.md). CI runs 60 s of it (tests/test_loadtest.py), errors only.
 SOAK_ARGS ?=
 soak: venv ## 10 minutes at 70% of saturation: p99 over time, RSS growth (docs/reliability.md)
-	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
+	@set -e; if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
 	  $(MAKE) --no-print-directory export; \
 	fi
@@ -163,14 +186,14 @@ bench-report: venv ## re-render docs/benchmarks.md from bench/*.json
 	$(PY) -m loadtest.gpu_report
 
 bench: venv ## seqserve vs Triton vs Ray Serve on the same model and load (~16 min)
-	@if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
+	@set -e; if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
 	$(PY) -m loadtest.bench $(if $(DATA),--data $(DATA)) $(BENCH_ARGS)
 
 # GPU layout vs CPU layout vs in-process GPU engine (bench/results-gpu.json); the recipe for the GPU machine is
 # in loadtest/gpu_visit.sh. Here: make bench-gpu DEVICE=cpu (a dry run of the same script on CPU).
 DEVICE ?= cuda
 bench-gpu: venv ## GPU layout vs CPU layout (the GPU machine; DEVICE=cpu for a dry run)
-	@if [ ! -f $(ARTIFACT)/model.onnx ]; then \
+	@set -e; if [ ! -f $(ARTIFACT)/model.onnx ]; then \
 	  if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi; \
 	  $(MAKE) --no-print-directory export; \
 	fi
@@ -212,7 +235,7 @@ monitor: prometheus ## Prometheus on 127.0.0.1:9090 scraping HOST:PORT and GENER
 manifests: venv ## render the Kubernetes overlays (deploy/k8s) to .manifests/ (the PrometheusRule regenerated first)
 	$(PY) deploy/k8s/prometheusrule.py
 	mkdir -p .manifests
-	for o in cpu gpu cpu-postgresql cpu-generate; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
+	for o in cpu gpu cpu-postgresql cpu-generate cpu-forecast cpu-translate; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
 	@ls -l .manifests
 
 # Every target with its one-line description (the `## ...` after it).

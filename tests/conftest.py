@@ -211,3 +211,52 @@ def poem_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("poem_artifact")
     export_lm_run(run, out)
     return out
+
+
+# --- translation (issue 25) --------------------------------------------------------------------------------------
+def tiny_pairs(out: Path) -> Path:
+    """600 real sentence pairs (the Ding dictionary when installed, else two pairs varied) as ``out/pairs.tsv``."""
+    from training.tasks.translate.data import DING, read_ding
+
+    if DING.exists():
+        sentences, _ = read_ding()
+        pairs = list(zip(sentences.source, sentences.target))[:600]
+    else:
+        pairs = [("Wie die Mutter, so die Tochter.", "Like mother, like daughter."), ("Es gibt sie.", "They exist.")]
+        pairs = [(f"{s} {i}", f"{t} {i}") for i in range(300) for s, t in pairs][:600]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pairs.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    return out / "pairs.tsv"
+
+
+def train_tiny_translator(out: Path, *extra: str) -> Path:
+    """A translator trained for a few steps (seconds) on ``tiny_pairs``: real code, tiny sizes. Returns the run."""
+    import argparse
+
+    from training.tasks.translate.train import add_translate_args, train_translate
+
+    tiny_pairs(out)
+    p = argparse.ArgumentParser()
+    add_translate_args(p)
+    args = p.parse_args(
+        ["--out", str(out / "run"), "--train", str(out / "pairs.tsv"), "--test-size", "40", "--valid-size", "20",
+         "--vocab", "300", "--hidden", "32", "--embedding", "32", "--max-steps", "40", "--eval-every", "20",
+         "--max-tokens", "24", "--batch", "16", *extra]
+    )  # fmt: skip
+    train_translate(args)
+    return out / "run"
+
+
+@pytest.fixture(scope="session")
+def translate_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_translator(tmp_path_factory.mktemp("translate"))
+
+
+@pytest.fixture(scope="session")
+def translate_artifact(translate_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny translator exported (encoder + step graphs, parity-gated)."""
+    from training.tasks.translate.export import export_translate_run
+
+    out = tmp_path_factory.mktemp("translate_artifact")
+    export_translate_run(translate_run, out)
+    return out

@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu", "cpu-postgresql", "cpu-generate", "cpu-forecast")
+OVERLAYS = ("cpu", "gpu", "cpu-postgresql", "cpu-generate", "cpu-forecast", "cpu-translate")
 BIN = Path(sys.executable).parent
 KUBE_VERSION = "1.30.0"
 
@@ -182,6 +182,16 @@ def test_one_list_of_serving_packages_for_the_image_and_the_bento() -> None:
     lines = (ROOT / "deploy" / "requirements-serve.txt").read_text().splitlines()
     packages = [line for line in lines if line and not line.startswith("#")]
     assert packages and not any(p.startswith("torch") for p in packages)
+    # every third-party module the service imports is listed, or comes with one that is (BentoML's own)
+    names = {re.split(r"[\[<>=\s]", p)[0].replace("-", "_") for p in packages} | {"onnxruntime"}
+    with_bentoml = {"starlette", "pydantic", "pydantic_core", "annotated_types", "aiohttp"}
+    imported = {
+        m.group(1) or m.group(2)
+        for f in (ROOT / "service").rglob("*.py")
+        for m in re.finditer(r"^\s*(?:import (\w+)|from (\w+)[\w.]* import )", f.read_text(), re.M)
+    }
+    third_party = {m for m in imported - set(sys.stdlib_module_names) - {"service", "__future__"}}
+    assert third_party - with_bentoml <= names, third_party - with_bentoml - names
 
 
 def test_prometheus_rule_is_generated_from_deploy_prometheus_and_passes_promtool(tmp_path: Path) -> None:
@@ -250,6 +260,7 @@ def test_the_generation_pods_use_the_classifiers_image() -> None:
         "seqserve",
         "seqserve-generate",
         "seqserve-forecast",
+        "seqserve-translate",
     }  # job labels the rules expect
 
 
@@ -261,3 +272,13 @@ def test_the_forecast_pods_serve_the_forecaster_and_are_scraped() -> None:
         c["image"] == by_kind(docs, "Deployment", "seqserve")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
     )
     assert by_kind(docs, "Service", "seqserve-forecast")
+
+
+def test_the_translate_pods_serve_the_translator_and_are_scraped() -> None:
+    docs = render("cpu-translate")
+    c = by_kind(docs, "Deployment", "seqserve-translate")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][0] == "service.translate_service:SeqTranslate"
+    assert (
+        c["image"] == by_kind(docs, "Deployment", "seqserve")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert by_kind(docs, "Service", "seqserve-translate") and by_kind(docs, "NetworkPolicy", "seqserve-translate")

@@ -3,7 +3,6 @@ driven by torch and by ONNX Runtime, and the export's parity gate. Fast: a small
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from training.data import DataError
 from training.tasks.translate import decode
 from training.tasks.translate.data import DING, Pairs, alternatives, is_sentence, read_ding, read_tsv, split
 from training.tasks.translate.model import S2SConfig, Seq2Seq
-from training.tasks.translate.train import TorchStep, add_translate_args, padded, train_translate
+from training.tasks.translate.train import TorchStep, padded
 
 # Real entries of the Ding dictionary (trans-de-en 1.9), as the file has them.
 ENTRIES = "\n".join(
@@ -140,41 +139,19 @@ def test_tokenizers_round_trip(tmp_path: Path) -> None:
     assert chars.encode("Ω") == [1]  # unseen: <unk>
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few steps on real sentence pairs (the dictionary when installed, else the pairs above)."""
-    out = tmp_path_factory.mktemp("translate")
-    if DING.exists():
-        sentences, _ = read_ding()
-        pairs = list(zip(sentences.source, sentences.target))[:600]
-    else:
-        pairs = [("Wie die Mutter, so die Tochter.", "Like mother, like daughter."), ("Es gibt sie.", "They exist.")]
-        pairs = [(f"{s} {i}", f"{t} {i}") for i in range(300) for s, t in pairs][:600]
-    (out / "pairs.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
-    p = argparse.ArgumentParser()
-    add_translate_args(p)
-    args = p.parse_args(
-        ["--out", str(out / "run"), "--train", str(out / "pairs.tsv"), "--test-size", "40", "--valid-size", "20",
-         "--vocab", "300", "--hidden", "32", "--embedding", "32", "--max-steps", "40", "--eval-every", "20",
-         "--max-tokens", "24", "--batch", "16"]
-    )  # fmt: skip
-    train_translate(args)
-    return out / "run"
-
-
-def test_a_training_run_writes_its_metrics_and_split(tiny_run: Path) -> None:
-    m = json.loads((tiny_run / "metrics.json").read_text())
-    assert m["test_pairs"] == len((tiny_run / "test.tsv").read_text().splitlines()) >= 40
+def test_a_training_run_writes_its_metrics_and_split(translate_run: Path) -> None:
+    m = json.loads((translate_run / "metrics.json").read_text())
+    assert m["test_pairs"] == len((translate_run / "test.tsv").read_text().splitlines()) >= 40
     for key in ("greedy", "beam5"):
         assert {"chrf", "bleu", "ter", "signature"} <= set(m[key]) and "nc:6|nw:0" in m[key]["signature"]["chrf"]
     assert m["chrf"] == m["beam5"]["chrf"] and m["stopped_by"] in ("steps", "early_stopping")
-    assert (tiny_run / "tokenizer.model").exists() and (tiny_run / "learning_curves.png").exists()
+    assert (translate_run / "tokenizer.model").exists() and (translate_run / "learning_curves.png").exists()
 
 
-def test_export_passes_the_parity_gate_and_the_contract(tiny_run: Path, tmp_path: Path) -> None:
+def test_export_passes_the_parity_gate_and_the_contract(translate_run: Path, tmp_path: Path) -> None:
     from training.tasks.translate.export import export_translate_run
 
-    meta = export_translate_run(tiny_run, tmp_path / "art")
+    meta = export_translate_run(translate_run, tmp_path / "art")
     parity = meta["parity"]
     assert parity["passed"] and parity["greedy_sentences_differing"] == 0 and parity["beam5_sentences_differing"] == 0
     assert parity["alone_vs_batched_sentences_differing_ort"] == 0
@@ -185,14 +162,14 @@ def test_export_passes_the_parity_gate_and_the_contract(tiny_run: Path, tmp_path
         assert (tmp_path / "art" / name).exists(), name
 
 
-def test_the_service_checks_the_exported_files_and_graphs(tiny_run: Path, tmp_path: Path) -> None:
+def test_the_service_checks_the_exported_files_and_graphs(translate_run: Path, tmp_path: Path) -> None:
     from service.core.artifact import ReferenceMismatch
     from service.tasks.translate.spec import check_files, check_reference, swap_problem
     from training.onnx import cpu_session
     from training.tasks.translate.export import export_translate_run
 
     art = tmp_path / "art"
-    export_translate_run(tiny_run, art)
+    export_translate_run(translate_run, art)
     meta = ArtifactMeta.from_dict(json.loads((art / "metadata.json").read_text()))
     check_files(art, meta)
     report = check_reference(cpu_session(art / "encoder.onnx"), cpu_session(art / "model.onnx"), art / "reference.npz")

@@ -35,83 +35,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
 from service.core.decoding.beam import Beams
-from service.core.decoding.sampling import Sampling, choose
-from service.core.vocab import TokenTable, Vocabulary
+from service.core.decoding.sampling import choose
+from service.core.decoding.streams import Emit, StepRequest, StepRunner, Stream
+from service.core.vocab import Vocabulary
 
 log = logging.getLogger("seqserve")
-Emit = Callable[[dict], None]
 PREFILL_GATHER = 4  # prompts read in one call while others decode (measured: 1 prompt 2.9 ms, 4 prompts 3.6 ms)
 PREFILL_WAIT_S = 0.015  # ...or as soon as the oldest waiting prompt has waited this long
-
-
-@dataclass
-class Stream:
-    req: StepRequest
-    emit: Emit
-    arrived: float
-    slots: list[int] = field(default_factory=list)
-    read: int = 0  # prompt tokens read so far
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    text: str = ""
-    sent: int = 0  # characters of text already emitted
-    sent_logprobs: int = 0  # log-probabilities already emitted
-    emitted_at: float = 0.0  # when text last left (0: none yet)
-    last_token_at: float = 0.0
-    beams: Beams | None = None
-    rng: np.random.Generator | None = None
-    deadline: float = float("inf")  # time.perf_counter(): still waiting for a slot then, it is dropped (504)
-    cancelled: bool = False
-    finished: bool = False
-
-    @property
-    def decoding(self) -> bool:
-        return self.read == len(self.req.prompt)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class StepShape(TokenTable, Protocol):
-    """What the scheduler needs of a step graph's contract (the generate room's ``Generation`` section)."""
-
-    layers: int
-    hidden: int
-    chunk: int  # the most tokens a stream advances in one call
-
-    @property
-    def state_names(self) -> list[str]: ...
-
-
-class StepRunner(Protocol):
-    """A step model: ``run(tokens [B, K], lengths [B], states) -> (log-probs [B, V], new states)``; states are
-    ``[layers, B, hidden]`` arrays named by ``gen.state_names`` (the generate room's ``StepModel`` on ORT)."""
-
-    gen: StepShape
-
-    def run(self, tokens: np.ndarray, lengths: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list]: ...
-
-
-class StepRequest(Protocol):
-    """A validated request (the generate room's ``GenerateRequest``): prompt token ids, limits and choices."""
-
-    prompt: list[int]
-    max_new_tokens: int
-    sampling: Sampling
-    seed: int
-    stop: list[str]
-    num_beams: int
-    beam_search: bool
-    n_best: int
-    logprobs: bool
-    constraint: Any  # None, or an object with mask(row, position, vocab) and __len__
-    position: int
 
 
 class Scheduler:
@@ -125,11 +59,12 @@ class Scheduler:
         metrics: object | None = None,
         request_batching: bool = False,
         interval: float = 0.0,
+        vocab: Vocabulary | None = None,
     ) -> None:
         gen = model.gen
         self.model, self.version, self.capacity = model, version, capacity
         self.chunk, self.prefill_streams = min(chunk, gen.chunk), prefill_streams
-        self.vocab = Vocabulary(gen)
+        self.vocab = vocab or Vocabulary(gen)  # made once per model (a per-request loop passes it in)
         self._blocked = np.flatnonzero(~self.vocab.writable)  # never written: <unk>, <bos>
         shape = (gen.layers, capacity, gen.hidden)
         self.states = [np.zeros(shape, np.float32) for _ in gen.state_names]
@@ -252,13 +187,16 @@ class Scheduler:
                 st[:, s.slots] = 0.0
             s.rng = np.random.default_rng(s.req.seed)
             if s.req.beam_search:
-                s.beams = Beams(s.req.num_beams, s.req.max_new_tokens, self.vocab.eos)
+                s.beams = self._beams(s)
             self.active.append(s)
         self.pending = still
         for s in self.active:
             if s.cancelled and not s.finished:
                 self._finish(s, reason="cancelled")
         self.active = [s for s in self.active if not s.finished]
+
+    def _beams(self, s: Stream) -> Beams:
+        return Beams(s.req.num_beams, s.req.max_new_tokens, self.vocab.eos)
 
     def _call(self, tokens: np.ndarray, lengths: np.ndarray, rows: list[int]) -> np.ndarray:
         t0 = time.perf_counter()
@@ -336,7 +274,7 @@ class Scheduler:
         if token == self.vocab.eos:
             self._finish(s, reason="end")
             return
-        s.text += self.vocab.gen.vocab[token]
+        s.text = self._grow(s, token)
         reason, visible = self._stop_or_hold(s) if s.req.stop else ("", len(s.text))
         if reason:
             self._finish(s, reason=reason, text_end=visible)
@@ -345,6 +283,10 @@ class Scheduler:
         elif visible > s.sent and (not s.emitted_at or now - s.emitted_at >= self.interval):
             s.emitted_at = now
             self._emit_text(s, visible)
+
+    def _grow(self, s: Stream, token: int) -> str:
+        """``s``'s text with ``token`` (just appended to ``s.tokens``) added."""
+        return s.text + self.vocab.gen.vocab[token]
 
     def _emit_text(self, s: Stream, end: int) -> None:
         """The text not yet sent up to ``end``, with the log-probabilities of the tokens since the last text."""
@@ -372,7 +314,7 @@ class Scheduler:
     def _beam_step(self, s: Stream, logp: np.ndarray) -> None:
         b = s.beams
         assert b is not None
-        parents, _ = b.step(logp)
+        parents, _ = b.step(logp, self._attention(s, len(b.live)))
         src = [s.slots[p] for p in parents]
         for st in self.states:
             st[:, s.slots[: len(src)]] = st[:, src]
@@ -397,6 +339,13 @@ class Scheduler:
             s.tokens, s.logprobs = top.tokens, top.logprobs
             s.text = self._text(top.tokens)
             self._finish(s, reason=top.reason, beams=best[: s.req.n_best])
+
+    def _attention(self, s: Stream, rows: int) -> np.ndarray | None:
+        """The last step's attention of ``s``'s first ``rows`` slots (a decoder without attention: None)."""
+        return None
+
+    def _summarise(self, s: Stream, summary: dict, beams: list | None) -> None:
+        """A task's additions to a finished stream's summary (none here)."""
 
     def _text(self, tokens: list[int]) -> str:
         return self.vocab.text(tokens)
@@ -443,6 +392,7 @@ class Scheduler:
                     {"text": self._text(h.tokens), "score": h.normalised(s.beams.alpha), "tokens": len(h.tokens)}
                     for h in beams
                 ]
+        self._summarise(s, summary, beams)
         if self.metrics is not None:
             self.metrics.finished(reason, len(s.tokens))
         self._emit(s, summary)

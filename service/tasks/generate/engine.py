@@ -1,6 +1,6 @@
 """The language model's engine: the step graph on ONNX Runtime (``StepModel``), checked at load, and the step
 scheduler that batches every decoding step of every request (``service.core.decoding.scheduler``; or, for the
-benchmark's comparison, ``per_request.PerRequestLoops``)."""
+benchmark's comparison, ``service.core.decoding.per_request.PerRequestLoops``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.artifact import Artifact, Generation
+from service.core.decoding.per_request import PerRequestLoops
 from service.core.decoding.scheduler import Scheduler
 from service.core.runtime import SessionInfo, available_cpus, open_checked_session
 from service.core.settings import Settings
 from service.tasks.generate.metrics import GenerateMetrics
-from service.tasks.generate.per_request import PerRequestLoops
 from service.tasks.generate.settings import GenerateSettings
 from service.tasks.generate.spec import check_reference
 
@@ -50,7 +50,10 @@ class LMEngine:
         self.metrics = metrics or GenerateMetrics(self.model_version, self.gen.rnn, self.info.provider, settings.device)
         model = StepModel(self.info.session, self.gen)
         if knobs.mode == "per-request":
-            self.scheduler: Scheduler | PerRequestLoops = PerRequestLoops(model, self.model_version, self.metrics)
+            version, metrics = self.model_version, self.metrics
+            self.scheduler: Scheduler | PerRequestLoops = PerRequestLoops(
+                lambda slots: Scheduler(model, version, slots, model.gen.chunk, 1, metrics)
+            )
         else:
             self.scheduler = Scheduler(
                 model,

@@ -207,7 +207,7 @@ def train_translate(args: argparse.Namespace) -> dict:
     model = Seq2Seq(cfg).to(device)
     log(f"model {args.rnn} {args.attention}: {sum(p.numel() for p in model.parameters())} parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    warmup = min(200, args.max_steps // 10)
+    warmup = max(1, min(200, args.max_steps // 10))
     budget_end = started + args.time_budget if args.time_budget else math.inf
     best, best_state, since_best, stopped_by = -1.0, None, 0, "steps"
     curve_steps, curve, val_steps, val_chrf, running = [], [], [], [], 0.0
