@@ -8,10 +8,14 @@ The common case (a well-formed sequence) takes a vectorised path (``fast_sequenc
 ``np.array(seq, float32)``, one scan of the value types, one ``isfinite``. Anything it does not accept goes
 through the step-by-step checks (``check_sequence``), which find and name the first problem, so the error
 messages do not depend on the path.
+
+``number_field``: one numeric field of a JSON request (the decoding rooms' parameters), type and range checked.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -101,3 +105,26 @@ def non_finite_message(field: str) -> str:
         f"{field}: the model's output is not finite for this sequence (values this large overflow float32 inside "
         "the model); scale the input"
     )
+
+
+def number_field(
+    body: dict,
+    name: str,
+    default: float,
+    kind: type,
+    low: float,
+    high: float,
+    error: Callable[[str, str], Exception],
+    open_low: bool = False,
+    range_reason: str | None = None,
+) -> Any:
+    """``body[name]`` (else ``default``) as ``kind`` within ``[low, high]`` (``(low, high]`` with ``open_low``);
+    otherwise ``error(message, reason)``: reason ``bad_type``, or ``range_reason`` (default ``{name}_range``)."""
+    value = body.get(name, default)
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok_type or (kind is int and not float(value).is_integer()) or not math.isfinite(value):
+        raise error(f"{name}: expected {'an integer' if kind is int else 'a number'}", "bad_type")
+    if (value <= low if open_low else value < low) or value > high:
+        bracket = "(" if open_low else "["
+        raise error(f"{name}: {value} is outside {bracket}{low}, {high}]", range_reason or f"{name}_range")
+    return kind(value)

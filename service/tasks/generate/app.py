@@ -46,11 +46,12 @@ from service.core.app import (
 )
 from service.core.artifact import Artifact
 from service.core.bentoml_patches import bound_metric_paths
-from service.core.decoding.channel import Channel, Outbox, sse
+from service.core.decoding.channel import sse
+from service.core.decoding.serving import Outboxes, Retiring, cancel_on_disconnect, dispatch, worker_channel
 from service.core.guard import DeadlinePassed, Rejected, deadline
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.vocab import Vocabulary
-from service.tasks.generate.engine import LMEngine, Retiring
+from service.tasks.generate.engine import LMEngine
 from service.tasks.generate.metrics import GEN_REJECTED
 from service.tasks.generate.openapi import GenerateOpenAPIPatch
 from service.tasks.generate.params import GenerateError, Limits, parse
@@ -78,7 +79,7 @@ class LMModel(FollowsChampion):
 
     def __init__(self) -> None:
         self._streams: dict[str, Any] = {}  # request id -> stream, for cancel()
-        self._outboxes: dict[str, Outbox] = {}  # API worker -> its channel's outbox
+        self._outbox = Outboxes(KNOBS.stream_interval_ms / 1000)  # API worker -> its channel's outbox
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
@@ -93,7 +94,7 @@ class LMModel(FollowsChampion):
 
     def _deliver(self, batch: list) -> None:
         """From the scheduler thread, once per step: run the step's emits on the event loop."""
-        self._loop.call_soon_threadsafe(_dispatch, batch)
+        self._loop.call_soon_threadsafe(dispatch, batch)
 
     @bentoml.api
     async def submit(self, request: dict, request_id: str, worker: str, deadline: float | None = None) -> dict:
@@ -123,11 +124,6 @@ class LMModel(FollowsChampion):
         async for chunk in self._outbox(worker).chunks():
             yield chunk
 
-    def _outbox(self, worker: str) -> Outbox:
-        if worker not in self._outboxes:
-            self._outboxes[worker] = Outbox(KNOBS.stream_interval_ms / 1000)
-        return self._outboxes[worker]
-
     @bentoml.api
     def cancel(self, request_id: str) -> bool:
         """The API worker's client went away: free the stream's slot at the next step (its last event, finish
@@ -154,30 +150,6 @@ class LMModel(FollowsChampion):
         return {"outcome": self.check_champion(), "model_version": self.slot.version}
 
 
-def _dispatch(batch: list) -> None:
-    for emit, event in batch:
-        emit(event)
-
-
-_CHANNEL: Channel | None = None
-
-
-def channel() -> Channel:
-    """This API worker's token channel (one per process, opened on first use)."""
-    global _CHANNEL
-    if _CHANNEL is None:
-        model = bentoml.get_current_service().model
-        _CHANNEL = Channel(lambda worker: model.to_async.channel(worker=worker))
-    return _CHANNEL
-
-
-async def _cancel_on_disconnect(request: Request, model: Any, rid: str) -> None:
-    """While a generation runs: if its client disconnects, tell the model service to drop the stream."""
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.25)
-    await model.to_async.cancel(request_id=rid)
-
-
 def _count(reason: str) -> None:
     GEN_REJECTED.labels(reason).inc()
 
@@ -193,7 +165,7 @@ async def generate(request: Request) -> Response:
         return refuse(e, _count)
     body = {**body, "seed": req.seed}  # the model service samples with the seed chosen here
     model = bentoml.get_current_service().model
-    rid, chan = uuid.uuid4().hex, channel()
+    rid, chan = uuid.uuid4().hex, worker_channel()
     due = deadline()
     if due <= time.perf_counter():
         return refuse(DeadlinePassed(), _count)
@@ -213,7 +185,7 @@ async def generate(request: Request) -> Response:
             return refuse(Rejected("generation capacity is full: try again shortly", BUSY, 429), _count)
         return JSONResponse({"error": answer["error"]}, status_code=500)
     upstream = chan.events(rid)
-    watch = asyncio.create_task(_cancel_on_disconnect(request, model, rid))
+    watch = asyncio.create_task(cancel_on_disconnect(request, model, rid))
     try:
         first = await anext(upstream)
     except BaseException:

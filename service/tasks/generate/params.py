@@ -32,13 +32,13 @@ midway. Beam search streams only the ``done`` event.
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.decoding.sampling import Sampling
 from service.core.guard import Rejected
+from service.core.validate import number_field
 from service.core.vocab import ConstraintError, Vocabulary
 from service.tasks.generate.forms import Constraint, from_form, from_request
 
@@ -95,14 +95,7 @@ class Limits:
 
 
 def _number(body: dict, name: str, default: float, kind: type, low: float, high: float, open_low: bool = False) -> Any:
-    value = body.get(name, default)
-    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok_type or (kind is int and not float(value).is_integer()) or not math.isfinite(value):
-        raise GenerateError(f"{name}: expected {'an integer' if kind is int else 'a number'}", "bad_type")
-    if (value <= low if open_low else value < low) or value > high:
-        bracket = "(" if open_low else "["
-        raise GenerateError(f"{name}: {value} is outside {bracket}{low}, {high}]", f"{name}_range")
-    return kind(value)
+    return number_field(body, name, default, kind, low, high, GenerateError, open_low)
 
 
 def parse(body: Any, vocab: Vocabulary, limits: Limits) -> tuple[GenerateRequest, bool]:

@@ -43,10 +43,11 @@ from service.core.app import (
 )
 from service.core.artifact import Artifact
 from service.core.bentoml_patches import bound_metric_paths
-from service.core.decoding.channel import Channel, Outbox, sse
+from service.core.decoding.channel import sse
+from service.core.decoding.serving import Outboxes, Retiring, cancel_on_disconnect, dispatch, worker_channel
 from service.core.guard import DeadlinePassed, Rejected, deadline
 from service.core.lifecycle import FollowsChampion, ModelSlot
-from service.tasks.translate.engine import Retiring, TranslateEngine, tokenizer
+from service.tasks.translate.engine import TranslateEngine, tokenizer
 from service.tasks.translate.metrics import TR_REJECTED
 from service.tasks.translate.openapi import TranslateOpenAPIPatch
 from service.tasks.translate.params import Limits, Options, TranslateError, TranslateRequest, parse
@@ -75,7 +76,7 @@ class TranslatorModel(FollowsChampion):
 
     def __init__(self) -> None:
         self._streams: dict[str, list] = {}  # request id -> its texts' streams, for cancel()
-        self._outboxes: dict[str, Outbox] = {}
+        self._outbox = Outboxes(KNOBS.stream_interval_ms / 1000)  # API worker -> its channel's outbox
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
@@ -89,7 +90,7 @@ class TranslatorModel(FollowsChampion):
             raise ValueError(problem)
 
     def _deliver(self, batch: list) -> None:
-        self._loop.call_soon_threadsafe(_dispatch, batch)
+        self._loop.call_soon_threadsafe(dispatch, batch)
 
     @bentoml.api
     async def submit(self, request: dict, request_id: str, worker: str, deadline: float | None = None) -> dict:
@@ -131,11 +132,6 @@ class TranslatorModel(FollowsChampion):
         async for chunk in self._outbox(worker).chunks():
             yield chunk
 
-    def _outbox(self, worker: str) -> Outbox:
-        if worker not in self._outboxes:
-            self._outboxes[worker] = Outbox(KNOBS.stream_interval_ms / 1000)
-        return self._outboxes[worker]
-
     @bentoml.api
     def cancel(self, request_id: str) -> bool:
         """The client went away: its texts' slots are freed at the next step."""
@@ -159,23 +155,6 @@ class TranslatorModel(FollowsChampion):
     @bentoml.api
     def reload(self) -> dict:
         return {"outcome": self.check_champion(), "model_version": self.slot.version}
-
-
-def _dispatch(batch: list) -> None:
-    for emit, event in batch:
-        emit(event)
-
-
-_CHANNEL: Channel | None = None
-
-
-def channel() -> Channel:
-    """This API worker's token channel (one per process, opened on first use)."""
-    global _CHANNEL
-    if _CHANNEL is None:
-        model = bentoml.get_current_service().model
-        _CHANNEL = Channel(lambda worker: model.to_async.channel(worker=worker))
-    return _CHANNEL
 
 
 def _count(reason: str) -> None:
@@ -213,12 +192,6 @@ def answer(summaries: list[dict], reqs: list[TranslateRequest], opts: Options, s
     return out
 
 
-async def _cancel_on_disconnect(request: Request, model: Any, rid: str) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.25)
-    await model.to_async.cancel(request_id=rid)
-
-
 async def translate(request: Request) -> Response:
     try:
         body = json.loads(await request.body())
@@ -233,7 +206,7 @@ async def translate(request: Request) -> Response:
         seed = reqs[0].seed
         body = {**body, "sampling": {**body["sampling"], "seed": seed}}
     model = bentoml.get_current_service().model
-    rid, chan = uuid.uuid4().hex, channel()
+    rid, chan = uuid.uuid4().hex, worker_channel()
     due = deadline()
     if due <= time.perf_counter():
         return refuse(DeadlinePassed(), _count)
@@ -263,7 +236,7 @@ async def translate(request: Request) -> Response:
             await events.put((i, event))
 
     pumps = [asyncio.create_task(pump(i, k)) for i, k in enumerate(keys)]
-    watch = asyncio.create_task(_cancel_on_disconnect(request, model, rid))
+    watch = asyncio.create_task(cancel_on_disconnect(request, model, rid))
     summaries: list[dict | None] = [None] * len(reqs)
 
     async def next_events() -> AsyncGenerator[tuple[int, dict], None]:

@@ -125,14 +125,3 @@ class TranslateEngine:
                 request_batching=knobs.mode == "request-batching",
                 interval=knobs.stream_interval_ms / 1000,
             ).start()
-
-
-class Retiring:
-    """An old translator at a swap: its scheduler drains, then its series go."""
-
-    def __init__(self, engine: TranslateEngine) -> None:
-        self.engine = engine
-
-    def retire(self) -> None:
-        self.engine.scheduler.drain()
-        self.engine.metrics.retire()

@@ -78,7 +78,7 @@ class TranslateMetrics:
         if first:
             TR_FIRST.observe(since_last)
 
-    def finished(self, reason: str, tokens: int, beams: int = 1) -> None:
+    def finished(self, reason: str, tokens: int) -> None:
         TR_SENTENCES.labels(reason).inc()
         if reason != "cancelled":
             self._target.inc(tokens)

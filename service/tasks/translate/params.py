@@ -27,7 +27,6 @@ Answer: ``{"translations": [{"text", "score", "tokens", "finish_reason", "hypoth
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 
 from service.core.decoding.sampling import Sampling
 from service.core.guard import Rejected
+from service.core.validate import number_field
 from service.core.vocab import Vocabulary
 from service.tasks.translate.tokens import EOS, UNK, Tokenizer
 
@@ -118,14 +118,7 @@ class Options:
 
 
 def _number(body: dict, name: str, default: float, kind: type, low: float, high: float, open_low: bool = False) -> Any:
-    value = body.get(name, default)
-    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok_type or (kind is int and not float(value).is_integer()) or not math.isfinite(value):
-        raise TranslateError(f"{name}: expected {'an integer' if kind is int else 'a number'}", "bad_type")
-    if (value <= low if open_low else value < low) or value > high:
-        bracket = "(" if open_low else "["
-        raise TranslateError(f"{name}: {value} is outside {bracket}{low}, {high}]", "range")
-    return kind(value)
+    return number_field(body, name, default, kind, low, high, TranslateError, open_low, range_reason="range")
 
 
 def _flag(body: dict, name: str, default: bool) -> bool:
