@@ -96,26 +96,30 @@ def in_process(art: Path, texts: list[str], beam: int, concurrency: int, duratio
     engine = TranslateEngine(find_artifact(str(art)), Settings(), TranslateSettings())
     tr = engine.artifact.meta.translation
     limits = Limits(64, tr.max_source_tokens, tr.max_target_tokens, 16, 4096)
-    counter, totals, stop = iter(range(10**9)), [0, 0], time.perf_counter() + duration
+    counter, totals, stop = iter(range(10**9)), [0, 0, 0], time.perf_counter() + duration  # done, tokens, in flight
     lock = threading.Lock()
 
     def submit() -> None:
         body = {"texts": [texts[next(counter) % len(texts)]], "beam_size": beam}
 
         def emit(event: dict) -> None:
-            if event.get("event") == "done":
-                with lock:
-                    totals[0] += 1
-                    totals[1] += event["tokens"]
-                if time.perf_counter() < stop:
-                    submit()
+            if event.get("event") not in ("done", "error"):
+                return
+            if time.perf_counter() < stop:
+                submit()  # first: the count in flight never passes through 0 before the stop
+            with lock:
+                totals[0] += event.get("event") == "done"
+                totals[1] += event.get("tokens", 0)
+                totals[2] -= 1
 
+        with lock:
+            totals[2] += 1
         engine.scheduler.submit(parse(body, engine.tokenizer, limits)[0][0], emit)
 
     t0 = time.perf_counter()
     for _ in range(concurrency):
         submit()
-    while engine.scheduler.load and time.perf_counter() < stop + 120:
+    while totals[2] and time.perf_counter() < stop + 120:  # every sentence in flight at the stop finishes
         time.sleep(0.05)
     seconds = time.perf_counter() - t0
     engine.scheduler.drain()

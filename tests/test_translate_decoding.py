@@ -125,6 +125,46 @@ def test_length_penalty_ranks_by_score_over_length_to_the_power() -> None:
     assert search(1.0) == [2, 2, 2, 2, 3]
 
 
+def exhaustive_step(live: list, log_probs: np.ndarray, width: int, eos: int) -> tuple[list, list]:
+    """Every extension of every live beam sorted by (-score, flat index): the search Beams.step shortcuts."""
+    ext, ends = [], []
+    v = log_probs.shape[1]
+    for i, (tokens, score) in enumerate(live):
+        for t in range(v):
+            s = score + float(np.float64(log_probs[i, t]))
+            if np.isfinite(s):
+                (ends if t == eos else ext).append((-s, i * v + t, [*tokens, t], s))
+    ext.sort(key=lambda e: (e[0], e[1]))
+    return [(e[2], e[3]) for e in ext[:width]], [(e[2], e[3]) for e in ends]
+
+
+def test_beam_steps_choose_what_an_exhaustive_sort_of_every_extension_chooses() -> None:
+    """Beams.step looks only at each row's most likely tokens (one partition per row); on log-probabilities
+    full of ties, -inf and rows with a single finite token it keeps exactly the beams and finished hypotheses
+    that sorting every extension keeps."""
+    rng = np.random.default_rng(7)
+    for case in range(60):
+        width, v, eos = int(rng.integers(1, 6)), int(rng.integers(3, 40)), 1
+        b, live, finished = Beams(width, 6, eos, float(rng.choice([0.0, 0.6, 1.0]))), [([], 0.0)], []
+        while not b.done:
+            lp = np.round(rng.normal(-3, 2, (len(b.live), v)), int(rng.integers(0, 2))).astype(np.float32)
+            lp[rng.random(lp.shape) < 0.3] = -np.inf
+            if case % 5 == 0:
+                lp[0, :] = -np.inf
+                lp[0, int(rng.integers(v))] = -0.5
+            step = len(b.live[0].tokens)
+            b.step(lp)
+            live, ends = exhaustive_step(live, lp, width, eos)
+            finished += [(t, s, n) for n, (t, s) in enumerate(ends, len(finished))]
+            if step + 1 >= 6:
+                finished += [(t, s, n) for n, (t, s) in enumerate(live, len(finished))]
+                live = []
+            assert [h.tokens for h in b.live] == [t for t, _ in live]
+            assert [h.score for h in b.live] == [s for _, s in live]
+        finished.sort(key=lambda f: (-f[1] / max(1, len(f[0])) ** b.alpha, f[2]))
+        assert [h.tokens for h in b.best()] == [t for t, _, _ in finished[:width]]
+
+
 def test_coverage_penalty_prefers_the_hypothesis_that_attends_every_source_token() -> None:
     """Two hypotheses with equal log-probabilities: one looked at source token 0 twice, the other at both tokens.
     With coverage_penalty 0 the first (lower index) wins the tie; with 1 the one that covered the source."""

@@ -57,43 +57,76 @@ class Beams:
             return True
         if len(self.finished) < self.width:
             return False
-        worst = min(h.normalised(self.alpha) for h in self.finished)
-        bound = max(h.score for h in self.live) / self.max_new_tokens**self.alpha
+        worst = self.finished[-1].normalised(self.alpha)  # kept best first
+        bound = self.live[0].score / self.max_new_tokens**self.alpha  # live is best first too
         return bound <= worst
 
     def step(self, log_probs: np.ndarray, attention: np.ndarray | None = None) -> tuple[list[int], list[int]]:
         """Extend the live beams (rows of ``log_probs``, in ``self.live`` order; ``attention``: their rows of
         the step's attention, if the decoder has one); return (parents, tokens) of the new live beams."""
-        scores = np.array([h.score for h in self.live])[:, None] + log_probs.astype(np.float64)
+        live = np.array([h.score for h in self.live])
         if self.eos is not None:
-            for i, h in enumerate(self.live):
-                if np.isfinite(scores[i, self.eos]):
-                    lp = float(log_probs[i, self.eos])
-                    end = Hypothesis([*h.tokens, self.eos], [*h.logprobs, lp], float(scores[i, self.eos]), "end")
-                    self._finish(self._attend(end, h, attention, i))
-            scores[:, self.eos] = -np.inf
-        flat = scores.ravel()
-        k = min(self.width, int(np.isfinite(flat).sum()))
-        top = np.argpartition(-flat, k - 1)[:k] if 0 < k < len(flat) else np.flatnonzero(np.isfinite(flat))
-        top = top[np.lexsort((top, -flat[top]))]  # best first; ties by index: deterministic
+            ends = live + log_probs[:, self.eos].astype(np.float64)
+            for i in np.flatnonzero(np.isfinite(ends)).tolist():
+                self._offer_end(i, self.eos, float(ends[i]), float(log_probs[i, self.eos]), attention)
+        rows, toks = self._candidates(log_probs)
+        scores = live[rows] + log_probs[rows, toks].astype(np.float64)
         v = log_probs.shape[1]
-        parents, tokens = (top // v).tolist(), (top % v).tolist()
+        top = np.lexsort((rows * v + toks, -scores))[: self.width]  # best first; ties by index: deterministic
+        parents, tokens, best = rows[top].tolist(), toks[top].tolist(), scores[top].tolist()
         self.live = [
             self._attend(
-                Hypothesis(
-                    [*self.live[p].tokens, t], [*self.live[p].logprobs, float(log_probs[p, t])], float(flat[p * v + t])
-                ),
+                Hypothesis([*self.live[p].tokens, t], [*self.live[p].logprobs, float(log_probs[p, t])], score),
                 self.live[p],
                 attention,
                 p,
             )
-            for p, t in zip(parents, tokens)
+            for p, t, score in zip(parents, tokens, best)
         ]
         if self.live and len(self.live[0].tokens) >= self.max_new_tokens:
             for h in self.live:
                 self._finish(h, "length")
             self.live = []
         return parents, tokens
+
+    def _candidates(self, log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row and token of every extension that can be among the ``width`` best, in flat order: per row the
+        tokens at least as likely as its (width + 1)-th most likely (ties all kept; one of them may be ``<eos>``),
+        finite, not ``<eos>``. A row's extension ranks by its beam's score plus its log-probability, so a token
+        below that line is beaten by ``width`` others of its own row: choosing among these is the exhaustive
+        choice, at the cost of one partition per row instead of a sort of every extension."""
+        v = log_probs.shape[1]
+        need = self.width + 1
+        if need < v:
+            line = np.partition(log_probs, v - need, axis=1)[:, v - need : v - need + 1]
+            flat = np.flatnonzero(log_probs >= line)
+        else:
+            flat = np.arange(log_probs.size)
+        rows, toks = flat // v, flat % v
+        keep = np.isfinite(log_probs[rows, toks]) & (toks != self.eos)
+        return rows[keep], toks[keep]
+
+    def _offer_end(self, i: int, eos: int, score: float, logprob: float, attention: np.ndarray | None) -> None:
+        """Live beam ``i`` ended by ``<eos>`` with ``score``: it joins the finished hypotheses if it ranks among
+        the ``width`` best (its rank is computed first, so the many that cannot enter cost no copies)."""
+        h = self.live[i]
+        coverage = None
+        if attention is not None:
+            coverage = attention[i].astype(np.float64) if h.coverage is None else h.coverage + attention[i]
+        penalty = self._penalty(coverage)
+        if len(self.finished) >= self.width:
+            ranked = score / max(1, len(h.tokens) + 1) ** self.alpha + penalty
+            if ranked <= self.finished[-1].normalised(self.alpha):  # a tie ranks after the earlier one
+                return
+        end = Hypothesis([*h.tokens, eos], [*h.logprobs, logprob], score, "end", coverage, penalty=penalty)
+        if self.keep_attention and attention is not None:
+            end.attention = [*h.attention, attention[i]]
+        self._insert(end)
+
+    def _penalty(self, coverage: np.ndarray | None) -> float:
+        if self.beta and coverage is not None:
+            return self.beta * float(np.log(np.clip(coverage, 1e-6, 1.0)).sum())
+        return 0.0
 
     def _attend(self, h: Hypothesis, parent: Hypothesis, attention: np.ndarray | None, row: int) -> Hypothesis:
         """``h`` continues ``parent`` by the step whose attention is ``attention[row]``."""
@@ -111,10 +144,16 @@ class Beams:
 
     def _finish(self, h: Hypothesis, reason: str = "") -> None:
         h.reason = reason or h.reason
-        if self.beta and h.coverage is not None:
-            h.penalty = self.beta * float(np.log(np.clip(h.coverage, 1e-6, 1.0)).sum())
-        self.finished.append(h)
-        self.finished.sort(key=lambda x: -x.normalised(self.alpha))
+        h.penalty = self._penalty(h.coverage)
+        self._insert(h)
+
+    def _insert(self, h: Hypothesis) -> None:
+        """Into the finished list (best first, ties in arrival order), keeping the ``width`` best."""
+        rank = h.normalised(self.alpha)
+        at = len(self.finished)
+        while at and self.finished[at - 1].normalised(self.alpha) < rank:
+            at -= 1
+        self.finished.insert(at, h)
         del self.finished[self.width :]
 
     def best(self) -> list[Hypothesis]:
