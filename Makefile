@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -158,6 +158,10 @@ soak: venv ## 10 minutes at 70% of saturation: p99 over time, RSS growth (docs/r
 	$(PY) -m loadtest.soak --artifact $(ARTIFACT) $(SOAK_ARGS)
 
 # Classification's p99 alone vs while generation saturates the machine (bench/results-mixed.json, docs).
+profile-tail: venv ## each serving stage's p50/p99 at the bench's offered loads (bench/results-tail.json)
+	@set -e; if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
+	$(PY) -m loadtest.profile_tail $(BENCH_ARGS)
+
 bench-mixed: venv ## classifier p99 alone vs while generation saturates the machine
 	$(PY) -m loadtest.mixed --artifact $(ARTIFACT) --lm-artifact $(LM_ARTIFACT) $(BENCH_ARGS)
 

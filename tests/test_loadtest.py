@@ -235,3 +235,18 @@ def test_soak_for_a_minute_has_no_errors(artifact: Path, tmp_path: Path) -> None
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["errors"] == 0 and summary["requests"] > 1000, summary
+
+
+def test_profile_tail_runs_short(artifact: Path, tmp_path: Path) -> None:
+    """``make profile-tail`` for a few seconds (CI): every request answered and every stage measured; the
+    figures themselves are for the benchmark, not asserted here."""
+    out = tmp_path / "tail.json"
+    cmd = [sys.executable, "-m", "loadtest.profile_tail", "--artifact", str(artifact), "--profiles", "jv"]
+    cmd += ["--rates", "40", "--duration", "3", "--warmup", "1", "--work", str(tmp_path / "work"), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["client"]["errors"] == 0 and run["client"]["requests"] >= 100, run["client"]
+    for stage, figures in run["stages"].items():
+        assert figures["requests"] >= run["client"]["requests"] and figures["p99_ms"] is not None, stage
+    assert "to_batch" in done.stdout and "total" in done.stdout

@@ -223,3 +223,31 @@ def test_longer_than_training_is_served_and_counted(
         time.sleep(0.2)
     assert after.get("longer", 0) - before.get("longer", 0) == 1
     assert after.get("shorter", 0) == before.get("shorter", 0)
+
+
+def test_every_served_request_is_timed_stage_by_stage(server: str, test_set: data.Dataset) -> None:
+    """``seqserve_stage_seconds{stage}`` (service/core/stages.py): each answered /predict request adds
+    one observation to every stage, the stages add up to the total, and a refused request adds none."""
+
+    def stages() -> dict[str, tuple[float, float]]:
+        text = httpx.get(f"{server}/metrics").text
+        out = {}
+        for stage in ("parse", "queue", "to_batch", "compute", "from_batch", "respond", "total"):
+            counts = re.findall(rf'^seqserve_stage_seconds_count\{{stage="{stage}"\}} (\S+)', text, re.M)
+            sums = re.findall(rf'^seqserve_stage_seconds_sum\{{stage="{stage}"\}} (\S+)', text, re.M)
+            out[stage] = (sum(map(float, counts)), sum(map(float, sums)))
+        return out
+
+    before = stages()
+    with httpx.Client() as client:
+        for i in range(12):
+            assert predict(server, [test_set.sequences[i]], client).status_code == 200
+        assert predict(server, [[[0.0] * 3]], client).status_code == 400  # refused: never reached the model
+    deadline = time.monotonic() + 10
+    while (after := stages())["total"][0] - before["total"][0] < 12 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    added = {st: after[st][0] - before[st][0] for st in after}
+    assert set(added.values()) == {12.0}, added
+    parts = sum(after[st][1] - before[st][1] for st in after if st != "total")
+    total = after["total"][1] - before["total"][1]
+    assert parts == pytest.approx(total, rel=1e-6) and total > 0

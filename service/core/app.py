@@ -69,12 +69,15 @@ def model_service_config(name: str, settings: Settings, workers: int, timeout_s:
 
 def api_service_config(name: str, settings: Settings, timeout_s: int) -> dict[str, Any]:
     """``@bentoml.service`` arguments of an API service (HTTP, validation, JSON; no model)."""
-    return {
+    config: dict[str, Any] = {
         "name": name,
         "workers": settings.workers,
         "traffic": {"timeout": timeout_s},
         "logging": {"access": {"enabled": settings.access_log}},
     }
+    if not settings.tracing:  # no spans at all (every URL holds "/"), unless SEQSERVE_TRACING=1
+        config["tracing"] = {"excluded_urls": ["/"]}
+    return config
 
 
 async def model_info() -> dict[str, Any]:

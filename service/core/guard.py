@@ -34,6 +34,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from service.core import stages
+
 log = logging.getLogger("seqserve")
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("seqserve_request_id", default="-")
 DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("seqserve_deadline", default=float("inf"))
@@ -128,6 +130,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        timeline = stages.begin(started)
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = given if GOOD_ID.fullmatch(given) else uuid.uuid4().hex
@@ -200,6 +203,7 @@ class RequestGuard:
             return message
 
         await self.app(scope, guarded_receive, send_with_id)
+        stages.finish(timeline, time.perf_counter())
 
     def _check_headers(self, scope: dict, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
         """(status, message, reason) when the headers alone condemn the request."""

@@ -31,6 +31,9 @@ variable. A task's own knobs live in its room (the language model's: ``service.t
 ``SEQSERVE_RELOAD_INTERVAL_S``         5        how often the model service looks for a new champion (0: never)
 ``SEQSERVE_ADMIN_TOKEN``               -        bearer token of the /admin routes (unset: the routes are off)
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
+``SEQSERVE_TRACING``                   0        1: OpenTelemetry spans for the API routes (BentoML's ``tracing``
+                                                config picks the exporter); 0: none (they cost ~10% of an API
+                                                worker's CPU with no exporter to send them to; issue 26)
 ``SEQSERVE_MAX_BODY_BYTES``            8388608  largest request body; beyond it a 413 before parsing (core/guard.py)
 ``SEQSERVE_BODY_TIMEOUT_S``            10       a body not complete this long after the request began: 408
 ``SEQSERVE_DEADLINE_MS``               30000    a request's deadline (a client's X-Request-Deadline-Ms can only lower
@@ -137,6 +140,7 @@ class Settings:
     reload_interval_s: float = field(default_factory=lambda: env_float("SEQSERVE_RELOAD_INTERVAL_S", 5.0, minimum=0))
     admin_token: str = field(default_factory=lambda: os.environ.get("SEQSERVE_ADMIN_TOKEN", ""), repr=False)
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
+    tracing: bool = field(default_factory=lambda: env_int("SEQSERVE_TRACING", 0, minimum=0) == 1)
     max_body_bytes: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_BODY_BYTES", 8 << 20, minimum=1024))
     body_timeout_s: float = field(default_factory=lambda: env_float("SEQSERVE_BODY_TIMEOUT_S", 10.0, minimum=0.1))
     deadline_ms: float = field(default_factory=lambda: env_float("SEQSERVE_DEADLINE_MS", 30000.0, minimum=1))

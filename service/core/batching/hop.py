@@ -3,14 +3,16 @@
 One call carries a ``Pack``: every sequence of the call in one contiguous float32 array ``[sum T, F]`` with
 int64 lengths, their arrival times and deadlines as float64 arrays, and the API worker's pid. The answer is an
 ``Answer``: probabilities ``[n, C]``, every attention weight in one float32 array ``[sum T]``, which sequences
-were computed, and the model version. Both are named tuples sent as plain tuples (no project class crosses
+were computed, the model version, and when the batch started and finished on the model service (for the
+request's stage timings, ``service.core.stages``). Both are named tuples sent as plain tuples (no project class crosses
 BentoML's pickle, and its argument model would turn other classes into dicts); ``Pack(*t)`` names the fields
 again on arrival. BentoML pickles them with
 protocol 5, so each array travels as one out-of-band buffer: a call costs the same few objects whether it holds
 1 sequence or 256 (it was one pickled tuple with its own array per sequence, in both directions).
 
 In the API worker, ``pack`` and ``unpack`` convert to and from the per-sequence items the request code uses
-(``(received_at, pid, float32 [T, F], deadline)`` -> ``(probabilities, attention, version)`` or None);
+(``(received_at, pid, float32 [T, F], deadline)`` -> ``(probabilities, attention, version, stamps)`` or None,
+``stamps``: the call's ``(sent, batch started, batch finished, back)``);
 in the model service, ``merge`` joins the packs of one adaptive batch and ``split`` cuts its answer.
 """
 
@@ -45,6 +47,8 @@ class Answer(NamedTuple):
     attention: np.ndarray  # float32 [sum T]
     computed: np.ndarray  # bool [n]: False where the deadline passed while queued (not computed)
     version: str
+    started: float = 0.0  # time.perf_counter on the model service: the batch started...
+    finished: float = 0.0  # ...and finished
 
 
 def pack(items: list[tuple[float, int, np.ndarray, float]]) -> Pack:
@@ -59,12 +63,15 @@ def pack(items: list[tuple[float, int, np.ndarray, float]]) -> Pack:
     )
 
 
-def unpack(answer: Answer, lengths: np.ndarray) -> list[Any]:
-    """An ``Answer`` -> per-sequence ``(probabilities, attention, version)``, None where not computed."""
+def unpack(answer: Answer, lengths: np.ndarray, sent: float = 0.0, back: float = 0.0) -> list[Any]:
+    """An ``Answer`` -> per-sequence ``(probabilities, attention, version, stamps)``, None where not computed;
+    ``sent`` and ``back``: when the call left the API worker and its answer arrived."""
     answer = Answer(*answer)
     attention = np.split(answer.attention, np.cumsum(lengths[:-1])) if len(lengths) else []
+    stamps = (sent, answer.started, answer.finished, back)
     return [
-        (p, a, answer.version) if ok else None for p, a, ok in zip(answer.probs, attention, answer.computed.tolist())
+        (p, a, answer.version, stamps) if ok else None
+        for p, a, ok in zip(answer.probs, attention, answer.computed.tolist())
     ]
 
 
@@ -99,6 +106,8 @@ def split(answer: Answer, packs: list[Pack]) -> list[Answer]:
                 answer.attention[step : step + steps],
                 answer.computed[row : row + n],
                 answer.version,
+                answer.started,
+                answer.finished,
             )
         )
         row, step = row + n, step + steps

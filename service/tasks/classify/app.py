@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from service.core import stages
 from service.core.admin import admin_routes
 from service.core.app import (
     api_service_config,
@@ -58,7 +59,7 @@ from service.core.artifact import Artifact
 from service.core.batching import hop
 from service.core.batching.coalesce import Coalescer
 from service.core.batching.hop import Answer, Pack, request_items
-from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
+from service.core.bentoml_patches import bound_metric_paths, cache_mime_types, cap_learned_wait
 from service.core.guard import DeadlinePassed, Rejected
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
@@ -109,6 +110,7 @@ class SeqModel(FollowsChampion):
     task = "classify"
 
     def __init__(self) -> None:
+        cache_mime_types()  # see service/core/bentoml_patches.py
         tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/core/bentoml_patches.py
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
@@ -172,7 +174,8 @@ class SeqModel(FollowsChampion):
                 attention[ends[i] - len(a) : ends[i]] = a
             slot.metrics.observe(live_seqs, stats, p, started, batch.received[live].tolist())
             slot.metrics.batch_sources(hop.sources(packs))
-        return [tuple(a) for a in hop.split(Answer(probs, attention, computed, slot.version), packs)]
+        answer = Answer(probs, attention, computed, slot.version, started, time.perf_counter())
+        return [tuple(a) for a in hop.split(answer, packs)]
 
 
 async def metadata(request: Request) -> JSONResponse:
@@ -226,6 +229,7 @@ class SeqServe:
     model = bentoml.depends(SeqModel)
 
     def __init__(self) -> None:
+        cache_mime_types()  # see service/core/bentoml_patches.py
         self.classes: list[str] = ARTIFACT.meta.classes
         self.version: str = ARTIFACT.meta.model_version
         self.coalescer: Coalescer | None = None  # made on the first request (it needs the running loop)
@@ -252,6 +256,7 @@ class SeqServe:
         version)`` each, in order. ``/predict`` and the V2 route (``service.tasks.classify.v2``) both come here,
         so they share batches.
         ``DeadlinePassed`` if the request's deadline passed before the model ran it."""
+        stages.handled()
         if items and items[0][3] <= time.perf_counter():
             DEADLINE_DROPPED.labels("classify").inc(len(items))
             raise DeadlinePassed()
@@ -264,13 +269,21 @@ class SeqServe:
             results = await self.coalescer.submit(items)
         results = _answered(results)
         self.version = results[0][2]  # the model that answered (after a swap, the new champion)
+        timeline = stages.current()
+        if timeline is not None:
+            timeline.called(*results[0][3])
         return results
 
     @bentoml.api(route="/predict_nobatch")
     async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
         """The same answers without adaptive batching: one request per model call (for comparison)."""
         try:
-            return self._respond(_answered(await self._call("infer_nobatch", request_items(sequences))))
+            stages.handled()
+            results = _answered(await self._call("infer_nobatch", request_items(sequences)))
+            timeline = stages.current()
+            if timeline is not None:
+                timeline.called(*results[0][3])
+            return self._respond(results)
         except DeadlinePassed as e:
             return refuse(e)
 
@@ -303,18 +316,19 @@ class SeqServe:
         method = getattr(self.model.to_async, api)
         call = hop.pack(items)  # one array for the whole call (service/core/batching/hop.py)
         wire = [tuple(call)]  # plain tuples of arrays cross BentoML's pickle, never a project class
+        sent = time.perf_counter()
         answer = (await call_again(lambda: method(wire)))[0]
-        return hop.unpack(answer, call.lengths)
+        return hop.unpack(answer, call.lengths, sent, time.perf_counter())
 
     def _respond(self, results: list[Any]) -> Response:
         version = results[0][2]  # the model that answered (after a swap, the new champion)
         self.version = version
-        bad = first_non_finite([p for p, _, _ in results])
+        bad = first_non_finite([r[0] for r in results])
         if bad is not None:  # never a null probability: the request is refused, naming the sequence
             refusal = Rejected(non_finite_message(f"sequences[{bad}]"), "non_finite_output", 422)
             return refuse(refusal, lambda reason: REJECTED.labels(reason, "json").inc())
-        probs = np.stack([p for p, _, _ in results])
-        body = predictions_json(self.classes, version, probs, [a for _, a, _ in results])
+        probs = np.stack([r[0] for r in results])
+        body = predictions_json(self.classes, version, probs, [r[1] for r in results])
         return Response(body, media_type="application/json")
 
 

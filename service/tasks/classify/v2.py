@@ -70,10 +70,10 @@ def sequences(
 
 def outputs(meta: ArtifactMeta, results: list, max_t: int) -> dict[str, Tensor]:
     """The output tensors of the answered sequences (probabilities, attention padded to ``max_t``, labels)."""
-    probs = np.stack([p for p, _, _ in results]).astype("<f4")
+    probs = np.stack([r[0] for r in results]).astype("<f4")
     attention = np.zeros((len(results), max_t), "<f4")
-    for i, (_, a, _) in enumerate(results):
-        attention[i, : len(a)] = a
+    for i, r in enumerate(results):
+        attention[i, : len(r[1])] = r[1]
     labels = [meta.classes[k] for k in probs.argmax(axis=1).tolist()]
     return {
         "probabilities": ("FP32", list(probs.shape), probs),
@@ -118,7 +118,7 @@ class ClassifyV2:
     async def infer(self, request: dict, binaries: dict) -> tuple[str, dict[str, Tensor]]:
         seqs, t = sequences(request, binaries, self.meta, self.max_length, self.max_sequences)
         results = await bentoml.get_current_service().infer_items(request_items(seqs))  # DeadlinePassed: 504
-        bad = first_non_finite([p for p, _, _ in results])
+        bad = first_non_finite([r[0] for r in results])
         if bad is not None:
             raise V2Error(non_finite_message(f"x[{bad}]"), 422, "non_finite_output")
         return results[0][2], outputs(self.meta, results, t)

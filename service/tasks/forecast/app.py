@@ -50,7 +50,7 @@ from service.core.app import (
 from service.core.artifact import Artifact
 from service.core.batching import hop
 from service.core.batching.hop import Pack, request_items
-from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
+from service.core.bentoml_patches import bound_metric_paths, cache_mime_types, cap_learned_wait
 from service.core.guard import DeadlinePassed, Rejected
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
@@ -88,6 +88,7 @@ class ForecastModel(FollowsChampion):
     task = "forecast"
 
     def __init__(self) -> None:
+        cache_mime_types()  # see service/core/bentoml_patches.py
         tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
@@ -304,6 +305,7 @@ class SeqForecast:
     model = bentoml.depends(ForecastModel)
 
     def __init__(self) -> None:
+        cache_mime_types()  # see service/core/bentoml_patches.py
         tune_gc()
         bound_metric_paths((*JSON_PATHS, "/metadata"), route_template)
 

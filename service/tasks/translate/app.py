@@ -42,7 +42,7 @@ from service.core.app import (
     session_info,
 )
 from service.core.artifact import Artifact
-from service.core.bentoml_patches import bound_metric_paths
+from service.core.bentoml_patches import bound_metric_paths, cache_mime_types
 from service.core.decoding.channel import sse
 from service.core.decoding.serving import Outboxes, Retiring, cancel_on_disconnect, dispatch, worker_channel
 from service.core.guard import DeadlinePassed, Rejected, deadline
@@ -75,6 +75,7 @@ class TranslatorModel(FollowsChampion):
     task = "translate"
 
     def __init__(self) -> None:
+        cache_mime_types()  # see service/core/bentoml_patches.py
         self._streams: dict[str, list] = {}  # request id -> its texts' streams, for cancel()
         self._outbox = Outboxes(KNOBS.stream_interval_ms / 1000)  # API worker -> its channel's outbox
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
@@ -337,6 +338,7 @@ class SeqTranslate:
     model = bentoml.depends(TranslatorModel)
 
     def __init__(self) -> None:
+        cache_mime_types()  # see service/core/bentoml_patches.py
         bound_metric_paths(("/translate", "/metadata"))
 
 
