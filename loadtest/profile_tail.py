@@ -28,17 +28,18 @@ from loadtest.procs import machine
 STAGE_ORDER = ("parse", "queue", "to_batch", "compute", "from_batch", "respond", "total")
 
 
-def stage_buckets(url: str) -> dict[str, dict[float, float]]:
-    """Cumulative bucket counts of ``seqserve_stage_seconds`` per stage (summed over the server's processes)."""
+def stage_buckets(url: str, family: str = "seqserve_stage_seconds", label: str = "stage") -> dict:
+    """Cumulative bucket counts of a histogram ``family`` per value of ``label`` (summed over the server's
+    processes): the stages, or with ``seqserve_gc_pause_seconds`` / ``generation`` the collections."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
     out: dict[str, dict[float, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "seqserve_stage_seconds_bucket":
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == f"{family}_bucket":
                 le = float(s.labels["le"])
-                per = out.setdefault(s.labels["stage"], {})
+                per = out.setdefault(s.labels[label], {})
                 per[le] = per.get(le, 0.0) + s.value
     return out
 
@@ -78,10 +79,12 @@ def rates_from_bench(path: Path) -> dict[str, list[float]]:
 
 
 def profile(url: str, port: int, bodies: list, rate: float, duration: float, warmup: float) -> dict:
-    before = stage_buckets(url)
+    gc_family = ("seqserve_gc_pause_seconds", "generation")
+    before, gc_before = stage_buckets(url), stage_buckets(url, *gc_family)
     client = run_open_loop(port, "/predict", bodies, rate, duration, warmup).summary()
     time.sleep(0.3)  # the last responses' observations land
     stages = delta(stage_buckets(url), before)
+    pauses = delta(stage_buckets(url, *gc_family), gc_before)
     row: dict = {"offered_per_s": rate, "client": client, "stages": {}}
     for st in STAGE_ORDER:
         b = stages.get(st, {})
@@ -90,6 +93,15 @@ def profile(url: str, port: int, bodies: list, rate: float, duration: float, war
             "requests": int(b.get(float("inf"), 0.0)),
             "p50_ms": None if p50 is None else round(p50 * 1000, 2),
             "p99_ms": None if p99 is None else round(p99 * 1000, 2),
+        }
+    row["gc_pauses"] = {}
+    for gen, b in sorted(pauses.items()):
+        p99 = quantile(0.99, b)
+        longest = min((le for le, n in b.items() if n >= b.get(float("inf"), 0.0)), default=None)
+        row["gc_pauses"][gen] = {
+            "count": int(b.get(float("inf"), 0.0)),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 2),
+            "longest_under_ms": None if longest in (None, float("inf")) else round(longest * 1000, 2),
         }
     return row
 
@@ -103,6 +115,12 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{r['profile']:9s} {r['offered_per_s']:6.1f} {c['p50_ms']:>6}/{c['p99_ms']:>7} | " + " | ".join(cells)
         )
+    lines.append("garbage collections during each run (all processes): generation: count, p99 ms, longest under ms")
+    for r in rows:
+        gcs = ", ".join(
+            f"gen {g}: {v['count']}, {v['p99_ms']}, {v['longest_under_ms']}" for g, v in r["gc_pauses"].items()
+        )
+        lines.append(f"{r['profile']:9s} {r['offered_per_s']:6.1f} {gcs or 'none'}")
     return "\n".join(lines)
 
 

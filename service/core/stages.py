@@ -18,6 +18,10 @@ classifier's ``/predict`` and V2 infer:
                  request before the guard and the write after it)
 ===============  ===============================================================================================
 
+``seqserve_gc_pause_seconds{generation}``: every garbage collection of every process that called
+``watch_gc`` (all services, at start-up), by the generation collected: a pause stalls every request of that
+process, so it shows in the stages above without a stage of its own.
+
 Each is a perf_counter time; CLOCK_MONOTONIC is one clock for every process of the machine, so the model
 service's two stamps (carried back in ``service.core.batching.hop.Answer``) fall between the API worker's.
 Cost: one small object per request and seven histogram observations (prometheus_client's multiprocess files
@@ -27,6 +31,7 @@ are memory maps: no system call per observation). ``make profile-tail`` reads th
 from __future__ import annotations
 
 import contextvars
+import gc
 import time
 from dataclasses import dataclass
 
@@ -59,6 +64,14 @@ STAGE_SECONDS = Histogram(
     "seqserve_stage_seconds",
     "Time a request spent in each stage of the serving path (service/core/stages.py)",
     ["stage"],
+    buckets=STAGE_BUCKETS,
+)
+
+
+GC_PAUSE_SECONDS = Histogram(
+    "seqserve_gc_pause_seconds",
+    "Garbage collection pauses of the service's processes, by generation collected",
+    ["generation"],
     buckets=STAGE_BUCKETS,
 )
 
@@ -121,3 +134,20 @@ def finish(timeline: Timeline, responded: float) -> None:
         if child is None:
             child = _CHILDREN[stage] = STAGE_SECONDS.labels(stage)
         child.observe(max(0.0, seconds))  # type: ignore[attr-defined]
+
+
+_GC_STARTED = [0.0]
+
+
+def _on_gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _GC_STARTED[0] = time.perf_counter()
+    elif _GC_STARTED[0]:
+        GC_PAUSE_SECONDS.labels(str(info.get("generation", "?"))).observe(time.perf_counter() - _GC_STARTED[0])
+        _GC_STARTED[0] = 0.0
+
+
+def watch_gc() -> None:
+    """Time every garbage collection of this process into ``seqserve_gc_pause_seconds`` (idempotent)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
