@@ -5,7 +5,7 @@ length-aware batching), ``seqserve-nobatch`` (same server, ``/predict_nobatch``)
 ORT in a ``@batch`` function, dynamic batcher), ``ray-serve`` (``@serve.batch``). Peers are installed into
 their own git-ignored venvs under ``bench/venvs/`` (never seqserve dependencies), bound to 127.0.0.1, and
 stopped by PID; Ray runs with its client in a private network namespace (``unshare -n``) because one of its
-ports binds every interface. Writes ``bench/results.json`` and ``docs/benchmarks.md``.
+ports binds every interface. Writes ``bench/results.json``, ``docs/benchmarks.md`` and ``docs/img/latency-vs-load.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from loadtest.client import run_load
 from loadtest.gpu_report import report_sections
 from loadtest.open_loop import open_loop_pass
 from loadtest.peer_servers import Server, ensure_venv, json_bodies, start_ray, start_triton, v2_binary_bodies
+from loadtest.plots import latency_vs_load
 from loadtest.procs import machine, start_bentoml, stop_process
 from loadtest.report import render_report
 
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = ROOT / args.report
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render_report(results, report_sections()))
-    print(f"bench: wrote {out} and {report} in {results['settings']['total_seconds']} s", file=sys.stderr)
+    plot = latency_vs_load(results, report.parent / "img" / "latency-vs-load.png")  # docs/performance.md shows it
+    print(f"bench: wrote {out}, {report} and {plot} in {results['settings']['total_seconds']} s", file=sys.stderr)
     return results
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from loadtest import workload
 from loadtest.client import run_load, run_open_loop
 from loadtest.peer_servers import json_bodies
+from loadtest.plots import soak_windows
 from loadtest.procs import descendants, machine, start_bentoml, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     write_section(DOC, BEGIN, END, render(result))
+    soak_windows(result, DOC.parent / "img" / "soak-p99.png")
     print(render(result))
     return 0
 

@@ -250,3 +250,20 @@ def test_profile_tail_runs_short(artifact: Path, tmp_path: Path) -> None:
     for stage, figures in run["stages"].items():
         assert figures["requests"] >= run["client"]["requests"] and figures["p99_ms"] is not None, stage
     assert "to_batch" in done.stdout and "total" in done.stdout
+
+
+def test_bench_mixed_runs_short(artifact: Path, lm_artifact: Path, tmp_path: Path) -> None:
+    """``make bench-mixed`` in a few seconds per phase (CI): the classifier alone, generation alone, both, and
+    both with the isolation setting, every request answered; the timings are for the benchmark."""
+    out = tmp_path / "mixed.json"
+    cmd = [sys.executable, "-m", "loadtest.mixed", "--artifact", str(artifact), "--lm-artifact", str(lm_artifact)]
+    cmd += ["--duration", "3", "--probe", "2", "--streams", "4", "--work", str(tmp_path / "w"), "--out", str(out)]
+    done = subprocess.run([*cmd, "--doc", ""], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    r = json.loads(out.read_text())
+    iso = r["isolated"]
+    for run in (r["alone"], r["with_generation"], iso["with_generation"]):
+        assert run["errors"] == 0 and run["requests"] > 0, run
+    for gen in (r["generation_alone"], r["generation"], iso["generation"]):
+        assert gen["errors"] == 0 and gen["tokens_per_s"] > 0, gen
+    assert iso["setting"].startswith("SEQSERVE_CPUS=") and iso["alone"]["errors"] == 0 and iso["p99_factor"]

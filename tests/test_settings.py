@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from service.core.settings import BATCHING_DEFAULTS, Batching, Settings
@@ -55,3 +59,54 @@ def test_batching_follows_the_provider_unless_set(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SEQSERVE_SHAPE_BUCKETS", "off")
     assert Settings().batching(cuda=True) == Batching(65536, 32, 0.0, False)
     assert Settings().batching(cuda=False) == Batching(8192, 32, 0.0, False)
+
+
+@pytest.mark.parametrize(("priority", "expect"), [("low", "nice 10"), ("idle", "idle"), ("normal", "nice 0")])
+def test_cpu_priority_reaches_the_threads_a_service_starts_afterwards(priority: str, expect: str) -> None:
+    """SEQSERVE_CPU_PRIORITY in a fresh process (as a service worker): start_process takes it, and a thread
+    started afterwards (ONNX Runtime's, the scheduler's) runs with it."""
+    code = (
+        "import os, threading\n"
+        "from service.core.app import start_process\n"
+        "from service.core.settings import Settings\n"
+        "start_process(Settings())\n"
+        "seen = []\n"
+        "def look():\n"
+        "    idle = os.sched_getscheduler(0) == os.SCHED_IDLE\n"
+        "    seen.append('idle' if idle else f'nice {os.nice(0)}')\n"
+        "t = threading.Thread(target=look)\n"
+        "t.start(); t.join()\n"
+        "print(seen[0])\n"
+    )
+    env = {**os.environ, "SEQSERVE_CPU_PRIORITY": priority}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expect
+
+
+def test_cpus_pin_the_process_and_its_later_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEQSERVE_CPUS in a fresh process: start_process keeps it (and the threads it starts) to those CPUs, and
+    ONNX Runtime's thread count follows (available_cpus); CPUs that are not there are refused, naming the
+    variable."""
+    code = (
+        "import os, threading\n"
+        "from service.core.app import start_process\n"
+        "from service.core.runtime import available_cpus\n"
+        "from service.core.settings import Settings\n"
+        "start_process(Settings())\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))\n"
+        "t.start(); t.join()\n"
+        "print(seen[0], available_cpus())\n"
+    )
+    first = min(os.sched_getaffinity(0))
+    env = {**os.environ, "SEQSERVE_CPUS": str(first)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == f"[{first}] 1"
+    env["SEQSERVE_CPUS"] = "4096"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "SEQSERVE_CPUS" in out.stderr
+    monkeypatch.setenv("SEQSERVE_CPUS", "two")
+    with pytest.raises(ValueError, match="SEQSERVE_CPUS"):
+        Settings()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse
 
 from service.core import stages
 from service.core.artifact import ENTRIES, Artifact, find_artifact
+from service.core.bentoml_patches import cache_mime_types
 from service.core.guard import Rejected, RequestGuard, request_id
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
@@ -110,6 +112,27 @@ def refuse(e: Rejected, count: Callable[[str], None] | None = None) -> JSONRespo
     if e.status in (429, 503):
         headers["retry-after"] = "1" if e.status == 429 else "30"
     return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+
+
+LOW_NICE = 10  # SEQSERVE_CPU_PRIORITY=low
+
+
+def start_process(settings: Settings) -> None:
+    """What every service process does first, before it opens a session or starts a thread: BentoML's
+    per-response media type cached (``service.core.bentoml_patches.cache_mime_types``), the CPUs of
+    ``SEQSERVE_CPUS`` and the priority of ``SEQSERVE_CPU_PRIORITY`` taken (Linux applies both to the calling
+    thread; the threads made afterwards, ONNX Runtime's and the scheduler's included, inherit them, and ONNX
+    Runtime's thread count follows the CPUs left: ``service.core.runtime.available_cpus``)."""
+    cache_mime_types()
+    if settings.cpus:
+        usable = settings.cpus & os.sched_getaffinity(0)
+        if not usable:
+            raise ValueError(f"SEQSERVE_CPUS: none of {sorted(settings.cpus)} is available here")
+        os.sched_setaffinity(0, usable)
+    if settings.cpu_priority == "low" and os.nice(0) < LOW_NICE:
+        os.nice(LOW_NICE - os.nice(0))
+    elif settings.cpu_priority == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def tune_gc() -> None:

@@ -34,6 +34,11 @@ variable. A task's own knobs live in its room (the language model's: ``service.t
 ``SEQSERVE_TRACING``                   0        1: OpenTelemetry spans for the API routes (BentoML's ``tracing``
                                                 config picks the exporter); 0: none (they cost ~10% of an API
                                                 worker's CPU with no exporter to send them to; issue 26)
+``SEQSERVE_CPUS``                      -        the CPUs this service's processes may run on (``1``, ``0-3,6``; Linux
+                                                affinity): a throughput service (generation) kept off the cores a
+                                                latency-critical one needs (docs/performance.md, make bench-mixed)
+``SEQSERVE_CPU_PRIORITY``              normal   normal | low (nice 10) | idle (Linux SCHED_IDLE: CPU only when no other
+                                                process wants it); measured: does not protect a neighbour here
 ``SEQSERVE_MAX_BODY_BYTES``            8388608  largest request body; beyond it a 413 before parsing (core/guard.py)
 ``SEQSERVE_BODY_TIMEOUT_S``            10       a body not complete this long after the request began: 408
 ``SEQSERVE_DEADLINE_MS``               30000    a request's deadline (a client's X-Request-Deadline-Ms can only lower
@@ -77,6 +82,21 @@ def env_optional_float(name: str, minimum: float | None = None) -> float | None:
     """A number setting whose absence means "choose for me" (None)."""
     raw = os.environ.get(name, "").strip()
     return None if raw in ("", "auto") else env_float(name, 0.0, minimum)
+
+
+def env_cpus(name: str) -> frozenset[int]:
+    """A CPU list (``1``, ``0-3,6``) as a set; empty when unset (every CPU). A bad value names the variable."""
+    raw = os.environ.get(name, "").strip()
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected CPU numbers and ranges such as 1 or 0-3,6") from None
+    if raw and (not cpus or min(cpus) < 0):
+        raise ValueError(f"{name}={raw!r}: expected CPU numbers and ranges such as 1 or 0-3,6")
+    return frozenset(cpus)
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -141,6 +161,10 @@ class Settings:
     admin_token: str = field(default_factory=lambda: os.environ.get("SEQSERVE_ADMIN_TOKEN", ""), repr=False)
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
     tracing: bool = field(default_factory=lambda: env_int("SEQSERVE_TRACING", 0, minimum=0) == 1)
+    cpus: frozenset[int] = field(default_factory=lambda: env_cpus("SEQSERVE_CPUS"))
+    cpu_priority: str = field(
+        default_factory=lambda: env_choice("SEQSERVE_CPU_PRIORITY", "normal", ("normal", "low", "idle"))
+    )
     max_body_bytes: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_BODY_BYTES", 8 << 20, minimum=1024))
     body_timeout_s: float = field(default_factory=lambda: env_float("SEQSERVE_BODY_TIMEOUT_S", 10.0, minimum=0.1))
     deadline_ms: float = field(default_factory=lambda: env_float("SEQSERVE_DEADLINE_MS", 30000.0, minimum=1))

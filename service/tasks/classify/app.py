@@ -53,13 +53,14 @@ from service.core.app import (
     quiet_client_errors,
     refuse,
     session_info,
+    start_process,
     tune_gc,
 )
 from service.core.artifact import Artifact
 from service.core.batching import hop
 from service.core.batching.coalesce import Coalescer
 from service.core.batching.hop import Answer, Pack, request_items
-from service.core.bentoml_patches import bound_metric_paths, cache_mime_types, cap_learned_wait
+from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
 from service.core.guard import DeadlinePassed, Rejected
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
@@ -110,7 +111,7 @@ class SeqModel(FollowsChampion):
     task = "classify"
 
     def __init__(self) -> None:
-        cache_mime_types()  # see service/core/bentoml_patches.py
+        start_process(SETTINGS)  # service/core/app.py
         tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/core/bentoml_patches.py
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
@@ -229,7 +230,7 @@ class SeqServe:
     model = bentoml.depends(SeqModel)
 
     def __init__(self) -> None:
-        cache_mime_types()  # see service/core/bentoml_patches.py
+        start_process(SETTINGS)  # service/core/app.py
         self.classes: list[str] = ARTIFACT.meta.classes
         self.version: str = ARTIFACT.meta.model_version
         self.coalescer: Coalescer | None = None  # made on the first request (it needs the running loop)

@@ -45,12 +45,13 @@ from service.core.app import (
     model_service_config,
     refuse,
     session_info,
+    start_process,
     tune_gc,
 )
 from service.core.artifact import Artifact
 from service.core.batching import hop
 from service.core.batching.hop import Pack, request_items
-from service.core.bentoml_patches import bound_metric_paths, cache_mime_types, cap_learned_wait
+from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
 from service.core.guard import DeadlinePassed, Rejected
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
@@ -88,7 +89,7 @@ class ForecastModel(FollowsChampion):
     task = "forecast"
 
     def __init__(self) -> None:
-        cache_mime_types()  # see service/core/bentoml_patches.py
+        start_process(SETTINGS)  # service/core/app.py
         tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
@@ -305,7 +306,7 @@ class SeqForecast:
     model = bentoml.depends(ForecastModel)
 
     def __init__(self) -> None:
-        cache_mime_types()  # see service/core/bentoml_patches.py
+        start_process(SETTINGS)  # service/core/app.py
         tune_gc()
         bound_metric_paths((*JSON_PATHS, "/metadata"), route_template)
 

@@ -43,9 +43,10 @@ from service.core.app import (
     model_service_config,
     refuse,
     session_info,
+    start_process,
 )
 from service.core.artifact import Artifact
-from service.core.bentoml_patches import bound_metric_paths, cache_mime_types
+from service.core.bentoml_patches import bound_metric_paths
 from service.core.decoding.channel import sse
 from service.core.decoding.serving import Outboxes, Retiring, cancel_on_disconnect, dispatch, worker_channel
 from service.core.guard import DeadlinePassed, Rejected, deadline
@@ -78,7 +79,7 @@ class LMModel(FollowsChampion):
     task = "generate"
 
     def __init__(self) -> None:
-        cache_mime_types()  # see service/core/bentoml_patches.py
+        start_process(SETTINGS)  # service/core/app.py
         self._streams: dict[str, Any] = {}  # request id -> stream, for cancel()
         self._outbox = Outboxes(KNOBS.stream_interval_ms / 1000)  # API worker -> its channel's outbox
         self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
@@ -260,7 +261,7 @@ class SeqGenerate:
     model = bentoml.depends(LMModel)
 
     def __init__(self) -> None:
-        cache_mime_types()  # see service/core/bentoml_patches.py
+        start_process(SETTINGS)  # service/core/app.py
         bound_metric_paths(("/generate", "/metadata"))  # bounded metric labels (service/core/guard.py)
 
 
