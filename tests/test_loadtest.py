@@ -88,12 +88,20 @@ def test_bench_smoke(small_run: Path, tmp_path: Path) -> None:
             "--report",
             str(report),
             "--open-loop",
-            "",
+            "0.3",
+            "--open-duration",
+            "1",
+            "--open-repeats",
+            "1",
         ]
     )
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "onnxruntime"} <= set(results["machine"])
     runs = results["runs"]
+    opened = [r for r in runs if r.get("mode") == "open"]  # the equal-load pass (here seqserve alone), errors only
+    assert len(opened) == 2 and all(r["errors"] == 0 and r["p99_ms"] > 0 for r in opened), opened
+    assert (report.parent / "img" / "latency-vs-load.png").stat().st_size > 0
+    runs = [r for r in runs if r.get("mode") != "open"]
     assert len(runs) == 2 + 2 * 2 * 2
     for r in runs:
         assert RUN_KEYS <= set(r), r
