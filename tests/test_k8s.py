@@ -184,7 +184,7 @@ def test_one_list_of_serving_packages_for_the_image_and_the_bento() -> None:
     assert packages and not any(p.startswith("torch") for p in packages)
     # every third-party module the service imports is listed, or comes with one that is (BentoML's own)
     names = {re.split(r"[\[<>=\s]", p)[0].replace("-", "_") for p in packages} | {"onnxruntime"}
-    with_bentoml = {"starlette", "pydantic", "pydantic_core", "annotated_types", "aiohttp"}
+    with_bentoml = {"starlette", "pydantic", "pydantic_core", "annotated_types", "aiohttp", "_bentoml_sdk"}
     imported = {
         m.group(1) or m.group(2)
         for f in (ROOT / "service").rglob("*.py")

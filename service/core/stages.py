@@ -150,4 +150,6 @@ def _on_gc(phase: str, info: dict) -> None:
 def watch_gc() -> None:
     """Time every garbage collection of this process into ``seqserve_gc_pause_seconds`` (idempotent)."""
     if _on_gc not in gc.callbacks:
+        for generation in range(3):  # the series exist (at 0) before the first collection
+            GC_PAUSE_SECONDS.labels(str(generation))
         gc.callbacks.append(_on_gc)
