@@ -127,6 +127,13 @@ def handled() -> None:
         timeline.handled = time.perf_counter()
 
 
+def called(stamps: tuple[float, float, float, float]) -> None:
+    """The model service answered: its call's ``(sent, batch started, batch finished, back)``."""
+    timeline = TIMELINE.get()
+    if timeline is not None:
+        timeline.called(*stamps)
+
+
 def finish(timeline: Timeline, responded: float) -> None:
     """The response was sent: observe the stages the request went through."""
     for stage, seconds in timeline.durations(responded).items():

@@ -270,9 +270,7 @@ class SeqServe:
             results = await self.coalescer.submit(items)
         results = _answered(results)
         self.version = results[0][2]  # the model that answered (after a swap, the new champion)
-        timeline = stages.current()
-        if timeline is not None:
-            timeline.called(*results[0][3])
+        stages.called(results[0][3])
         return results
 
     @bentoml.api(route="/predict_nobatch")
@@ -281,9 +279,7 @@ class SeqServe:
         try:
             stages.handled()
             results = _answered(await self._call("infer_nobatch", request_items(sequences)))
-            timeline = stages.current()
-            if timeline is not None:
-                timeline.called(*results[0][3])
+            stages.called(results[0][3])
             return self._respond(results)
         except DeadlinePassed as e:
             return refuse(e)
