@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate train-textlm train-textclf export-textclf serve-textclf eval-textclf bench-textclf eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -127,6 +127,45 @@ bench-translate: venv ## per-request vs request batching vs step batching for /t
 	fi
 	$(PY) -m loadtest.bench_translate --artifact $(TR_ARTIFACT) $(BENCH_ARGS)
 
+# Text classification with transfer learning (issue 28): a subword LM pre-trained on the unlabelled vader text
+# (data/vader), fine-tuned ULMFiT-style to classify sentiment; beside the others: PORT=3004. Pre-trains (~11 min
+# on 2 cores) and fine-tunes on the movie sentences (~6 min) if no exported model exists.
+TC_LM_RUN ?= runs/textlm
+TC_RUN ?= runs/textclf
+TC_ARTIFACT ?= artifacts/textclf
+TC_DATA ?= movie
+TC_ARGS ?=
+train-textlm: venv ## pre-train the text classifier's language model (TC_LM_RUN)
+	$(PY) -m training textlm --out $(TC_LM_RUN)
+
+train-textclf: venv ## fine-tune the text classifier from TC_LM_RUN (pre-trained first if missing) on TC_DATA
+	@if [ ! -f $(TC_LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-textlm; fi
+	$(PY) -m training textclf --pretrained $(TC_LM_RUN) --train $(TC_DATA) --out $(TC_RUN) $(TC_ARGS)
+
+export-textclf: venv ## export TC_RUN to ONNX + tokenizer + metadata (TC_ARTIFACT)
+	$(PY) -m export --run $(TC_RUN) --out $(TC_ARTIFACT)
+
+serve-textclf: venv ## train and export the text classifier if needed, serve /classify-text on HOST:PORT
+	@set -e; if [ ! -f $(TC_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(TC_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-textclf; fi; \
+	  $(MAKE) --no-print-directory export-textclf; \
+	fi
+	$(PY) -m export.promote $(TC_ARTIFACT) --store
+	$(VENV)/bin/bentoml serve service.textclf_service:SeqTextClf --host $(HOST) --port $(PORT) \
+	  --timeout-graceful-shutdown $(GRACE_S)
+
+# Pre-trained vs from scratch, all labels and 10%, on the three rated corpora, and a TF-IDF baseline on the same
+# split: docs/textclf.md + .json (~50 minutes on 2 cores).
+eval-textclf: venv ## text classifier: pre-trained vs scratch vs TF-IDF on movie/amazon/nyt (docs/textclf.md)
+	$(PY) -m loadtest.eval_textclf $(EVAL_ARGS)
+
+bench-textclf: venv ## texts/s of the text classifier in process and over HTTP at c=1/16/64 (bench/results-textclf.json)
+	@set -e; if [ ! -f $(TC_ARTIFACT)/model.onnx ]; then \
+	  if [ ! -f $(TC_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-textclf; fi; \
+	  $(MAKE) --no-print-directory export-textclf; \
+	fi
+	$(PY) -m loadtest.bench_textclf --artifact $(TC_ARTIFACT) $(BENCH_ARGS)
+
 # The forecaster vs statsforecast's baselines (3 seeds x tourism, aus_retail; baselines in bench/venvs/statsforecast)
 # and the anomaly detector on aeon's labelled series: docs/forecasting.md + .json (~30-40 minutes on 2 cores).
 eval-forecast: venv ## forecaster vs statistical baselines + anomaly detection (docs/forecasting.md)
@@ -192,6 +231,7 @@ bench-report: venv ## re-render docs/benchmarks.md from bench/*.json
 bench: venv ## seqserve vs Triton vs Ray Serve on the same model and load (~16 min)
 	@set -e; if [ ! -f $(RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train; fi
 	$(PY) -m loadtest.bench $(if $(DATA),--data $(DATA)) $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-textclf BENCH_ARGS=
 
 # GPU layout vs CPU layout vs in-process GPU engine (bench/results-gpu.json); the recipe for the GPU machine is
 # in loadtest/gpu_visit.sh. Here: make bench-gpu DEVICE=cpu (a dry run of the same script on CPU).
@@ -239,7 +279,7 @@ monitor: prometheus ## Prometheus on 127.0.0.1:9090 scraping HOST:PORT and GENER
 manifests: venv ## render the Kubernetes overlays (deploy/k8s) to .manifests/ (the PrometheusRule regenerated first)
 	$(PY) deploy/k8s/prometheusrule.py
 	mkdir -p .manifests
-	for o in cpu gpu cpu-postgresql cpu-generate cpu-forecast cpu-translate; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
+	for o in cpu gpu cpu-postgresql cpu-generate cpu-forecast cpu-translate cpu-textclf; do kubectl kustomize deploy/k8s/overlays/$$o > .manifests/$$o.yaml || exit 1; done
 	@ls -l .manifests
 
 # Every target with its one-line description (the `## ...` after it).

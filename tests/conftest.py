@@ -260,3 +260,31 @@ def translate_artifact(translate_run: Path, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("translate_artifact")
     export_translate_run(translate_run, out)
     return out
+
+
+# --- text classification (issue 28) ------------------------------------------------------------------------------
+def train_tiny_textclf(out: Path, *extra: str) -> Path:
+    """A language model pre-trained for a few steps on the vader text, then a classifier fine-tuned from it on 10%
+    of the movie sentences (seconds): real code, tiny sizes. Returns the classifier's run."""
+    from training.__main__ import main
+
+    lm = ["textlm", "--out", str(out / "lm"), "--vocab", "500", "--hidden", "32", "--embedding", "16"]
+    assert main([*lm, "--max-steps", "20", "--batch", "8", "--bptt", "16"]) == 0
+    clf = ["textclf", "--pretrained", str(out / "lm"), "--train", "movie", "--out", str(out / "run")]
+    assert main([*clf, "--labels", "0.1", "--few-labels", "0", "--epochs", "2", *extra]) == 0
+    return out / "run"
+
+
+@pytest.fixture(scope="session")
+def textclf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_textclf(tmp_path_factory.mktemp("textclf"))
+
+
+@pytest.fixture(scope="session")
+def textclf_artifact(textclf_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny text classifier exported (graph + tokenizer, parity-gated)."""
+    from training.tasks.textclf.export import export_textclf_run
+
+    out = tmp_path_factory.mktemp("textclf_artifact")
+    export_textclf_run(textclf_run, out)
+    return out

@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu", "cpu-postgresql", "cpu-generate", "cpu-forecast", "cpu-translate")
+OVERLAYS = ("cpu", "gpu", "cpu-postgresql", "cpu-generate", "cpu-forecast", "cpu-translate", "cpu-textclf")
 BIN = Path(sys.executable).parent
 KUBE_VERSION = "1.30.0"
 
@@ -261,6 +261,7 @@ def test_the_generation_pods_use_the_classifiers_image() -> None:
         "seqserve-generate",
         "seqserve-forecast",
         "seqserve-translate",
+        "seqserve-textclf",
     }  # job labels the rules expect
 
 
@@ -282,3 +283,13 @@ def test_the_translate_pods_serve_the_translator_and_are_scraped() -> None:
         c["image"] == by_kind(docs, "Deployment", "seqserve")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
     )
     assert by_kind(docs, "Service", "seqserve-translate") and by_kind(docs, "NetworkPolicy", "seqserve-translate")
+
+
+def test_the_textclf_pods_serve_the_text_classifier_and_are_scraped() -> None:
+    docs = render("cpu-textclf")
+    c = by_kind(docs, "Deployment", "seqserve-textclf")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][0] == "service.textclf_service:SeqTextClf"
+    assert (
+        c["image"] == by_kind(docs, "Deployment", "seqserve")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert by_kind(docs, "Service", "seqserve-textclf") and by_kind(docs, "NetworkPolicy", "seqserve-textclf")

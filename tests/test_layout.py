@@ -85,9 +85,22 @@ def test_service_core_imports_no_task() -> None:
     assert {m: d for m, d in bad.items() if m.startswith("service.core") and d} == {}
 
 
+# The one honest crossing (../shared/design/task-rooms.md): the text classifier fine-tunes the language model's
+# own class, training/tasks/generate/model.py, so a pre-trained LM's weights load into it as they are.
+ALLOWED_CROSSINGS = {("training.tasks.textclf", "training.tasks.generate.model")}
+
+
+def _allowed(module: str, dep: str) -> bool:
+    return any(module.startswith(a) and dep == b for a, b in ALLOWED_CROSSINGS)
+
+
 def test_rooms_do_not_import_each_other() -> None:
     crossing = {
-        m: sorted(d for d in deps if _room(d) and m.split(".")[0] == d.split(".")[0] and _room(d) != _room(m))
+        m: sorted(
+            d
+            for d in deps
+            if _room(d) and m.split(".")[0] == d.split(".")[0] and _room(d) != _room(m) and not _allowed(m, d)
+        )
         for m, deps in IMPORTS.items()
         if _room(m)
     }

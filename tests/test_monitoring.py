@@ -24,6 +24,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from loadtest.procs import free_port, start_bentoml, stop_process, wait_http
 from service.tasks.forecast import metrics as forecast_metrics
 from service.tasks.generate import metrics as generate_metrics
+from service.tasks.textclf import metrics as textclf_metrics
 from service.tasks.translate import metrics as translate_metrics
 from training import data
 
@@ -263,7 +264,7 @@ def test_dashboard_panels_query_existing_metrics(stack) -> None:  # noqa: ANN001
     recorded = {r["record"] for g in _yaml(PROM_DIR / "rules/recording.yml")["groups"] for r in g["rules"]}
     # the generation, forecasting and translation panels: their own servers
     known = exported | recorded | {"up"} | _sample_names(generate_metrics) | _sample_names(forecast_metrics)
-    known |= _sample_names(translate_metrics)
+    known |= _sample_names(translate_metrics) | _sample_names(textclf_metrics)
     mentioned = set()
     for panel in dash["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]

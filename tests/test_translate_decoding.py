@@ -13,9 +13,9 @@ import pytest
 from service.core.artifact import find_artifact
 from service.core.decoding.beam import Beams
 from service.core.settings import Settings
+from service.core.tokens import BOS, EOS
 from service.tasks.translate.engine import TranslateEngine
 from service.tasks.translate.params import Limits, TranslateError, parse
-from service.tasks.translate.tokens import BOS, EOS
 
 
 @pytest.fixture(scope="module")

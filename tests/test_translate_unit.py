@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from service.core.artifact import ArtifactMeta
-from service.tasks.translate.tokens import BOS, EOS, PAD, Tokenizer, char_inventory, train_sentencepiece
+from service.core.tokens import BOS, EOS, PAD, Tokenizer, char_inventory, train_sentencepiece
 from training.data import DataError
 from training.tasks.translate import decode
 from training.tasks.translate.data import DING, Pairs, alternatives, is_sentence, read_ding, read_tsv, split

@@ -40,6 +40,7 @@ ENTRIES = {
     "generate": "service.generate_service:SeqGenerate",
     "forecast": "service.forecast_service:SeqForecast",
     "translate": "service.translate_service:SeqTranslate",
+    "textclf": "service.textclf_service:SeqTextClf",
 }
 TASKS = tuple(ENTRIES)
 
@@ -165,6 +166,29 @@ class Translation:
 
 
 @dataclass(frozen=True)
+class TextClassification:
+    """A text classifier's serving contract (task ``textclf``): ``model.onnx`` reads ``x`` float32 ``[B, T, 1]``
+    (token ids, ``<s>`` first, as floats) and ``lengths``, and returns ``probabilities`` ``[B, C]`` over the
+    artifact's ``classes`` and ``attention`` ``[B, T]``. The tokenizer (``tokenizer.model``) ships beside it."""
+
+    tokenizer: str  # "sentencepiece"
+    vocab: list[str]  # token id -> piece; ids 0-3 are <pad>, <unk>, <s>, </s>
+    rnn: str  # "lstm" | "gru"
+    layers: int
+    hidden: int
+    max_tokens: int  # the most tokens (with <s>) a text may have; longer texts are refused
+    base_lm: dict[str, Any] = field(default_factory=dict)  # the pre-trained LM: run, version, val loss (or none)
+    files_sha256: dict[str, str] = field(default_factory=dict)  # tokenizer.model
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str) -> TextClassification:
+        check_text_section(cls, d, source, "text_classification", 5, ("layers", "hidden", "max_tokens"))
+        if d["tokenizer"] != "sentencepiece":
+            raise ContractError(f"{source}: text_classification.tokenizer must be 'sentencepiece'")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
 class ArtifactMeta:
     schema_version: int
     model_name: str
@@ -180,6 +204,7 @@ class ArtifactMeta:
     generation: Generation | None = None  # task "generate" only
     forecasting: Forecasting | None = None  # task "forecast" only
     translation: Translation | None = None  # task "translate" only
+    text_classification: TextClassification | None = None  # task "textclf" only
     extra: dict[str, Any] = field(default_factory=dict)  # every other field of metadata.json (parity, opset, ...)
 
     @classmethod
@@ -237,6 +262,26 @@ class ArtifactMeta:
                 forecasting=fc,
                 extra={k: v for k, v in d.items() if k not in known},
             )
+        if task == "textclf":
+            tc = TextClassification.from_dict(need("text_classification", dict), source)
+            classes = need("classes", list)
+            if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+                raise ContractError(f"{source}: classes must be a list of at least 2 strings")
+            return cls(
+                schema_version=version,
+                model_name=need("model_name", str),
+                model_version=need("model_version", str),
+                classes=list(classes),
+                feature_dim=1,
+                max_length=tc.max_tokens,
+                training_length_range=list(d.get("training_length_range") or [1, tc.max_tokens]),
+                normalisation=Normalisation("global", [0.0], [1.0]),
+                rnn=need("rnn", dict),
+                training_metrics=dict(d.get("training_metrics") or {}),
+                task=task,
+                text_classification=tc,
+                extra={k: v for k, v in d.items() if k not in known},
+            )
         norm = need("normalisation", dict)
         mode = norm.get("mode", "global")
         if mode not in NORMALISATION_MODES:
@@ -266,12 +311,14 @@ class ArtifactMeta:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        sections = {"generation", "forecasting", "translation"}
+        sections = {"generation", "forecasting", "translation", "text_classification"}
         if self.task in ("generate", "translate"):  # the classifier's fields mean nothing here
             skip = {"classes", "feature_dim", "max_length", "training_length_range", "normalisation"}
             skip |= sections - {"generation" if self.task == "generate" else "translation"}
         elif self.task == "forecast":
             skip = {"classes", "feature_dim", "normalisation"} | sections - {"forecasting"}
+        elif self.task == "textclf":
+            skip = {"feature_dim", "max_length", "normalisation"} | sections - {"text_classification"}
         else:
             skip = sections
         d = {k: v for k, v in d.items() if k not in skip}
@@ -368,7 +415,8 @@ def check_integrity(artifact: Artifact) -> None:
 
 ARTIFACT_FILES = ("model.onnx", "metadata.json", "reference.npz", "checkpoint.pt")
 OPTIONAL_FILES = ("reference.npz", "checkpoint.pt")  # absent from artifacts exported by older versions
-TASK_FILES = {"translate": ("encoder.onnx", "tokenizer.model")}  # beside the common ones, where the task has them
+# Beside the common ones, where the task has them.
+TASK_FILES = {"translate": ("encoder.onnx", "tokenizer.model"), "textclf": ("tokenizer.model",)}
 
 
 def save_to_store(artifact_dir: str | Path) -> str:

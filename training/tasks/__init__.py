@@ -5,13 +5,14 @@ Adding a task: ``service/tasks/<task>/``, ``training/tasks/<task>/`` with its ``
 from __future__ import annotations
 
 from training.task import Task
-from training.tasks import classify, forecast, generate, translate
+from training.tasks import classify, forecast, generate, textclf, translate
 
 TASKS: dict[str, Task] = {
     "classify": classify.TASK,
     "generate": generate.TASK,
     "forecast": forecast.TASK,
     "translate": translate.TASK,
+    "textclf": textclf.TASK,
 }
 
 

@@ -92,6 +92,49 @@ def tensor(spec: dict, binary: memoryview | None, datatype: str, name: str) -> n
     return arr.reshape(shape)
 
 
+def bytes_tensor(spec: dict, binary: memoryview | None, name: str) -> list[str]:
+    """A BYTES input of shape ``[N]`` or ``[N, 1]`` as N strings (UTF-8), from JSON ``data`` (strings) or its
+    binary bytes (each element a 4-byte little-endian length and the bytes, tritonclient's encoding)."""
+    if spec.get("datatype") != "BYTES":
+        raise V2Error(f"input '{name}': datatype {spec.get('datatype')!r}, the model takes BYTES", reason="datatype")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise V2Error(f"input '{name}': shape {shape!r}, the model takes [N] or [N, 1]", reason="shape")
+    if len(shape) == 2 and shape[1] != 1:
+        raise V2Error(f"input '{name}': shape {shape}, the model takes [N] or [N, 1]", reason="shape")
+    count = shape[0]
+    if binary is not None:
+        raw, out, at = bytes(binary), [], 0
+        while at < len(raw):
+            if at + 4 > len(raw):
+                raise V2Error(f"input '{name}': binary data ends inside an element's length", reason="binary_size")
+            (n,) = struct.unpack_from("<I", raw, at)
+            if at + 4 + n > len(raw):
+                raise V2Error(f"input '{name}': element {len(out)} runs past the binary data", reason="binary_size")
+            out.append(raw[at + 4 : at + 4 + n])
+            at += 4 + n
+        values: list = out
+    else:
+        values = spec.get("data")
+        if not isinstance(values, list):
+            raise V2Error(f"input '{name}': no 'data' and no binary_data_size", reason="bad_input")
+        if len(values) == count and all(isinstance(v, list) and len(v) == 1 for v in values):
+            values = [v[0] for v in values]  # [N, 1] written nested
+    if len(values) != count:
+        raise V2Error(f"input '{name}': {len(values)} elements, shape {shape} needs {count}", reason="shape")
+    texts = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise V2Error(f"input '{name}'[{i}]: not valid UTF-8", reason="bad_input") from None
+        if not isinstance(v, str):
+            raise V2Error(f"input '{name}'[{i}]: must be a string, got {type(v).__name__}", reason="bad_input")
+        texts.append(v)
+    return texts
+
+
 def check_parameters(obj: dict, where: str) -> None:
     """``obj``'s ``parameters`` must be an object, or absent: a 400 naming ``where`` otherwise."""
     found = obj.get("parameters")

@@ -48,13 +48,13 @@ from service.core.decoding.channel import sse
 from service.core.decoding.serving import Outboxes, Retiring, cancel_on_disconnect, dispatch, worker_channel
 from service.core.guard import DeadlinePassed, Rejected, deadline
 from service.core.lifecycle import FollowsChampion, ModelSlot
+from service.core.tokens import EOS
 from service.tasks.translate.engine import TranslateEngine, tokenizer
 from service.tasks.translate.metrics import TR_REJECTED
 from service.tasks.translate.openapi import TranslateOpenAPIPatch
 from service.tasks.translate.params import Limits, Options, TranslateError, TranslateRequest, parse
 from service.tasks.translate.settings import TranslateSettings
 from service.tasks.translate.spec import swap_problem
-from service.tasks.translate.tokens import EOS
 
 log = logging.getLogger("seqserve")
 

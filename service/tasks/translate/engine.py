@@ -16,11 +16,11 @@ from service.core.decoding.encoder_decoder import EncoderDecoderScheduler
 from service.core.decoding.per_request import PerRequestLoops
 from service.core.runtime import SessionInfo, available_cpus, open_checked_session, session_options
 from service.core.settings import Settings
+from service.core.tokens import BOS, EOS, PAD, UNK, Tokenizer
 from service.core.vocab import Vocabulary
 from service.tasks.translate.metrics import TranslateMetrics
 from service.tasks.translate.settings import TranslateSettings
 from service.tasks.translate.spec import check_files, check_reference
-from service.tasks.translate.tokens import BOS, EOS, PAD, UNK, Tokenizer
 
 
 def tokenizer(artifact: Artifact) -> Tokenizer:

@@ -35,9 +35,9 @@ import numpy as np
 
 from service.core.decoding.sampling import Sampling
 from service.core.guard import Rejected
+from service.core.tokens import EOS, UNK, Tokenizer
 from service.core.validate import number_field
 from service.core.vocab import Vocabulary
-from service.tasks.translate.tokens import EOS, UNK, Tokenizer
 
 FIELDS = {
     "texts",

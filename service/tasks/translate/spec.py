@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from service.core.artifact import ArtifactMeta, ReferenceMismatch, file_sha256
 from service.core.runtime import CHECK_TOLERANCE, judged
-from service.tasks.translate.tokens import BOS
+from service.core.tokens import BOS
 
 
 def check_files(path: Path, meta: ArtifactMeta) -> None:

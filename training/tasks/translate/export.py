@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 
 from service.core.artifact import SCHEMA_VERSION, file_sha256
-from service.tasks.translate.tokens import BOS, EOS
+from service.core.tokens import BOS, EOS
 from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
 from training.tasks.translate import decode
 from training.tasks.translate.model import EncoderGraph, Seq2Seq, StepGraph

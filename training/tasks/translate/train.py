@@ -34,7 +34,7 @@ import numpy as np
 import sacrebleu
 import torch
 
-from service.tasks.translate.tokens import BOS, EOS, PAD, Tokenizer, char_inventory, train_sentencepiece
+from service.core.tokens import BOS, EOS, PAD, Tokenizer, char_inventory, train_sentencepiece
 from training.loop import RunLog, pick_device, plot_curves, progress_bar, seed_everything
 from training.tasks.translate import decode
 from training.tasks.translate.data import DataError, Pairs, read_ding, read_tsv, split

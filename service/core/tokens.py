@@ -1,4 +1,5 @@
-"""Text <-> token ids for the translator, the same code in training and in the service (no torch here).
+"""Text <-> token ids for the token models (translate, textclf), the same code in training and in the service (no
+torch here).
 
 Two kinds, chosen at training time and shipped in the artifact:
 

@@ -1,0 +1,1 @@
+"""Text classification served on raw text (task ``textclf``)."""

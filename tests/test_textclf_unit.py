@@ -1,0 +1,158 @@
+"""Text classification (issue 28) without a server: the vader data and its split, the ULMFiT pieces (pre-trained
+weights loaded, gradual unfreezing, the slanted triangular schedule), export parity and exactness under padding,
+the artifact contract, the engine in process, and the V2 BYTES codec."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.core.artifact import ArtifactMeta, ContractError, find_artifact
+from service.core.guard import Rejected
+from service.core.protocol.v2 import V2Error, bytes_tensor
+from service.core.settings import Settings
+from service.tasks.textclf.engine import TextClfEngine
+from service.tasks.textclf.schema import parse_request
+from training.data import DataError
+from training.tasks.textclf.data import label_fraction, load_corpus, pretraining_texts
+from training.tasks.textclf.model import ClfConfig, ExportGraph, TextClassifier
+from training.tasks.textclf.train import stlr
+
+
+def test_the_vader_corpora_are_labelled_by_the_ratings_sign_and_split_the_same_for_every_run() -> None:
+    movie = load_corpus("movie")
+    assert movie.classes == ["negative", "positive"]
+    sizes = (len(movie.train), len(movie.val), len(movie.test))
+    assert sum(sizes) == 10_568 and sizes == (8454, 1057, 1057)  # 10,605 rated, 37 zeros dropped; 80/10/10
+    assert load_corpus("movie").test.texts == movie.test.texts
+    for name, n in (("amazon", 3610), ("nyt", 4946)):
+        c = load_corpus(name)
+        assert len(c.train) + len(c.val) + len(c.test) == n
+    texts, sources = pretraining_texts()
+    assert len(sources) == 4 and not set(movie.test.texts) & (set(texts) - set(movie.train.texts))
+    few = label_fraction(movie.train, 0.1, seed=0)
+    assert len(few) == pytest.approx(845, abs=2) and set(few.labels.tolist()) == {0, 1}
+
+
+def test_a_users_tsv_with_a_bad_line_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "mine.tsv"
+    f.write_text("pos\tgreat film\nneg\tawful\nno tab here\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"mine.tsv:3: expected label<TAB>text"):
+        load_corpus(str(f))
+    f.write_text("".join(f"{'ab'[i % 2]}\ttext number {i}\n" for i in range(50)), encoding="utf-8")
+    c = load_corpus(str(f))
+    assert c.classes == ["a", "b"] and len(c.train) + len(c.val) + len(c.test) == 50
+
+
+def test_slanted_triangular_rises_for_a_tenth_then_falls_to_a_32nd() -> None:
+    total = 1000
+    f = [stlr(s, total) for s in range(total)]
+    assert f[0] == pytest.approx(1 / 32) and max(f) == pytest.approx(1.0) and int(np.argmax(f)) == 100
+    assert f[-1] == pytest.approx(1 / 32, abs=0.01) and all(a <= b for a, b in zip(f[:100], f[1:101]))
+
+
+def test_the_classifier_reads_a_pretrained_lms_encoder_and_groups_it_for_unfreezing() -> None:
+    from training.tasks.generate.model import CharLM, LMConfig
+
+    lm_cfg = LMConfig(50, "lstm", 8, 16, 2, 0.0, tied=True)
+    lm = CharLM(lm_cfg)
+    model = TextClassifier(ClfConfig(lm=lm_cfg.to_dict(), classes=3))
+    model.from_lm(lm.state_dict())
+    assert torch.equal(model.rnn.weight_hh_l1, lm.rnn.weight_hh_l1) and torch.equal(model.embed.weight, lm.embed.weight)
+    groups = model.groups()
+    assert len(groups) == 4  # embedding, layer 0, layer 1, head
+    assert sum(p.numel() for g in groups for p in g) == sum(p.numel() for p in model.parameters())
+    other = TextClassifier(ClfConfig(lm={**lm_cfg.to_dict(), "hidden": 24}, classes=3))
+    with pytest.raises(RuntimeError):
+        other.from_lm(lm.state_dict())
+
+
+def test_a_texts_answer_does_not_change_when_batched_with_longer_ones_in_torch() -> None:
+    torch.manual_seed(0)
+    model = TextClassifier(ClfConfig(lm={"vocab_size": 40, "rnn": "gru", "embedding": 8, "hidden": 12, "layers": 2,
+                                         "dropout": 0.0, "tied": True}, classes=2)).eval()  # fmt: skip
+    lengths = torch.tensor([9, 4, 1])
+    x = torch.randint(4, 40, (3, 9)).float().unsqueeze(-1)
+    x[1, 4:] = 0
+    x[2, 1:] = 0
+    with torch.no_grad():
+        p, a = ExportGraph(model)(x, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            pi, ai = ExportGraph(model)(x[i : i + 1, :n], lengths[i : i + 1])
+            assert torch.allclose(pi[0], p[i], atol=1e-6) and torch.allclose(ai[0], a[i, :n], atol=1e-6)
+            assert float(a[i, n:].abs().sum()) == 0.0 and float(a[i].sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_training_writes_metrics_and_the_export_passes_its_parity_gate(
+    textclf_run: Path, textclf_artifact: Path
+) -> None:
+    metrics = json.loads((textclf_run / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "pretrained", "runs"} <= set(metrics)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["runs"]["full"]["stopped_by"] == "epochs"
+    history = metrics["runs"]["full"]["history"]
+    assert [h["groups_trained"] for h in history] == [1, 2]  # gradual unfreezing: the head, then one layer more
+    meta = json.loads((textclf_artifact / "metadata.json").read_text())
+    assert meta["task"] == "textclf" and meta["classes"] == ["negative", "positive"]
+    parity = meta["parity"]
+    assert parity["passed"] and parity["alone_vs_batched_max_abs_diff_ort"] <= 1e-4
+    assert len(set(parity["lengths"])) > 3  # texts of many lengths
+    assert (textclf_artifact / "tokenizer.model").exists()
+    assert meta["text_classification"]["base_lm"]["run"].endswith("lm")
+
+
+def test_the_contract_refuses_a_textclf_artifact_without_its_section_or_tokenizer_kind(textclf_artifact: Path) -> None:
+    meta = json.loads((textclf_artifact / "metadata.json").read_text())
+    ArtifactMeta.from_dict(meta)
+    with pytest.raises(ContractError, match="text_classification"):
+        ArtifactMeta.from_dict({k: v for k, v in meta.items() if k != "text_classification"})
+    bad = {**meta, "text_classification": {**meta["text_classification"], "tokenizer": "chars"}}
+    with pytest.raises(ContractError, match="tokenizer"):
+        ArtifactMeta.from_dict(bad)
+    assert ArtifactMeta.from_dict(meta).to_dict()["text_classification"]["max_tokens"] == 512
+
+
+def test_the_engine_in_process_answers_alone_as_in_a_batch(textclf_artifact: Path) -> None:
+    engine = TextClfEngine(find_artifact(str(textclf_artifact)), Settings())
+    texts = ["A gorgeous, witty film.", "dull", "It is not the worst movie of the year, but it is close to it. " * 3]
+    probs, att = engine.classify(texts)
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    for i, t in enumerate(texts):
+        p1, a1 = engine.classify([t])
+        assert np.abs(p1[0] - probs[i]).max() <= 1e-5 and np.abs(a1[0] - att[i]).max() <= 1e-5
+        assert len(att[i]) == 1 + len(engine.tokenizer.encode(t))
+
+
+def test_request_checks_name_the_field_and_the_limit() -> None:
+    assert parse_request({"texts": ["ok"]}, 4, 100).return_attention
+    for body, needle in (
+        ({"texts": []}, "texts: required"),
+        ({"texts": ["a"], "foo": 1}, "foo: unknown field"),
+        ({"texts": ["a"] * 5}, "texts: 5 texts, the limit is 4"),
+        ({"texts": ["  "]}, "texts[0]: empty"),
+        ({"texts": [3]}, "texts[0]: must be a string"),
+        ({"texts": ["x" * 101]}, "texts[0]: 101 characters, the limit is 100"),
+        ({"texts": ["a"], "return_attention": "yes"}, "return_attention"),
+    ):
+        with pytest.raises(Rejected, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            parse_request(body, 4, 100)
+
+
+def test_v2_bytes_inputs_decode_from_json_and_from_tritons_binary_encoding() -> None:
+    spec = {"name": "text", "datatype": "BYTES", "shape": [2]}
+    assert bytes_tensor({**spec, "data": ["héllo", "b"]}, None, "text") == ["héllo", "b"]
+    assert bytes_tensor({**spec, "shape": [2, 1], "data": [["a"], ["b"]]}, None, "text") == ["a", "b"]
+    raw = b"".join(struct.pack("<I", len(s)) + s for s in ("héllo".encode(), b"b"))
+    assert bytes_tensor(spec, memoryview(raw), "text") == ["héllo", "b"]
+    with pytest.raises(V2Error, match="runs past"):
+        bytes_tensor(spec, memoryview(raw[:-1]), "text")
+    with pytest.raises(V2Error, match="2 elements, shape \\[3\\]"):
+        bytes_tensor({**spec, "shape": [3], "data": ["a", "b"]}, None, "text")
+    with pytest.raises(V2Error, match="datatype"):
+        bytes_tensor({**spec, "datatype": "FP32", "data": [1.0, 2.0]}, None, "text")
+    with pytest.raises(V2Error, match="UTF-8"):
+        bytes_tensor({**spec, "shape": [1]}, memoryview(struct.pack("<I", 1) + b"\xff"), "text")

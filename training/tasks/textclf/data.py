@@ -1,0 +1,162 @@
+"""Labelled and unlabelled text for the text classifier: the vaderSentiment corpora (``data/vader``) or a user's TSV.
+
+* **Presets** ``movie``, ``amazon``, ``nyt``: human-rated sentences (``id<TAB>mean rating<TAB>text``); a rating
+  above zero is ``positive``, below ``negative``, zeros are dropped. Each corpus is split 80/10/10
+  (train/validation/test) by a fixed seed (``SPLIT_SEED``), whatever the training seed, so every run and every
+  method is scored on the same test sentences.
+* **A TSV file** of the user's own: ``label<TAB>text`` per line (any labels, at least two), split the same way
+  unless ``--test`` names a file of the same form. A bad line is a ``DataError`` naming the file and the line.
+* **Pre-training text** (``pretraining_texts``): the training sides of the three rated corpora (never their
+  validation or test sentences) and the tweets, unlabelled, plus any text files the user adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.data import DataError
+
+VADER = Path(__file__).resolve().parents[3] / "data" / "vader"
+PRESETS = {
+    "movie": "movieReviewSnippets_GroundTruth.txt",
+    "amazon": "amazonReviewSnippets_GroundTruth.txt",
+    "nyt": "nytEditorialSnippets_GroundTruth.txt",
+}
+UNLABELLED = ("tweets_GroundTruth.txt",)
+SPLIT_SEED = 20140601  # the split is the data's, not the run's: the same for every seed and method
+FRACTIONS = (0.8, 0.1, 0.1)
+MAX_CHARS = 2000  # longer lines in a user's file are cut (a sentence classifier, not a document one)
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: np.ndarray  # int64 class ids
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: np.ndarray) -> Split:
+        return Split([self.texts[i] for i in idx], self.labels[idx])
+
+
+@dataclass
+class Corpus:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    source: str  # what was read (file and SHA-256 prefix)
+
+
+def read_rated(path: Path) -> tuple[list[str], list[float]]:
+    """A vader ground-truth file: the texts and their mean ratings."""
+    texts, ratings = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split("\t")
+        if len(parts) < 3:
+            raise DataError(f"{path}:{n}: expected id<TAB>rating<TAB>text")
+        try:
+            ratings.append(float(parts[1]))
+        except ValueError:
+            raise DataError(f"{path}:{n}: rating {parts[1]!r} is not a number") from None
+        texts.append("\t".join(parts[2:]).strip())
+    return texts, ratings
+
+
+def read_tsv(path: Path) -> tuple[list[str], list[str]]:
+    """A user's ``label<TAB>text`` file: texts and labels (empty lines skipped)."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    texts, labels = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        label, tab, text = line.partition("\t")
+        if not tab or not label.strip() or not text.strip():
+            raise DataError(f"{path}:{n}: expected label<TAB>text")
+        texts.append(text.strip()[:MAX_CHARS])
+        labels.append(label.strip())
+    return texts, labels
+
+
+def _digest(path: Path) -> str:
+    return f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
+def _split(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    a, b = int(round(FRACTIONS[0] * n)), int(round((FRACTIONS[0] + FRACTIONS[1]) * n))
+    return order[:a], order[a:b], order[b:]
+
+
+def load_corpus(train: str, test: str | None = None) -> Corpus:
+    """A preset name or a TSV path (``test``: an optional TSV of held-out sentences; else the seeded split)."""
+    if train in PRESETS:
+        path = VADER / PRESETS[train]
+        texts, ratings = read_rated(path)
+        keep = [i for i, r in enumerate(ratings) if r != 0]
+        texts = [texts[i] for i in keep]
+        names = ["positive" if ratings[i] > 0 else "negative" for i in keep]
+        source = _digest(path)
+    else:
+        path = Path(train)
+        texts, names = read_tsv(path)
+        source = _digest(path)
+    classes = sorted(set(names))
+    if len(classes) < 2:
+        raise DataError(f"{train}: needs at least two labels, found {classes}")
+    index = {c: i for i, c in enumerate(classes)}
+    everything = Split(texts, np.array([index[c] for c in names], np.int64))
+    if test is None:
+        tr, va, te = _split(len(texts))
+        return Corpus(Path(train).stem, classes, everything.subset(tr), everything.subset(va), everything.subset(te),
+                      source)  # fmt: skip
+    test_texts, test_names = read_tsv(Path(test))
+    unknown = sorted(set(test_names) - set(classes))
+    if unknown:
+        raise DataError(f"{test}: labels {unknown} are not in the training file's {classes}")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
+    cut = max(1, len(texts) // 10)
+    test_split = Split(test_texts, np.array([index[c] for c in test_names], np.int64))
+    return Corpus(path.stem, classes, everything.subset(order[cut:]), everything.subset(order[:cut]), test_split,
+                  f"{source}; test {_digest(Path(test))}")  # fmt: skip
+
+
+def label_fraction(split: Split, fraction: float, seed: int) -> Split:
+    """A stratified ``fraction`` of ``split`` (at least one sentence per class): the few-labels setting."""
+    if fraction >= 1.0:
+        return split
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(split.labels):
+        idx = np.flatnonzero(split.labels == c)
+        keep.extend(rng.choice(idx, size=max(1, int(round(fraction * len(idx)))), replace=False).tolist())
+    return split.subset(np.sort(np.array(keep)))
+
+
+def pretraining_texts(extra: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Unlabelled sentences for the language model: the rated corpora's training sides and the tweets, plus the
+    lines of ``extra`` files. Returns (texts, what was read)."""
+    texts, sources = [], []
+    for name in PRESETS:
+        corpus = load_corpus(name)
+        texts.extend(corpus.train.texts)
+        sources.append(f"{corpus.source} (training split, {len(corpus.train)} sentences)")
+    for name in UNLABELLED:
+        tweets, _ = read_rated(VADER / name)
+        texts.extend(tweets)
+        sources.append(f"{_digest(VADER / name)} ({len(tweets)} sentences)")
+    for f in extra or []:
+        path = Path(f)
+        if not path.exists():
+            raise DataError(f"{path}: file not found")
+        lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+        texts.extend(lines)
+        sources.append(f"{_digest(path)} ({len(lines)} lines)")
+    return texts, sources
