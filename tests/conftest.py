@@ -271,7 +271,8 @@ def train_tiny_textclf(out: Path, *extra: str) -> Path:
     lm = ["textlm", "--out", str(out / "lm"), "--vocab", "500", "--hidden", "32", "--embedding", "16"]
     assert main([*lm, "--max-steps", "20", "--batch", "8", "--bptt", "16"]) == 0
     clf = ["textclf", "--pretrained", str(out / "lm"), "--train", "movie", "--out", str(out / "run")]
-    assert main([*clf, "--labels", "0.1", "--few-labels", "0", "--epochs", "2", *extra]) == 0
+    ulmfit = ["--unfreeze", "gradual", "--discriminative", "2.6"]  # ULMFiT's schedule (not the default)
+    assert main([*clf, "--labels", "0.1", "--few-labels", "0", "--epochs", "2", *ulmfit, *extra]) == 0
     return out / "run"
 
 

@@ -163,3 +163,27 @@ def test_a_promoted_challenger_is_swapped_in_under_load(tc_server: tuple, textcl
         thread.join(30)
     assert answers and all(status == 200 for status, _ in answers)
     assert answers[-1][1] == new and len({v for _, v in answers}) == 2
+
+
+def test_bench_and_eval_drivers_run_briefly(textclf_artifact: Path, tmp_path: Path) -> None:
+    """``make bench-textclf`` and ``make eval-textclf`` in short form: real servers and real training, figures
+    that mean nothing but a shape that does."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "loadtest.bench_textclf", "--artifact", str(textclf_artifact), "--duration", "1"]
+    proc = subprocess.run([*cmd, "--concurrency", "1,4", "--out", str(out), "--doc", ""], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bench = json.loads(out.read_text())
+    assert bench["in_process_texts_per_s"]["batch_64"] > 0 and bench["http"]["c4"]["texts_per_s"] > 0
+    assert bench["http"]["c4"]["errors"] == 0
+    cmd = [sys.executable, "-m", "loadtest.eval_textclf", "--quick", "--corpora", "amazon"]
+    proc = subprocess.run([*cmd, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "textclf")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "textclf.json").read_text())
+    amazon = result["corpora"]["amazon"]
+    assert {"pretrained", "scratch"} <= set(amazon) and amazon["pretrained"]["few_labels_test"]["texts"] > 0
+    assert "| amazon | pre-trained LM, fine-tuned |" in (tmp_path / "textclf.md").read_text()

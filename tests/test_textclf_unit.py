@@ -156,3 +156,18 @@ def test_v2_bytes_inputs_decode_from_json_and_from_tritons_binary_encoding() -> 
         bytes_tensor({**spec, "datatype": "FP32", "data": [1.0, 2.0]}, None, "text")
     with pytest.raises(V2Error, match="UTF-8"):
         bytes_tensor({**spec, "shape": [1]}, memoryview(struct.pack("<I", 1) + b"\xff"), "text")
+
+
+def test_a_replaced_tokenizer_is_refused_before_serving(textclf_artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from service.core.artifact import ReferenceMismatch
+
+    art = tmp_path / "art"
+    shutil.copytree(textclf_artifact, art)
+    (art / "tokenizer.model").write_bytes((art / "tokenizer.model").read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ReferenceMismatch, match="tokenizer.model has SHA-256"):
+        TextClfEngine(find_artifact(str(art)), Settings())
+    (art / "tokenizer.model").unlink()
+    with pytest.raises(ReferenceMismatch, match="tokenizer.model is missing"):
+        TextClfEngine(find_artifact(str(art)), Settings())

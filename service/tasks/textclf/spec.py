@@ -11,20 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.core.artifact import ArtifactMeta, ReferenceMismatch, file_sha256
+from service.core.artifact import ArtifactMeta, check_file_hashes
 from service.core.runtime import CHECK_TOLERANCE, judged
 
 
 def check_files(path: Path, meta: ArtifactMeta) -> None:
     """``tokenizer.model`` must be the file that was exported (its SHA-256)."""
     assert meta.text_classification is not None
-    for name, want in meta.text_classification.files_sha256.items():
-        f = path / name
-        if not f.exists():
-            raise ReferenceMismatch(f"{path}: {name} is missing (the metadata records it)")
-        got = file_sha256(f)
-        if got != want:
-            raise ReferenceMismatch(f"{path}: {name} has SHA-256 {got[:16]}..., the metadata says {want[:16]}...")
+    check_file_hashes(path, meta.text_classification.files_sha256)
 
 
 def check_reference(sess: ort.InferenceSession, reference_path: Path, tolerance: float = CHECK_TOLERANCE) -> dict:

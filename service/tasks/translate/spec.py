@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.core.artifact import ArtifactMeta, ReferenceMismatch, file_sha256
+from service.core.artifact import ArtifactMeta, check_file_hashes
 from service.core.runtime import CHECK_TOLERANCE, judged
 from service.core.tokens import BOS
 
@@ -19,13 +19,7 @@ from service.core.tokens import BOS
 def check_files(path: Path, meta: ArtifactMeta) -> None:
     """``encoder.onnx`` and ``tokenizer.model`` must be the files that were exported (their SHA-256)."""
     assert meta.translation is not None
-    for name, want in meta.translation.files_sha256.items():
-        f = path / name
-        if not f.exists():
-            raise ReferenceMismatch(f"{path}: {name} is missing (the metadata records it)")
-        got = file_sha256(f)
-        if got != want:
-            raise ReferenceMismatch(f"{path}: {name} has SHA-256 {got[:16]}..., the metadata says {want[:16]}...")
+    check_file_hashes(path, meta.translation.files_sha256)
 
 
 def check_reference(
