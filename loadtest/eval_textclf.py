@@ -35,7 +35,9 @@ def run(cmd: list[str], log: Path) -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def classifier(corpus: str, pretrained: str, out: Path, extra: list[str], reuse: bool) -> dict:
+def classifier(corpus: str, pretrained: str, out: Path, extra: list[str], reuse: bool) -> dict | None:
+    if REUSE_ONLY and not (out / "metrics.json").exists():
+        return None
     if not (reuse and (out / "metrics.json").exists()):
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "training", "textclf", "--pretrained", pretrained, "--train", corpus]
@@ -49,6 +51,9 @@ def classifier(corpus: str, pretrained: str, out: Path, extra: list[str], reuse:
         "stopped_by": full["stopped_by"],
         "train_seconds": round(m["train_seconds"], 1),
     }
+
+
+REUSE_ONLY = False  # --reuse-only: assemble the runs already in --work, train nothing
 
 
 def baseline(corpus: str) -> dict:
@@ -169,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpora", default="movie,amazon,nyt")
     p.add_argument("--reuse", action="store_true")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--reuse-only", action="store_true", help="train nothing: report the runs already in --work")
     p.add_argument("--out", default="docs/textclf")
     args = p.parse_args(argv)
+    global REUSE_ONLY
+    REUSE_ONLY = args.reuse_only
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     work = ROOT / args.work
     lm = work / "textlm-quick" if args.quick else ROOT / args.lm
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             r["ulmfit"] = classifier(corpus, str(lm), work / f"{corpus}-ulmfit", ulmfit, args.reuse)
         if not args.quick:
             r["tfidf"] = baseline(corpus)
-        corpora[corpus] = r
+        corpora[corpus] = r = {k: v for k, v in r.items() if v is not None}
         print(corpus, json.dumps({k: v["test"] for k, v in r.items()}), flush=True)
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -165,7 +165,8 @@ def test_a_replaced_tokenizer_is_refused_before_serving(textclf_artifact: Path, 
 
     art = tmp_path / "art"
     shutil.copytree(textclf_artifact, art)
-    (art / "tokenizer.model").write_bytes((art / "tokenizer.model").read_bytes()[:-1] + b"\x00")
+    raw = (art / "tokenizer.model").read_bytes()
+    (art / "tokenizer.model").write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # one byte changed
     with pytest.raises(ReferenceMismatch, match="tokenizer.model has SHA-256"):
         TextClfEngine(find_artifact(str(art)), Settings())
     (art / "tokenizer.model").unlink()
