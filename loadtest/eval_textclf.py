@@ -35,22 +35,44 @@ def run(cmd: list[str], log: Path) -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def classifier(corpus: str, pretrained: str, out: Path, extra: list[str], reuse: bool) -> dict | None:
+def one_run(corpus: str, pretrained: str, out: Path, extra: list[str], reuse: bool) -> dict | None:
     if REUSE_ONLY and not (out / "metrics.json").exists():
         return None
     if not (reuse and (out / "metrics.json").exists()):
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "training", "textclf", "--pretrained", pretrained, "--train", corpus]
         run([*cmd, "--out", str(out), *extra], out.parent / f"{out.name}.log")
-    m = json.loads((out / "metrics.json").read_text())
-    full = m["runs"]["full"]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def classifier(corpus: str, pretrained: str, out: Path, extra: list[str], reuse: bool, lrs: list[str]) -> dict | None:
+    """One model, one run per peak learning rate in ``lrs``; the rate is picked on the validation split, separately
+    for all labels and for 10% of them (the test split only reports the pick)."""
+    runs = {}
+    for i, lr in enumerate(lrs):
+        m = one_run(corpus, pretrained, out if i == 0 else out.with_name(f"{out.name}-lr{lr}"),
+                    [*extra, "--lr", lr], reuse)  # fmt: skip
+        if m is not None:
+            runs[lr] = m
+    if not runs:
+        return None
+    best = max(runs, key=lambda lr: runs[lr]["runs"]["full"]["val"]["accuracy"])
+    full = runs[best]["runs"]["full"]
+    few_runs = {lr: m["runs"]["few_labels"] for lr, m in runs.items() if m["runs"].get("few_labels")}
+    few_best = max(few_runs, key=lambda lr: few_runs[lr]["val"]["accuracy"]) if few_runs else None
     return {
         "test": full["test"],
-        "few_labels_test": m["few_labels"]["test"] if m.get("few_labels") else None,
+        "lr": best,
+        "few_labels_test": few_runs[few_best]["test"] if few_best else None,
+        "few_labels_lr": few_best,
         "best_epoch": full["best_epoch"],
         "stopped_by": full["stopped_by"],
-        "train_seconds": round(m["train_seconds"], 1),
-    }
+        "train_seconds": round(sum(m["train_seconds"] for m in runs.values()), 1),
+        "by_lr": {lr: {"val": m["runs"]["full"]["val"]["accuracy"], "test": m["runs"]["full"]["test"]["accuracy"],
+                       "few_val": few_runs[lr]["val"]["accuracy"] if lr in few_runs else None,
+                       "few_test": few_runs[lr]["test"]["accuracy"] if lr in few_runs else None}
+                  for lr, m in runs.items()},
+    }  # fmt: skip
 
 
 REUSE_ONLY = False  # --reuse-only: assemble the runs already in --work, train nothing
@@ -109,8 +131,9 @@ def write_docs(result: dict, path_md: Path) -> None:
         "sentences than the reviews' own unlabelled side.",
         f"Fine-tuning options of this run: `{result.get('options', '')}`.",
         "",
-        "| corpus | model | accuracy | macro-F1 | accuracy, 10% labels | macro-F1, 10% | best epoch | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| corpus | model | accuracy | macro-F1 | accuracy, 10% labels | macro-F1, 10% | peak lr (all / 10%) | "
+        "best epoch | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for corpus, r in result["corpora"].items():
         for name, key in MODELS:
@@ -119,9 +142,10 @@ def write_docs(result: dict, path_md: Path) -> None:
                 continue
             few = m.get("few_labels_test") or {}
             secs = m.get("train_seconds", m["test"].get("seconds", ""))
+            lr = f"{m['lr']} / {m.get('few_labels_lr') or '-'}" if m.get("lr") else ""
             lines.append(f"| {corpus} | {name} | {pct(m['test']['accuracy'])} | {pct(m['test']['macro_f1'])} | "
-                         f"{pct(few.get('accuracy'))} | {pct(few.get('macro_f1'))} | {m.get('best_epoch', '')} | "
-                         f"{secs} |")  # fmt: skip
+                         f"{pct(few.get('accuracy'))} | {pct(few.get('macro_f1'))} | {lr} | "
+                         f"{m.get('best_epoch', '')} | {secs} |")  # fmt: skip
     lines += ["", "## Targets (issue 28)", ""]
     for line in verdicts(result["corpora"]):
         lines.append(f"- {line}")
@@ -148,22 +172,20 @@ def verdicts(corpora: dict) -> list[str]:
         out.append(f"movie accuracy with pre-training >= {TARGET_ACCURACY}: {acc:.4f}, "
                    f"**{'met' if acc >= TARGET_ACCURACY else 'not met'}**")  # fmt: skip
     for corpus, r in corpora.items():
-        s = r.get("scratch")
-        if s and s["test"]["macro_f1"] < 0.4:  # one class for every text: the model never left its start
-            out.append(
-                f"{corpus}: the model from scratch did not learn with these settings (it answers one class; its "
-                "training loss stayed at ln 2), with the same code that fine-tunes the pre-trained LM"
-            )
-        if r.get("pretrained") and r.get("scratch"):
-            gain = r["pretrained"]["test"]["accuracy"] - r["scratch"]["test"]["accuracy"]
-            few_p, few_s = r["pretrained"]["few_labels_test"], r["scratch"]["few_labels_test"]
-            few = (
-                f"; with 10% of the labels {100 * (few_p['accuracy'] - few_s['accuracy']):+.1f}"
-                if few_p and few_s
-                else ""
-            )
-            met = "met" if gain >= TARGET_GAIN else "not met"
-            out.append(f"{corpus}: pre-training over scratch {100 * gain:+.1f} points{few} (target +3: **{met}**)")
+        p, s = r.get("pretrained"), r.get("scratch")
+        if not (p and s):
+            continue
+        if s["test"]["macro_f1"] < 0.4:  # one class for every text: the baseline never left its start
+            out.append(f"{corpus}: the model from scratch did not learn at any rate tried (it answers one class), so "
+                       "the gain over it is not judged")  # fmt: skip
+            continue
+        gain = p["test"]["accuracy"] - s["test"]["accuracy"]
+        few_p, few_s = p["few_labels_test"], s["few_labels_test"]
+        few_gain = few_p["accuracy"] - few_s["accuracy"] if few_p and few_s else None
+        few = "" if few_gain is None else f"; with 10% of the labels {100 * few_gain:+.1f}"
+        met = gain >= TARGET_GAIN and (few_gain is None or few_gain > gain)
+        out.append(f"{corpus}: pre-training over scratch {100 * gain:+.1f} points{few} (target +3, more with 10%: "
+                   f"**{'met' if met else 'not met'}**)")  # fmt: skip
     return out
 
 
@@ -176,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--reuse-only", action="store_true", help="train nothing: report the runs already in --work")
     p.add_argument("--out", default="docs/textclf")
+    p.add_argument("--lrs", default="4e-3,1e-3", help="peak learning rates tried per model, picked on validation")
     args = p.parse_args(argv)
     global REUSE_ONLY
     REUSE_ONLY = args.reuse_only
@@ -189,15 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         run([sys.executable, "-m", "training", "textlm", "--out", str(lm), *quick, *steps], work / "textlm.log")
     lm_metrics = json.loads((lm / "metrics.json").read_text())
     extra = ["--epochs", "1", "--labels", "0.1"] if args.quick else []
+    lrs = args.lrs.split(",")
     corpora = {}
     for corpus in args.corpora.split(","):
         r = {
-            "pretrained": classifier(corpus, str(lm), work / f"{corpus}-pretrained", extra, args.reuse),
-            "scratch": classifier(corpus, "none", work / f"{corpus}-scratch", [*extra, *quick], args.reuse),
+            "pretrained": classifier(corpus, str(lm), work / f"{corpus}-pretrained", extra, args.reuse, lrs),
+            "scratch": classifier(corpus, "none", work / f"{corpus}-scratch", [*extra, *quick], args.reuse, lrs),
         }
         if corpus == "movie" and not args.quick:  # ULMFiT's own schedule, measured beside the default
             ulmfit = ["--unfreeze", "gradual", "--discriminative", "2.6"]
-            r["ulmfit"] = classifier(corpus, str(lm), work / f"{corpus}-ulmfit", ulmfit, args.reuse)
+            r["ulmfit"] = classifier(corpus, str(lm), work / f"{corpus}-ulmfit", ulmfit, args.reuse, lrs[:1])
         if not args.quick:
             r["tfidf"] = baseline(corpus)
         corpora[corpus] = r = {k: v for k, v in r.items() if v is not None}
@@ -208,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "lm": {"run": args.lm, **{k: lm_metrics.get(k) for k in ("train_tokens", "pretraining_text", "val_loss_nats",
                                                                   "val_perplexity", "train_seconds", "steps")}},
         "corpora": corpora,
-        "options": "defaults: --unfreeze all --discriminative 1 --epochs 6 --lr 4e-3 --dropout 0.3 --few-labels 0.1",
+        "options": "defaults: --unfreeze all --discriminative 1 --epochs 6 --dropout 0.3 --few-labels 0.1; --lr "
+                   f"picked per model on the validation split from {', '.join(lrs)} (ULMFiT's schedule: {lrs[0]})",
         "verdicts": verdicts(corpora),
     }  # fmt: skip
     out = ROOT / args.out

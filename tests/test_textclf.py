@@ -186,4 +186,24 @@ def test_bench_and_eval_drivers_run_briefly(textclf_artifact: Path, tmp_path: Pa
     result = json.loads((tmp_path / "textclf.json").read_text())
     amazon = result["corpora"]["amazon"]
     assert {"pretrained", "scratch"} <= set(amazon) and amazon["pretrained"]["few_labels_test"]["texts"] > 0
+    # each model tried at both peak rates, the pick made on validation
+    by_lr = amazon["scratch"]["by_lr"]
+    assert set(by_lr) == {"4e-3", "1e-3"} and by_lr[amazon["scratch"]["lr"]]["val"] == max(
+        v["val"] for v in by_lr.values()
+    )
     assert "| amazon | pre-trained LM, fine-tuned |" in (tmp_path / "textclf.md").read_text()
+
+
+def test_eval_verdicts_never_count_a_baseline_that_did_not_learn() -> None:
+    """A scratch model that answers one class would make any gain look large; the verdict refuses to judge it."""
+    from loadtest.eval_textclf import verdicts
+
+    def model(acc: float, f1: float, few: float) -> dict:
+        return {"test": {"accuracy": acc, "macro_f1": f1}, "few_labels_test": {"accuracy": few, "macro_f1": f1}}
+
+    collapsed = verdicts({"movie": {"pretrained": model(0.78, 0.78, 0.67), "scratch": model(0.52, 0.34, 0.48)}})
+    assert any("not judged" in v for v in collapsed) and not any("**met**" in v for v in collapsed)
+    close = verdicts({"nyt": {"pretrained": model(0.78, 0.78, 0.67), "scratch": model(0.767, 0.76, 0.60)}})
+    assert any("+1.3 points" in v and "**not met**" in v for v in close)
+    far = verdicts({"nyt": {"pretrained": model(0.80, 0.8, 0.70), "scratch": model(0.76, 0.76, 0.60)}})
+    assert any("**met**" in v for v in far)
