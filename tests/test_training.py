@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from training.__main__ import main
 from training.loop import lr_factor, plan_epochs
 from training.tasks.classify.model import load_checkpoint
-from training.tasks.classify.train import mixup
+from training.tasks.classify.train import add_train_args, mixup
 
 ROOT = Path(__file__).resolve().parents[1]
 JV_TRAIN = str(ROOT / "data/JapaneseVowels/JapaneseVowels_TRAIN.ts")
@@ -115,6 +116,22 @@ def test_time_budget_ends_training(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert 1 <= m["epochs"] < 1000000 and m["train_seconds"] < 30
     assert (tmp_path / "checkpoint.pt").exists()
+    assert m["stopped_by"] == "time_budget" and m["time_budget_cut"] and m["time_budget"] == 3
+
+
+def test_default_schedule_does_not_depend_on_machine_load(tmp_path: Path, capsys) -> None:
+    """Issue 29: no wall-clock budget unless asked: the run spans ``--epochs`` on any machine, the progress lines
+    keep one total, and with no validation split the log does not call its figure validation accuracy."""
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    assert parser.parse_args([]).time_budget == 0
+    argv = ["train", *SMALL[:-1], "--epochs", "4", "--patience", "100", "--val-fraction", "0", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["epochs"] == 4 and m["stopped_by"] == "epochs" and not m["time_budget_cut"]
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("epoch ")]
+    assert [x.split()[1] for x in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all("train_acc" in x and "val_acc" not in x for x in lines)
 
 
 def test_schedule_is_planned_from_epoch_time() -> None:

@@ -260,7 +260,7 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
         "seeds": seeds,
         "torch": torch.__version__,
         "device": "",
-        "time_budget": args.time_budget or "default",
+        "time_budget": args.time_budget or "none (the schedule's --epochs)",
         "written": time.strftime("%Y-%m-%d"),
     }
     with tempfile.TemporaryDirectory(prefix="seqserve-eval-") as tmp:
