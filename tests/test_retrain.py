@@ -131,3 +131,69 @@ def test_a_champion_without_checkpoint_is_retrained_from_scratch(weak_champion: 
     report = retrain(tmp_path / "r", env, "--force", "--margin", "1.0")
     assert report["mode"].startswith("from scratch (checkpoint.pt not stored with the champion")
     assert report["state"] == "rejected"  # margin 1.0: nothing is that much better
+
+
+@pytest.fixture
+def moved_data_champion(tmp_path: Path, train_and_export) -> tuple[Path, Path]:  # noqa: ANN001
+    """A weak champion trained from files in a folder of their own (removed by the tests); (artifact, folder)."""
+    folder = tmp_path / "original"
+    folder.mkdir()
+    train, test = shutil.copy(JV_TRAIN, folder), shutil.copy(JV_TEST, folder)
+    art = tmp_path / "artifact"
+    weak = ("--hidden", "8", "--epochs", "1", "--seed", "3", "--kernel-features", "0", "--train", train, "--test", test)
+    train_and_export(tmp_path / "run", art, *weak)
+    return art, folder
+
+
+def test_a_retrain_needs_only_the_model_store_and_the_database(moved_data_champion, tmp_path: Path) -> None:  # noqa: ANN001
+    """Issue 29 (2): the original data travels with the model; with the training machine's files gone (a
+    Kubernetes worker never had them), the retrain reads the copies in the store."""
+    art, folder = moved_data_champion
+    files = json.loads((art / "metadata.json").read_text())["training_data"]["files"]
+    assert {files["train"]["file"], files["test"]["file"]} == {"data-train.ts", "data-test.ts"}
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(tmp_path / "data")}
+    run(["-m", "export.promote", str(art), "--store", "--data-dir", env["SEQSERVE_DATA_DIR"]], env)
+    shutil.rmtree(folder), shutil.rmtree(art)  # only the store and the database are left
+    report = retrain(tmp_path / "r", env, "--force")
+    assert report["state"] in ("promoted", "rejected"), report
+    assert all(p.startswith(str(tmp_path / "home")) for p in report["original_data"].values()), report
+    assert report["holdout"]["original_test"] == 370 and report["gate"]["rule"]
+    if report["state"] == "promoted":  # the challenger's artifact carries the same originals onward
+        again = retrain(tmp_path / "r2", env, "--force", "--margin", "1.0")
+        assert again["state"] == "rejected" and again["holdout"] == report["holdout"]
+
+
+def test_a_failed_retrain_still_writes_its_report(moved_data_champion, tmp_path: Path) -> None:  # noqa: ANN001
+    """Issue 29 (4): a champion from before the stored copies, its training file gone: the retrain exits 2 and
+    its report says where and why; the worker's job keeps that report."""
+    art, folder = moved_data_champion
+    meta = json.loads((art / "metadata.json").read_text())
+    for stored in meta["training_data"].pop("files").values():
+        (art / stored["file"]).unlink()
+    (art / "metadata.json").write_text(json.dumps(meta))
+    shutil.rmtree(folder)
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(tmp_path / "data")}
+    run(["-m", "export.promote", str(art), "--data-dir", env["SEQSERVE_DATA_DIR"]], env)
+    out = tmp_path / "rt-missing"
+    cmd = ["-m", "training", "retrain", "--force", "--data-dir", env["SEQSERVE_DATA_DIR"], "--out", str(out)]
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "retrain failed at step data" in proc.stderr, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["state"] == "failed" and report["step"] == "data" and "file not found" in report["reason"]
+    worker = [
+        "-m",
+        "training",
+        "worker",
+        "--once",
+        "--force",
+        "--enqueue",
+        "test",
+        "--data-dir",
+        env["SEQSERVE_DATA_DIR"],
+    ]
+    run([*worker, "--runs-dir", str(tmp_path / "jobs"), "--quiet"], env)
+    from service.core.store.jobs import JobQueue
+
+    job = JobQueue(env["SEQSERVE_DATA_DIR"]).latest()
+    assert job.state == "failed" and job.report["step"] == "data", job
+    assert json.loads(next((tmp_path / "jobs").glob("retrain-job-*/report.json")).read_text())["state"] == "failed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,9 @@ def run_job(queue, job, args: argparse.Namespace) -> str:  # noqa: ANN001 - serv
     try:
         report = retrain(rargs)
     except Exception as e:  # noqa: BLE001 - the job records any failure; the champion is untouched
-        queue.finish(job.id, "failed", f"{type(e).__name__}: {e}")
+        written = Path(rargs.out) / "report.json"  # retrain writes it for every failure it can see
+        report = json.loads(written.read_text()) if written.exists() else None
+        queue.finish(job.id, "failed", f"{type(e).__name__}: {e}", report)
         return "failed"
     queue.finish(job.id, report["state"], report.get("reason"), report)
     return report["state"]

@@ -325,4 +325,6 @@ def save_to_store(artifact_dir: str | Path) -> str:
         for name in TASK_FILES.get(meta.get("task", "classify"), ()):
             if (artifact_dir / name).exists():
                 shutil.copy2(artifact_dir / name, model.path_of(name))
+        for stored in meta.get("training_data", {}).get("files", {}).values():  # what a retrain reads
+            shutil.copy2(artifact_dir / stored["file"], model.path_of(stored["file"]))
     return tag

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -158,6 +159,23 @@ def write_reference(sess: ort.InferenceSession, held_out: data.Dataset, path: Pa
     return {"file": path.name, "sequences": len(picks), "lengths": lengths.tolist()}
 
 
+def store_data(ckpt: dict, out_dir: Path) -> dict[str, dict[str, str]]:
+    """Copies of the original training and test files in the artifact (``data-train.ts``, ...), so that a
+    retrain needs only the model store (issue 29); a retrained run's originals, not its feedback-extended files.
+    A file no longer where training found it is left out (the retrain then needs ``--train``/``--test``)."""
+    from service.core.artifact import file_sha256
+
+    args = ckpt.get("args", {})
+    files = {}
+    for split in ("train", "test"):
+        src = Path(args.get(f"original_{split}") or ckpt[f"{split}_path"])
+        if src.is_file():
+            name = f"data-{split}{src.suffix}"
+            shutil.copyfile(src, out_dir / name)
+            files[split] = {"file": name, "sha256": file_sha256(out_dir / name), "source": str(src)}
+    return files
+
+
 def export_run(
     run_dir: str | Path, out_dir: str | Path, held_out_path: str | None = None, max_length: int | None = None
 ) -> dict:
@@ -214,7 +232,7 @@ def export_run(
         "opset": OPSET,
         "exporter": f"torch {torch.__version__} TorchScript (dynamo=False)",
         "training_metrics": {k: v for k, v in metrics.items() if k != "history"},
-        "training_data": {"train": ckpt["train_path"], "test": ckpt["test_path"]},
+        "training_data": {"train": ckpt["train_path"], "test": ckpt["test_path"], "files": store_data(ckpt, out_dir)},
         "export_seconds": round(export_seconds, 3),
         "parity": report,
         "reference": reference,
