@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate train-textlm train-textclf export-textclf serve-textclf eval-textclf bench-textclf eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests images venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate train-textlm train-textclf export-textclf serve-textclf eval-textclf bench-textclf eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -276,6 +276,17 @@ monitor: prometheus ## Prometheus on 127.0.0.1:9090 scraping HOST:PORT and GENER
 	  --storage.tsdb.path=.prometheus/data
 
 # Both overlays (and the CPU one with in-cluster PostgreSQL) rendered to .manifests/ with kubectl kustomize.
+REGISTRY ?= localhost:5000
+IMAGE_VERSION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+images: ## the Dockerfile's targets as images (REGISTRY, IMAGE_VERSION); without docker, the commands to run
+	@for t in $$(sed -n 's/^FROM .* AS \([a-z-]*\)$$/\1/p' deploy/docker/Dockerfile | grep -vx app); do \
+	  case $$t in serve) tag=seqserve:$(IMAGE_VERSION);; train) tag=seqserve-train:$(IMAGE_VERSION);; \
+	    *) tag=seqserve:$(IMAGE_VERSION)-$${t#serve-};; esac; \
+	  cmd="docker build -f deploy/docker/Dockerfile --target $$t -t $(REGISTRY)/$$tag ."; \
+	  if docker info >/dev/null 2>&1; then echo "+ $$cmd"; $$cmd || exit 1; else echo "$$cmd"; fi; \
+	done; \
+	docker info >/dev/null 2>&1 || echo "# no Docker engine here: run these where there is one, then docker push each tag"
+
 manifests: venv ## render the Kubernetes overlays (deploy/k8s) to .manifests/ (the PrometheusRule regenerated first)
 	$(PY) deploy/k8s/prometheusrule.py
 	mkdir -p .manifests

@@ -293,3 +293,35 @@ def test_the_textclf_pods_serve_the_text_classifier_and_are_scraped() -> None:
         c["image"] == by_kind(docs, "Deployment", "seqserve")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
     )
     assert by_kind(docs, "Service", "seqserve-textclf") and by_kind(docs, "NetworkPolicy", "seqserve-textclf")
+
+
+def test_a_pod_waiting_for_its_first_model_is_alive_not_restarted() -> None:
+    """Issue 29 (3): the images start the launcher (it answers /livez while no champion exists), and no probe
+    that a waiting pod fails can restart it: startup and liveness look at /livez, readiness at /readyz."""
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert dockerfile.count('ENTRYPOINT ["python3", "-m", "service.launch"]') == 2
+    for overlay in ("cpu", "gpu", "cpu-generate", "cpu-forecast", "cpu-translate", "cpu-textclf"):
+        for d in by_kind(render(overlay), "Deployment"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if "readinessProbe" not in c:
+                    continue
+                assert c["startupProbe"]["httpGet"]["path"] == "/livez", (overlay, d["metadata"]["name"])
+                assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+                assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_make_images_names_every_dockerfile_target_and_the_context_holds_what_they_copy() -> None:
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        pytest.skip("a Docker engine is here: make images would build for minutes")
+    out = subprocess.run(["make", "-s", "images", "REGISTRY=r.example", "IMAGE_VERSION=v9"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M)) - {"app"}
+    built = dict(re.findall(r"--target (\S+) -t (\S+) \.$", out.stdout, re.M))
+    assert set(built) == targets == {"serve", "serve-gpu", "train"}, out.stdout
+    assert built["serve"] == "r.example/seqserve:v9" and built["train"] == "r.example/seqserve-train:v9"
+    admitted = [x[1:].rstrip("/") for x in (ROOT / ".dockerignore").read_text().split() if x.startswith("!")]
+    for src in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+        for path in src.split():
+            assert any(path.rstrip("/") == a or path.startswith(a + "/") for a in admitted), path

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from service.core import stages
-from service.core.artifact import ENTRIES, Artifact, find_artifact
+from service.core.artifact import ENTRIES, Artifact, ModelNotFound, find_artifact
 from service.core.bentoml_patches import cache_mime_types
 from service.core.guard import Rejected, RequestGuard, request_id
 from service.core.settings import Settings
@@ -49,7 +49,12 @@ def boot(task: str) -> Boot:
     """The settings and the artifact a task's services serve (see the module doc)."""
     log.setLevel(logging.INFO)  # start-up facts (model, provider in use) go to BentoML's log handler
     settings = Settings()
-    ref, source = served_ref(settings.model, settings.database, task=task)
+    try:
+        ref, source = served_ref(settings.model, settings.database, task=task)
+    except ModelNotFound as e:  # one clear line, not a traceback; the launcher waits for a champion instead
+        launch = f"python -m service.launch {ENTRIES[task]} ..."
+        raise SystemExit(f"seqserve: {e}. `{launch}` (the images' entry point) serves /readyz 503 with the reason "
+                         "until a champion is promoted") from None  # fmt: skip
     artifact = find_artifact(ref)
     if artifact.meta.task != task:
         other = artifact.meta.task  # a known task: the contract refused any other
