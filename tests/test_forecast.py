@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from api_policy import check_api_policy
 
 from loadtest.procs import start_bentoml, stop_process
 from service.core.artifact import find_artifact
@@ -133,12 +134,12 @@ def test_forecast_many_series_each_its_own_length(fc_server: str, fc_artifact: P
 )
 def test_bad_requests_are_4xx_naming_the_field(fc_server: str, body: dict, status: int, message: str) -> None:
     r = httpx.post(f"{fc_server}/forecast", json=body, timeout=30)
-    assert r.status_code == status and message in r.json()["error"], r.text
+    assert r.status_code == status and message in r.json()["error"]["message"], r.text
 
 
 def test_not_json_is_a_400(fc_server: str) -> None:
     r = httpx.post(f"{fc_server}/forecast", content=b"{nope", headers={"content-type": "application/json"}, timeout=30)
-    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
 
 def test_anomalies_find_an_injected_spike(fc_server: str) -> None:
@@ -157,7 +158,7 @@ def test_anomalies_find_an_injected_spike(fc_server: str) -> None:
         json={"instances": [{"start": start, "target": y}], "configuration": {"level": 2}},
         timeout=30,
     )
-    assert r.status_code == 400 and "configuration.level" in r.json()["error"]
+    assert r.status_code == 400 and "configuration.level" in r.json()["error"]["message"]
 
 
 def test_v2_infer_gives_the_quantile_grid(fc_server: str) -> None:
@@ -226,7 +227,7 @@ def test_actuals_are_stored_and_retrain_from_them(fc_server: str, fc_data: Path,
     r = httpx.post(f"{fc_server}/actuals", json={"instances": instances}, timeout=30)
     assert r.status_code == 200 and r.json() == {"accepted": 2}, r.text
     r = httpx.post(f"{fc_server}/actuals", json={"instances": [{"start": "2000 Q1", "target": [1.0]}]}, timeout=30)
-    assert r.status_code == 400 and "instances[0].id" in r.json()["error"]
+    assert r.status_code == 400 and "instances[0].id" in r.json()["error"]["message"]
     stored = fc_data / "forecast" / "actuals.jsonl"
     lines = [json.loads(line) for line in stored.read_text().splitlines()]
     assert [x["id"] for x in lines] == ["s0", "s1"] and lines[1]["target"][5] is None
@@ -341,3 +342,10 @@ def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_art
     assert refused.status_code == 401
     assert reloaded.status_code == 200 and reloaded.json()["model_version"] == version[challenger], reloaded.text
     assert "seqserve_model_swaps_total 1.0" in metrics and "seqserve_model_swap_failures_total 1.0" in metrics
+
+
+def test_one_api_policy(fc_server: str) -> None:
+    """Issue 29 (5): the forecaster's routes refused unknown fields only inside instances and configuration."""
+    body = {"instances": [{"start": "2000 Q1", "target": [1.0, 2.0, 3.0, 4.0, 5.0]}]}
+    paths = ("/forecast", "/anomalies", "/actuals", "/metadata", "/admin/reload", "/v2/models/{name}/infer")
+    check_api_policy(fc_server, "/forecast", body, paths)

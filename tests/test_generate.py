@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_policy import check_api_policy
 
 from loadtest.procs import free_port, start_bentoml, stop_process, wait_http
 
@@ -122,12 +123,12 @@ def test_a_disconnected_client_frees_its_slot(server: str, stream: bool) -> None
 )
 def test_bad_requests_are_400s_naming_the_field(server: str, body: dict, needle: str) -> None:
     r = httpx.post(f"{server}/generate", json=body, timeout=30)
-    assert r.status_code == 400 and needle in r.json()["error"], r.text
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
 
 
 def test_invalid_json_metadata_and_metrics(server: str, lm_artifact: Path) -> None:
     r = httpx.post(f"{server}/generate", content=b"{nope", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     meta = httpx.get(f"{server}/metadata").json()
     assert meta["task"] == "generate" and meta["vocab_size"] == 66 and meta["provider"] == "CPUExecutionProvider"
     beams = httpx.post(f"{server}/generate", json={"prompt": "The", "num_beams": 4, "n_best": 2, "max_new_tokens": 12})
@@ -232,7 +233,7 @@ def test_a_full_server_answers_429_and_recovers(lm_artifact: Path, tmp_path: Pat
             socks.append(open_generation(url, {"prompt": "A", "max_new_tokens": LONG, "stream": True}))
         short = {"prompt": "B", "max_new_tokens": 3}
         r = httpx.post(f"{url}/generate", json=short, headers={"x-request-deadline-ms": "300"}, timeout=30)
-        assert r.status_code == 504 and "deadline" in r.json()["error"], r.text
+        assert r.status_code == 504 and "deadline" in r.json()["error"]["message"], r.text
         assert 'seqserve_deadline_dropped_total{task="generate"} 1.0' in httpx.get(f"{url}/metrics").text
         t = threading.Thread(target=lambda: waiter.update(r=httpx.post(f"{url}/generate", json=short, timeout=60)))
         t.start()
@@ -240,7 +241,7 @@ def test_a_full_server_answers_429_and_recovers(lm_artifact: Path, tmp_path: Pat
         while httpx.get(f"{url}/metadata").json()["waiting"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         r = httpx.post(f"{url}/generate", json={"prompt": "B", "max_new_tokens": 3}, timeout=30)
-        assert r.status_code == 429 and "capacity" in r.json()["error"], r.text
+        assert r.status_code == 429 and "capacity" in r.json()["error"]["message"], r.text
         assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
         assert 'seqserve_generate_rejected_requests_total{reason="busy"}' in httpx.get(f"{url}/metrics").text
         for sock in socks:
@@ -256,3 +257,8 @@ def test_a_full_server_answers_429_and_recovers(lm_artifact: Path, tmp_path: Pat
         for sock in socks:
             sock.close()
         stop_process(proc)
+
+
+def test_one_api_policy(server: str) -> None:
+    """Issue 29 (5): /generate shares the error body and the docs page (its /docs was a 404)."""
+    check_api_policy(server, "/generate", {"prompt": "The", "max_new_tokens": 2}, ("/generate", "/metadata"))

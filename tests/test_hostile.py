@@ -53,7 +53,7 @@ def _length(data: bytes) -> int:
 def test_unsupported_content_types_are_415(server: str, route: str, kind: str) -> None:
     r = httpx.post(server + route, content=json.dumps(GOOD), headers={"content-type": kind})
     assert r.status_code == 415, r.text
-    assert "Content-Type" in r.json()["error"] and "application/json" in r.json()["error"]
+    assert "Content-Type" in r.json()["error"]["message"] and "application/json" in r.json()["error"]["message"]
 
 
 def test_json_without_a_content_type_is_read_as_json(server: str) -> None:
@@ -67,7 +67,7 @@ def test_json_without_a_content_type_is_read_as_json(server: str) -> None:
 def test_a_huge_body_is_413_before_it_is_read(server: str) -> None:
     head = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 31000000\r\n\r\n"
     status, body, seconds = raw_request(server, head)  # not one byte of the body sent
-    assert status == 413 and "SEQSERVE_MAX_BODY_BYTES" in json.loads(body)["error"], body
+    assert status == 413 and "SEQSERVE_MAX_BODY_BYTES" in json.loads(body)["error"]["message"], body
     assert seconds < 3
 
 
@@ -76,7 +76,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server: str) -> None:
     piece = b"[" + b"0.1," * 262_000  # ~1 MB a chunk; 12 chunks are over the 8 MiB default
     chunks = [b"%x\r\n%s\r\n" % (len(piece), piece)] * 12
     status, body, _ = raw_request(server, head, chunks)
-    assert status == 413 and "over" in json.loads(body)["error"], body
+    assert status == 413 and "over" in json.loads(body)["error"]["message"], body
 
 
 def test_a_trickling_client_is_cut_off_and_others_are_served(server: str) -> None:
@@ -94,7 +94,7 @@ def test_a_trickling_client_is_cut_off_and_others_are_served(server: str) -> Non
         assert httpx.post(server + "/predict", json=GOOD, timeout=10).status_code == 200
     t.join(30)
     status, answer, seconds = result["slow"]
-    assert status == 408 and "SEQSERVE_BODY_TIMEOUT_S" in json.loads(answer)["error"], answer
+    assert status == 408 and "SEQSERVE_BODY_TIMEOUT_S" in json.loads(answer)["error"]["message"], answer
     assert seconds < 10  # the session server's limit is 3 s
 
 
@@ -150,7 +150,7 @@ def test_a_request_past_its_deadline_is_dropped_not_computed(server: str) -> Non
 
     before = dropped()
     r = httpx.post(server + "/predict", json=GOOD, headers={"x-request-deadline-ms": "0"})
-    assert r.status_code == 504 and "deadline" in r.json()["error"], r.text
+    assert r.status_code == 504 and "deadline" in r.json()["error"]["message"], r.text
     assert dropped() == before + 1
     assert httpx.post(server + "/predict", json=GOOD, headers={"x-request-deadline-ms": "5000"}).status_code == 200
     r = httpx.post(server + "/predict", json=GOOD, headers={"x-request-deadline-ms": "soon"})

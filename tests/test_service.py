@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from api_policy import check_api_policy
 
 from training import data
 from training.onnx import cpu_session
@@ -131,7 +132,7 @@ BAD_BODIES = [
     ({"sequences": "abc"}, "sequences: must be a list"),
     ({"sequences": [5]}, "sequences[0]: must be a list of time steps"),
     ({"sequences": [[5]]}, "sequences[0][0]: must be a list of 12 numbers"),
-    ({"wrong": 1}, "Field required"),
+    ({"wrong": 1}, "sequences: required field missing"),
 ]
 
 
@@ -177,7 +178,7 @@ def test_bentoml_endpoints(server: str) -> None:
     for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json"):
         assert httpx.get(server + path).status_code == 200, path
     r = httpx.get(server + "/docs")
-    assert r.status_code == 307 and r.headers["location"].endswith("/")  # the UI BentoML serves at /
+    assert r.status_code == 200 and "<script" in r.text  # the self-hosted page (service/core/docs.py)
 
 
 def test_openapi_document_declares_routes_limits_and_schemas(server: str) -> None:
@@ -251,3 +252,15 @@ def test_every_served_request_is_timed_stage_by_stage(server: str, test_set: dat
     parts = sum(after[st][1] - before[st][1] for st in after if st != "total")
     total = after["total"][1] - before["total"][1]
     assert parts == pytest.approx(total, rel=1e-6) and total > 0
+
+
+def test_one_api_policy(server: str) -> None:
+    """Issue 29 (5): the classifier's routes refuse unknown fields (they were ignored), answer THE error body (it
+    leaked pydantic's), and /docs is a self-hosted page of every route, the admin routes included."""
+    body = {"sequences": [[[0.0] * 12]]}
+    paths = ("/predict", "/predict_nobatch", "/feedback", "/metadata", "/admin/retrain", "/admin/alert",
+             "/admin/reload", "/v2/models/{name}/infer")  # fmt: skip
+    check_api_policy(server, "/predict", body, paths)
+    item = {"items": [{"sequence": [[0.0] * 12], "label": "1", "note": "x"}]}
+    r = httpx.post(server + "/feedback", json=item)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "items[0].note", r.text

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_policy import check_api_policy
 
 from loadtest.procs import start_bentoml, stop_process
 
@@ -87,7 +88,7 @@ def test_a_texts_answer_is_the_same_alone_and_among_concurrent_requests(tc_serve
 def test_bad_requests_are_400s_naming_the_field(tc_server: tuple, body: object, needle: str) -> None:
     url, _ = tc_server
     r = httpx.post(f"{url}/classify-text", json=body, timeout=30)
-    assert r.status_code == 400 and needle in r.json()["error"], r.text
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
 
 
 def test_v2_with_bytes_input_as_json_and_binary(tc_server: tuple) -> None:
@@ -207,3 +208,8 @@ def test_eval_verdicts_never_count_a_baseline_that_did_not_learn() -> None:
     assert any("+1.3 points" in v and "**not met**" in v for v in close)
     far = verdicts({"nyt": {"pretrained": model(0.80, 0.8, 0.70), "scratch": model(0.76, 0.76, 0.60)}})
     assert any("**met**" in v for v in far)
+
+
+def test_one_api_policy(tc_server: tuple) -> None:
+    paths = ("/classify-text", "/metadata", "/admin/reload", "/v2/models/{name}/infer")
+    check_api_policy(tc_server[0], "/classify-text", {"texts": ["a fine film"]}, paths)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_policy import check_api_policy
 
 from loadtest.procs import free_port, start_bentoml, stop_process, wait_http
 
@@ -95,12 +96,12 @@ def hypotheses(answer: dict) -> list:
 )
 def test_bad_requests_are_400s_naming_the_field(server: str, body: dict, needle: str) -> None:
     r = httpx.post(f"{server}/translate", json=body, timeout=30)
-    assert r.status_code == 400 and needle in r.json()["error"], r.text
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
 
 
 def test_invalid_json_metadata_attention_prefix_and_metrics(server: str) -> None:
     r = httpx.post(f"{server}/translate", content=b"{nope", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     meta = httpx.get(f"{server}/metadata").json()
     assert meta["task"] == "translate" and meta["provider"] == "CPUExecutionProvider"
     assert meta["limits"]["max_source_tokens"] == 24 and meta["vocab_size"] == 300
@@ -224,3 +225,7 @@ def test_bench_translate_runs_short(translate_artifact: Path, translate_run: Pat
         assert [r["concurrency"] for r in runs] == [1, 4]
         assert all(r["errors"] == 0 and r["sentences_per_s"] > 0 for r in runs), runs
     assert results["in_process"][0]["sentences_per_s"] > 0 and results["step_vs_per_request_at_max_c"] > 0
+
+
+def test_one_api_policy(server: str) -> None:
+    check_api_policy(server, "/translate", {"texts": ["Haus"]}, ("/translate", "/metadata"))

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse
 from service.core import stages
 from service.core.artifact import ENTRIES, Artifact, ModelNotFound, find_artifact
 from service.core.bentoml_patches import cache_mime_types
+from service.core.docs import DocsSite, inventory
 from service.core.guard import Rejected, RequestGuard, request_id
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
@@ -155,7 +156,9 @@ def tune_gc() -> None:
 
 
 class ClientErrorFilter(logging.Filter):
-    """BentoML logs every 400 (pydantic ValidationError) as an ERROR traceback: make it one INFO line."""
+    """BentoML logs every 400 (pydantic ValidationError) as an ERROR traceback: make it one DEBUG line, shown
+    only when the ``seqserve`` logger is at DEBUG (a client's mistake is counted in the rejection metrics, not
+    logged on every request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -163,7 +166,8 @@ class ClientErrorFilter(logging.Filter):
             record.msg, record.args = "rejected request on %s: %s", (record.args[0], exc.errors()[0]["msg"])
             record.msg += f" [request_id={request_id()}]"
             record._seqserve_rid = True
-            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+            return log.isEnabledFor(logging.DEBUG)
         return True
 
 
@@ -171,10 +175,24 @@ def quiet_client_errors() -> None:
     logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
 
 
+def forbid_unknown_fields(service: Any) -> None:
+    """Every JSON route of ``service`` (its ``@bentoml.api`` methods) refuses a field it does not take, as the
+    routes that parse their own bodies do: one policy (issue 29). BentoML builds each route's pydantic input
+    model from the method's signature with pydantic's default (extra fields ignored); this makes it ``forbid``,
+    so ``{"sequences": ..., "foo": 1}`` is a 400 ``unknown_field`` naming ``foo``."""
+    for api in service.apis.values():
+        spec = api.input_spec
+        if getattr(spec, "__root_input__", False):
+            continue
+        spec.model_config = {**spec.model_config, "extra": "forbid"}
+        spec.model_rebuild(force=True)
+
+
 def install_guard(
     service: Any, settings: Settings, json_paths: Iterable[str], on_reject: Callable[[str, str], None]
 ) -> None:
     """``RequestGuard`` (service/core/guard.py) on an API service, with the shared limits."""
+    service.add_asgi_middleware(DocsSite, routes=inventory(service), title=service.name)  # /docs on every service
     service.add_asgi_middleware(
         RequestGuard,
         json_paths=tuple(json_paths),

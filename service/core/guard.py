@@ -14,8 +14,10 @@
   one (chunked), the bytes are counted as they arrive and the request is cut off with a 413 at the limit.
 * **Slow bodies.** A body that has not fully arrived ``SEQSERVE_BODY_TIMEOUT_S`` after the request began is
   cut off with a 408 (a client trickling bytes holds no worker).
-* **JSON errors.** The framework's plain-text errors (404 for an unknown path, 405) become ``{"error": ...}``
-  like every other error.
+* **One error body.** Every error answer of a JSON route leaves in the one shape of ``service.core.errors``
+  (``{"error": {"code", "message", "field", "limit"}}``): the framework's plain-text errors (404, 405), BentoML's
+  validation errors (pydantic's internals dropped) and every ``{"error": message}`` of the routes. The V2
+  routes keep the protocol's ``{"error": message}``.
 
 ``bound_metric_paths`` keeps BentoML's request metrics bounded: its ``endpoint`` label takes the raw path, so
 every path anyone sends would become a series. Known routes keep their path, V2 paths become their route
@@ -31,10 +33,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from service.core import stages
+from service.core.errors import error_body, normalise
 
 log = logging.getLogger("seqserve")
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("seqserve_request_id", default="-")
@@ -94,14 +97,14 @@ def install_log_filter() -> None:
             logger.addFilter(RequestIdFilter())
 
 
-def _error(status: int, message: str, rid: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> tuple[dict, dict]:
-    body = json.dumps({"error": message}).encode()
+def _error(status: int, message: str, rid: str, v2: bool = False, code: str | None = None) -> tuple[dict, dict]:
+    """THE error body (``service.core.errors``); the V2 routes' protocol shape ``{"error": message}``."""
+    body = json.dumps({"error": message} if v2 else error_body(status, message, code)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", rid.encode()),
         (b"connection", b"close"),
-        *extra,
     ]
     return {"type": "http.response.start", "status": status, "headers": headers}, {
         "type": "http.response.body",
@@ -135,18 +138,21 @@ class RequestGuard:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = given if GOOD_ID.fullmatch(given) else uuid.uuid4().hex
         REQUEST_ID.set(rid)
+        v2 = scope["path"].startswith("/v2")  # the protocol's own error shape
         budget = self.deadline_ms or float("inf")
         asked = headers.get(b"x-request-deadline-ms")
         if asked is not None:
             try:
                 budget = min(budget, max(0.0, float(asked)))
             except ValueError:
-                await self._send_error(send, 400, "X-Request-Deadline-Ms: must be a number of milliseconds", rid)
+                wrong = "X-Request-Deadline-Ms: must be a number of milliseconds"
+                await self._send_error(v2, send, 400, wrong, rid, "bad_deadline")
                 self.on_reject("bad_deadline", scope["path"])
                 return
         DEADLINE.set(started + budget / 1000)
         responded = False
         plain: dict[str, Any] = {}  # a plain-text error of the framework (404, 405), rewritten as JSON
+        held: dict[str, Any] = {}  # a JSON error of a route, rewritten in THE shape (service/core/errors.py)
 
         async def send_with_id(message: dict) -> None:
             if responded:  # the guard answered already (413/408 mid-body): the app's answer goes nowhere
@@ -157,19 +163,34 @@ class RequestGuard:
                     plain.update(status=message["status"], body=b"")
                     return
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+                if message["status"] >= 400 and kind.startswith(b"application/json") and not v2:
+                    held.update(start=message, body=b"")
+                    return
+            elif held and message["type"] == "http.response.body":
+                held["body"] += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                start = held["start"]
+                reason = dict(start["headers"]).get(b"x-seqserve-reason", b"").decode() or None
+                body = normalise(start["status"], held["body"], reason) or held["body"]
+                kept = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                await send({**start, "headers": [*kept, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
             elif plain and message["type"] == "http.response.body":
                 plain["body"] += message.get("body", b"")
                 if message.get("more_body"):
                     return
                 text = plain["body"].decode("utf-8", "replace").strip() or "error"
-                await self._send_error(send, plain["status"], f"{text}: {scope['method']} {scope['path']}"[:300], rid)
+                where = f"{text}: {scope['method']} {scope['path']}"[:300]
+                await self._send_error(v2, send, plain["status"], where, rid)
                 return
             await send(message)
 
         if scope["method"] in ("POST", "PUT", "PATCH"):
             problem = self._check_headers(scope, headers)
             if problem is not None:
-                await self._send_error(send, *problem[:2], rid)
+                await self._send_error(v2, send, *problem[:2], rid, problem[2])
                 self.on_reject(problem[2], scope["path"])
                 return
             if not headers.get(b"content-type", b"").strip() and scope["path"] in self.json_paths:
@@ -187,7 +208,7 @@ class RequestGuard:
                 message = await asyncio.wait_for(receive(), max(left, 0.001))
             except TimeoutError:
                 await self._send_error(
-                    send, 408, f"body: not complete within {self.body_timeout:g} s (SEQSERVE_BODY_TIMEOUT_S)", rid
+                    v2, send, 408, f"body: not complete within {self.body_timeout:g} s (SEQSERVE_BODY_TIMEOUT_S)", rid
                 )
                 responded = True
                 self.on_reject("body_timeout", scope["path"])
@@ -195,7 +216,7 @@ class RequestGuard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    await self._send_error(send, 413, self._too_large(received, "over"), rid)
+                    await self._send_error(v2, send, 413, self._too_large(received, "over"), rid)
                     responded = True
                     self.on_reject("body_too_large", scope["path"])
                     return {"type": "http.disconnect"}
@@ -231,9 +252,10 @@ class RequestGuard:
         size = f"{qualifier} {n:,}" if qualifier else f"{n:,}"
         return f"body: {size.strip()} bytes, the limit is {self.max_body:,} bytes (SEQSERVE_MAX_BODY_BYTES)"
 
-    async def _send_error(self, send: Callable, status: int, message: str, rid: str) -> None:
-        if status != 404:
-            log.info("seqserve: rejected (%d): %s", status, message)
-        start, body = _error(status, message, rid)
+    async def _send_error(
+        self, v2: bool, send: Callable, status: int, message: str, rid: str, code: str | None = None
+    ) -> None:
+        log.debug("seqserve: rejected (%d): %s", status, message)  # a client's error: counted, not logged at INFO
+        start, body = _error(status, message, rid, v2, code)
         await send(start)
         await send(body)

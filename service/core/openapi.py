@@ -12,7 +12,23 @@ import importlib.metadata
 import json
 from typing import Any
 
-ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+ERROR = {  # THE error body of every JSON route (service.core.errors)
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field", "limit"],
+            "properties": {
+                "code": {"type": "string", "description": "stable reason, e.g. too_long, unknown_field, busy"},
+                "message": {"type": "string", "description": "for people: names the field and the limit"},
+                "field": {"type": "string", "nullable": True, "description": "the request field at fault"},
+                "limit": {"type": "number", "nullable": True, "description": "the limit that field broke"},
+            },
+        }
+    },
+}
+V2_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}  # the protocol's
 GUARD_RESPONSES = {  # what service.core.guard answers before a route runs
     "408": "the body did not arrive within SEQSERVE_BODY_TIMEOUT_S",
     "413": "the body is larger than SEQSERVE_MAX_BODY_BYTES",
@@ -31,9 +47,9 @@ TENSOR = {
 }
 
 
-def errors(codes: dict[str, str]) -> dict[str, Any]:
-    """Responses with the ``{"error": ...}`` body, by status code."""
-    return {k: {"description": v, "content": {"application/json": {"schema": ERROR}}} for k, v in codes.items()}
+def errors(codes: dict[str, str], schema: dict[str, Any] = ERROR) -> dict[str, Any]:
+    """Responses with the error body (THE one; the V2 routes': ``V2_ERROR``), by status code."""
+    return {k: {"description": v, "content": {"application/json": {"schema": schema}}} for k, v in codes.items()}
 
 
 def ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -68,7 +84,7 @@ def v2_paths(model_name: str, infer_summary: str, inputs_doc: str) -> dict[str, 
     }
     model_ok = {"type": "object", "required": ["name", "versions", "inputs", "outputs"]}
     ready_ok = {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}}
-    not_found = errors({"404": "not this model or version", "503": "the model service is not ready"})
+    not_found = errors({"404": "not this model or version", "503": "the model service is not ready"}, V2_ERROR)
     paths: dict[str, Any] = {
         "/v2": {"get": {"tags": tag, "summary": "Server metadata", "responses": {"200": ok({"type": "object"})}}},
         "/v2/health/live": {"get": {"tags": tag, "summary": "Liveness", "responses": {"200": ok(ready_ok)}}},
@@ -101,13 +117,14 @@ def v2_paths(model_name: str, infer_summary: str, inputs_doc: str) -> dict[str, 
                 "requestBody": {"required": True, "content": {"application/json": {"schema": infer_body}}},
                 "responses": {
                     "200": ok(infer_ok),
-                    **errors({"400": "a tensor outside the model's limits (named)", **GUARD_RESPONSES}),
+                    **errors({"400": "a tensor outside the model's limits (named)", **GUARD_RESPONSES}, V2_ERROR),
                     **not_found,
                     **errors(
                         {
                             "422": "the model's output is not finite for a sequence (input values overflow float32)",
                             "504": "the deadline passed before the model ran the request",
-                        }
+                        },
+                        V2_ERROR,
                     ),
                 },
             }
@@ -117,11 +134,27 @@ def v2_paths(model_name: str, infer_summary: str, inputs_doc: str) -> dict[str, 
 
 DOCS_ROUTE = {
     "get": {
-        "summary": "This document's UI (redirects to /)",
+        "summary": "This reference: every route, self-hosted (HTML)",
         "tags": ["Infrastructure"],
-        "responses": {"307": {"description": "redirect to the OpenAPI UI"}},
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
     }
 }
+_ADMIN = {"tags": ["Admin"], "security": [{"bearer": []}]}
+_ADMIN_ERRORS = {"401": "missing or wrong Authorization: Bearer <SEQSERVE_ADMIN_TOKEN>",
+                 "404": "SEQSERVE_ADMIN_TOKEN is not set: the admin routes are off"}  # fmt: skip
+ADMIN_PATHS: dict[str, dict[str, Any]] = {  # service.core.admin
+    "/admin/reload": {"post": {**_ADMIN, "summary": "Look at the champion pointer now (swap if it moved)",
+                               "responses": {"200": ok({"type": "object"}), **errors(_ADMIN_ERRORS)}}},
+    "/admin/retrain": {
+        "get": {**_ADMIN, "summary": "The current or last retraining job and its report",
+                "responses": {"200": ok({"type": "object"}), **errors(_ADMIN_ERRORS)}},
+        "post": {**_ADMIN, "summary": "Queue a retraining job (202; the one queued or running if there is one)",
+                 "responses": {"202": ok({"type": "object"}), **errors(_ADMIN_ERRORS)}},
+    },
+    "/admin/alert": {"post": {**_ADMIN, "summary": "Alertmanager webhook: a firing SeqserveInputDrift queues a job",
+                              "responses": {"200": ok({"type": "object"}), "202": ok({"type": "object"}),
+                                            **errors({"400": "not an Alertmanager payload", **_ADMIN_ERRORS})}}},
+}  # fmt: skip
 
 
 def set_info(spec: dict[str, Any], title: str, version: str, description: str, limits: dict[str, int]) -> None:

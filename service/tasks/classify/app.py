@@ -11,7 +11,8 @@ Two services, one topology on CPU and GPU:
   - ``POST /feedback``: ``{"items": [{"sequence": [[f x F] x T], "label": "..."}, ...]}`` -> stored durably for
     retraining (``service.tasks.classify.feedback``) before the 2xx;
   - ``GET /metadata``: model name, version, classes, limits, provider in use (and why, if not CUDA);
-  - ``GET /docs``: the OpenAPI UI (``/docs.json`` the document); BentoML's ``/healthz /livez /readyz /metrics``.
+  - ``GET /docs``: every route, self-hosted (``service.core.docs``; ``/docs.json`` the document); BentoML's
+    ``/healthz /livez /readyz /metrics``.
 
 * ``SeqModel`` (the model service, ``SEQSERVE_MODEL_WORKERS`` processes, one per GPU): owns the ONNX Runtime
   session (checked against the artifact's reference outputs at load) and BentoML's adaptive batcher. Every API
@@ -38,7 +39,7 @@ import numpy as np
 from bentoml.validators import ContentType
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.core import stages
@@ -47,6 +48,7 @@ from service.core.app import (
     api_service_config,
     boot,
     call_again,
+    forbid_unknown_fields,
     install_guard,
     model_info,
     model_service_config,
@@ -206,14 +208,9 @@ async def metadata(request: Request) -> JSONResponse:
     )
 
 
-async def docs(request: Request) -> RedirectResponse:
-    return RedirectResponse("/", status_code=307)  # BentoML serves the OpenAPI UI at /
-
-
 routes = Starlette(
     routes=[
         Route("/metadata", metadata, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
         *admin_routes(SETTINGS.admin_token, SETTINGS.database),
         *v2_routes(ClassifyV2(ARTIFACT.meta, MAX_LENGTH, MAX_SEQUENCES)),
     ]
@@ -337,6 +334,7 @@ def _answered(results: list[Any]) -> list[Any]:
 
 
 ROUTE_PATHS = (*JSON_PATHS, "/metadata", "/docs")
+forbid_unknown_fields(SeqServe)
 SeqServe.add_asgi_middleware(RejectionCounter)
 install_guard(
     SeqServe,

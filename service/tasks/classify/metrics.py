@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from service.core.batching.engine import BatchStats
 from service.core.drift import DriftMonitor
+from service.core.errors import PYDANTIC_CODES
 from service.core.metrics import (
     BATCH_SIZE,
     BATCH_SOURCES,
@@ -152,7 +153,7 @@ class ServiceMetrics:
         self._error.inc(n)
 
 
-REASONS = {"json_invalid": "invalid_json", "missing": "missing_field"}
+REASONS = PYDANTIC_CODES  # pydantic's own error types, as reasons
 
 
 class RejectionCounter:
@@ -191,8 +192,11 @@ class RejectionCounter:
 def rejection_reason(body: bytes) -> str:
     """``seqserve_too_long`` -> ``too_long``; pydantic's own types map through REASONS; else ``other``."""
     try:
-        kind = json.loads(body)["detail"][0]["type"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        doc = json.loads(body)
+        if isinstance(doc.get("error"), dict):  # already in THE shape (service/core/errors.py)
+            return str(doc["error"]["code"])
+        kind = doc["detail"][0]["type"]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return "other"
     if kind.startswith("seqserve_"):
         return kind[len("seqserve_") :]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.core.openapi import DOCS_ROUTE, GUARD_RESPONSES, DocsPatch, errors, set_info, v2_paths
+from service.core.openapi import DOCS_ROUTE, ERROR, GUARD_RESPONSES, DocsPatch, errors, set_info, v2_paths
 
 METADATA_SCHEMA = {
     "type": "object",
@@ -60,19 +60,21 @@ def patch_spec(
             },
         }
     }
-    detail = spec.get("components", {}).get("schemas", {}).get("InvalidArgument", {}).get("properties", {})
-    if "detail" in detail:  # pydantic's error list for a body that fails validation
-        detail["detail"] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+    schemas = spec.get("components", {}).get("schemas", {})
+    if "InvalidArgument" in schemas:  # BentoML's validation error: what leaves is THE error body (the guard)
+        schemas["InvalidArgument"] = ERROR
     for route in ("/predict", "/predict_nobatch", "/feedback"):
         op = paths.get(route, {}).get("post")
         if op is not None:
             extra = {
+                "400": "a field outside the model's limits, or one the route does not take (named)",
                 **GUARD_RESPONSES,
                 "422": "the model's output is not finite for a sequence (input values overflow float32)",
                 "504": "the deadline passed before the model ran the request",
             }
             if route == "/feedback":
                 extra = {
+                    "400": "an item outside the model's limits, a label not of its classes, an unknown field (named)",
                     **GUARD_RESPONSES,
                     "503": "the database refused the write (disk full, read-only); nothing was stored",
                     "507": "the feedback store is full",

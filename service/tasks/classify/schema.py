@@ -73,6 +73,9 @@ def feedback_type(
         for i, item in enumerate(value):
             if not isinstance(item, dict) or "sequence" not in item or "label" not in item:
                 raise fail("bad_item", f"items[{i}]: must be an object with 'sequence' and 'label'")
+            unknown = sorted(set(item) - {"sequence", "label"})
+            if unknown:
+                raise fail("unknown_field", f"items[{i}].{unknown[0]}: unknown field (the fields: sequence, label)")
             seq, label = item["sequence"], item["label"]
             arr = as_sequence(f"items[{i}].sequence", seq, feature_dim, max_length)
             if type(label) is int:  # JSON clients may send numeric class names as numbers

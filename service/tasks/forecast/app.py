@@ -152,11 +152,16 @@ def _count(reason: str) -> None:
     REJECTED.labels(reason).inc()
 
 
-async def _body(request: Request) -> Any:
+async def _body(request: Request, fields: tuple[str, ...]) -> Any:
+    """The JSON body; a field the route does not take is refused, naming it (one policy on every route)."""
     try:
-        return json.loads(await request.body())
+        body = json.loads(await request.body())
     except ValueError:
         raise Rejected("body: not valid JSON", "invalid_json") from None
+    unknown = sorted(set(body) - set(fields)) if isinstance(body, dict) else []
+    if unknown:
+        raise Rejected(f"{unknown[0]}: unknown field (the fields: {', '.join(fields)})", "unknown_field")
+    return body
 
 
 def _rounded(a: np.ndarray) -> list:
@@ -165,7 +170,7 @@ def _rounded(a: np.ndarray) -> list:
 
 async def forecast(request: Request) -> Response:
     try:
-        body = await _body(request)
+        body = await _body(request, ("instances", "configuration"))
         conf = parse_configuration(body, FC)
         series = parse_instances(body, FC, CALENDAR, MAX_SERIES, MAX_LENGTH, MAX_POINTS, conf.prediction_length)
         q, version = await run_rows([build_row(FC, CALENDAR, s.target, s.first_step, s.covariates) for s in series])
@@ -200,7 +205,7 @@ async def forecast(request: Request) -> Response:
 async def anomalies(request: Request) -> Response:
     """Score every observed point of each series against its one-step interval (a row per point, batched)."""
     try:
-        body = await _body(request)
+        body = await _body(request, ("instances", "configuration"))
         level = parse_level(body, FC)
         series = parse_instances(body, FC, CALENDAR, MAX_SERIES, MAX_LENGTH, MAX_ANOMALY_POINTS, 1)
         skip = min(FC.period if FC.period > 1 else 2, 16)
@@ -238,7 +243,7 @@ async def anomalies(request: Request) -> Response:
 async def actuals(request: Request) -> Response:
     """Store observed series for retraining (``service.tasks.forecast.actuals``), each with an ``id``."""
     try:
-        body = await _body(request)
+        body = await _body(request, ("instances",))
         series = parse_instances(body, FC, CALENDAR, MAX_SERIES, MAX_LENGTH, MAX_POINTS, 0)
         records = []
         for k, (inst, s) in enumerate(zip(body["instances"], series, strict=True)):
