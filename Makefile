@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests images venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate train-textlm train-textclf export-textclf serve-textclf eval-textclf bench-textclf eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests images models worker venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate train-textlm train-textclf export-textclf serve-textclf eval-textclf bench-textclf eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -211,11 +211,13 @@ audit: venv ## pip-audit of the installed packages (a report; needs PyPI's vulne
 # Against a running service (make serve in another shell): headless Locust, step ramp, stops by itself.
 PROFILE ?= jv
 DATA ?=
-loadtest: venv ## Locust, headless, against a running service (PROFILE=jv|longtail)
+# results are named after the data: loadtest/results/<DATA's file name>_<PROFILE>.* (jv: the bundled set)
+LT_NAME ?= $(if $(DATA),$(basename $(notdir $(DATA)))_$(PROFILE),$(PROFILE))
+loadtest: venv ## Locust, headless, against a running service on HOST:PORT (PROFILE=jv|longtail, DATA=your .ts/.jsonl)
 	mkdir -p loadtest/results
 	LOADTEST_PROFILE=$(PROFILE) LOADTEST_DATA=$(DATA) $(VENV)/bin/locust -f loadtest/locustfile.py --headless --host http://$(HOST):$(PORT) \
-	  --csv loadtest/results/$(PROFILE) --csv-full-history --html loadtest/results/$(PROFILE).html --only-summary
-	$(PY) -m loadtest.report loadtest/results/$(PROFILE)_stats_history.csv loadtest/results/$(PROFILE).png
+	  --csv loadtest/results/$(LT_NAME) --csv-full-history --html loadtest/results/$(LT_NAME).html --only-summary
+	$(PY) -m loadtest.report loadtest/results/$(LT_NAME)_stats_history.csv loadtest/results/$(LT_NAME).png
 
 loadtest-forecast: venv ## Locust, headless, against a running forecaster (make serve-forecast; DATA= its series)
 	mkdir -p loadtest/results
@@ -255,6 +257,12 @@ prometheus: ## install Prometheus + promtool (Debian package) if missing
 	fi
 
 # A Bento of the champion (or MODEL=tag|dir), ready for `bentoml containerize` where a Docker daemon exists.
+worker: venv ## the trainer that runs queued retraining jobs (POST /admin/retrain, drift alerts) beside make serve
+	$(PY) -m training worker
+
+models: venv ## the project's model store (BENTOML_HOME=.bentoml; plain `bentoml models list` reads ~/bentoml)
+	$(VENV)/bin/bentoml models list
+
 bento: venv ## a Bento of the champion (or MODEL=tag|dir)
 	$(PY) -m export.bento $(MODEL)
 

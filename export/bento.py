@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -57,9 +58,8 @@ def build(ref: str | None, data_dir: str) -> tuple[str, str]:
         os.unlink(fh.name)
     if proc.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    bento = next(
-        (w.strip('"().') for w in proc.stdout.split() if w.startswith(('Bento(tag="seqserve:', '"seqserve:'))), ""
-    )
+    found = re.search(r"\bseqserve:[a-z0-9]+\b", proc.stdout)  # BentoML prints Bento(tag="seqserve:<version>")
+    bento = found.group(0) if found else ""
     return ref, bento
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def test_bentoml_build(artifact: Path, bentoml_home: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tag = "seqclassifier:" + json.loads((artifact / "metadata.json").read_text())["model_version"]
     assert f"bundles model {tag}" in proc.stderr  # it says which model
+    assert re.search(r"^bento seqserve:[a-z0-9]+ bundles model", proc.stderr, re.M), proc.stderr  # not a repr
     bentos = sorted((bentoml_home / "bentos/seqserve").glob("*/bento.yaml"))
     assert bentos, "no bento written"
     bento = bentos[-1].parent

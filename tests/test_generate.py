@@ -262,3 +262,6 @@ def test_a_full_server_answers_429_and_recovers(lm_artifact: Path, tmp_path: Pat
 def test_one_api_policy(server: str) -> None:
     """Issue 29 (5): /generate shares the error body and the docs page (its /docs was a 404)."""
     check_api_policy(server, "/generate", {"prompt": "The", "max_new_tokens": 2}, ("/generate", "/metadata"))
+    families = httpx.get(server + "/metrics").text
+    for other in ("seqserve_model_calls", "seqserve_batch_size_sequences", "seqserve_queue_wait_seconds"):
+        assert other not in families, other  # the classifier's batcher families: not empty series here (item 8)

@@ -275,3 +275,18 @@ def test_bench_mixed_runs_short(artifact: Path, lm_artifact: Path, tmp_path: Pat
     for gen in (r["generation_alone"], r["generation"], iso["generation"]):
         assert gen["errors"] == 0 and gen["tokens_per_s"] > 0, gen
     assert iso["setting"].startswith("SEQSERVE_CPUS=") and iso["alone"]["errors"] == 0 and iso["p99_factor"]
+
+
+def test_make_loadtest_names_results_after_the_data() -> None:
+    """Issue 29 (8): ``make loadtest DATA=...`` wrote (and overwrote) loadtest/results/jv_* for any data."""
+    import subprocess
+
+    def plan(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "loadtest", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    mine = plan("DATA=/somewhere/waves_TRAIN.ts", "PORT=3007")
+    assert "--csv loadtest/results/waves_TRAIN_jv " in mine and "results/jv" not in mine, mine
+    assert "--host http://127.0.0.1:3007" in mine
+    assert "--csv loadtest/results/jv " in plan()

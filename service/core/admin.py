@@ -3,7 +3,8 @@
 * ``POST /admin/retrain``: queue a retraining job (``service.core.store.jobs``); 202 with the job, or the job already
   queued or running (one at a time).
 * ``GET /admin/retrain``: the current or last job (``state``: queued, running, promoted, rejected, skipped,
-  failed; the retrain report), read from the database, so every worker and pod answers the same.
+  failed; the retrain report), read from the database, so every worker and pod answers the same. A job queued
+  longer than ``SEQSERVE_WORKER_CLAIM_S`` (60 s) comes with a ``warning``: no worker has claimed it.
 * ``POST /admin/alert``: the Alertmanager webhook. A firing ``SeqserveInputDrift`` queues a job (trigger
   ``alert``, which respects the trainer's minimum of new items and cooldown). Other alerts are acknowledged and
   ignored.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import bentoml
@@ -26,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.core.store.jobs import JobQueue
+from service.core.store.jobs import Job, JobQueue
 
 log = logging.getLogger("seqserve")
 DRIFT_ALERT = "SeqserveInputDrift"
@@ -64,18 +66,36 @@ def reload_route(token: str) -> Route:
     return Route("/admin/reload", bearer(token)(reload), methods=["POST"])
 
 
-def admin_routes(token: str, database: str) -> list[Route]:
+def unclaimed(job: Job | None, claim_s: float, now: float | None = None) -> str | None:
+    """Why a job has not started, when it has waited longer than ``claim_s`` for a worker (else None)."""
+    if job is None or job.state != "queued":
+        return None
+    waited = (time.time() if now is None else now) - job.created_at
+    if waited < claim_s:
+        return None
+    return (
+        f"no worker has claimed this job in {waited:.0f} s (SEQSERVE_WORKER_CLAIM_S={claim_s:g}): is a trainer "
+        "running against this database? (make worker, python -m training worker, or the seqserve-retrain-worker "
+        "Deployment on Kubernetes)"
+    )
+
+
+def admin_routes(token: str, database: str, claim_s: float = 60.0) -> list[Route]:
     queue = functools.cache(lambda: JobQueue(database))  # one connection per API worker, opened on first use
     guarded = bearer(token)
 
+    def answer(body: dict, job: Job | None, status: int = 200) -> JSONResponse:
+        warning = unclaimed(job, claim_s)
+        return JSONResponse({**body, **({"warning": warning} if warning else {})}, status_code=status)
+
     def queued(trigger: str) -> JSONResponse:
         job, new = queue().enqueue(trigger)
-        return JSONResponse({"queued": new, "job": job.to_dict()}, status_code=202)
+        return answer({"queued": new, "job": job.to_dict()}, job, 202)
 
     async def retrain(request: Request) -> Response:
         if request.method == "GET":
             job = queue().latest()
-            return JSONResponse({"job": job.to_dict() if job else None})
+            return answer({"job": job.to_dict() if job else None}, job)
         return queued("api")
 
     async def alert(request: Request) -> Response:

@@ -22,28 +22,44 @@ refuses a name registered twice.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-BATCH_SIZE = Histogram(
-    "seqserve_batch_size_sequences",
-    "Sequences per model call (executed batch size)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-TIME_STEPS = Counter("seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)", ["kind"])
-BATCH_SOURCES = Histogram(
-    "seqserve_batch_api_workers",
-    "Distinct API worker processes whose requests share one adaptive batch of the model service",
-    buckets=(1, 2, 4, 8, 16, 32),
-)
-MODEL_CALLS = Counter("seqserve_model_calls", "ONNX Runtime calls (sub-batches)")
-COMPUTE_SECONDS = Histogram(
-    "seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call", buckets=SECONDS_BUCKETS
-)
-QUEUE_SECONDS = Histogram(
-    "seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model", buckets=SECONDS_BUCKETS
-)
+# The adaptive batcher's families, made on first import (``from service.core.metrics import BATCH_SIZE``), so that
+# only the servers whose rooms batch this way (classify, textclf) export them: a generation or forecasting server
+# showed them as empty series (issue 29).
+_BATCHING = {
+    "BATCH_SIZE": lambda: Histogram(
+        "seqserve_batch_size_sequences",
+        "Sequences per model call (executed batch size)",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    ),
+    "TIME_STEPS": lambda: Counter(
+        "seqserve_time_steps", "Time steps fed to the model: real, or padded (real + padding)", ["kind"]
+    ),
+    "BATCH_SOURCES": lambda: Histogram(
+        "seqserve_batch_api_workers",
+        "Distinct API worker processes whose requests share one adaptive batch of the model service",
+        buckets=(1, 2, 4, 8, 16, 32),
+    ),
+    "MODEL_CALLS": lambda: Counter("seqserve_model_calls", "ONNX Runtime calls (sub-batches)"),
+    "COMPUTE_SECONDS": lambda: Histogram(
+        "seqserve_model_compute_seconds", "Wall time of one ONNX Runtime call", buckets=SECONDS_BUCKETS
+    ),
+    "QUEUE_SECONDS": lambda: Histogram(
+        "seqserve_queue_wait_seconds", "From request parsed to its batch starting on the model", buckets=SECONDS_BUCKETS
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BATCHING:
+        metric = globals()[name] = _BATCHING[name]()  # once per process; later imports find the global
+        return metric
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEADLINE_DROPPED = Counter(
     "seqserve_deadline_dropped", "Work dropped, not computed, because its deadline had passed", ["task"]

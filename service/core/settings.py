@@ -29,6 +29,7 @@ variable. A task's own knobs live in its room (the language model's: ``service.t
 ``SEQSERVE_FEEDBACK_HOLDOUT``          0.2      share of feedback items set aside (by id hash) for evaluation only
 ``SEQSERVE_FEEDBACK_MAX_ITEMS``        1000000  items the feedback store holds at most (then /feedback answers 507)
 ``SEQSERVE_RELOAD_INTERVAL_S``         5        how often the model service looks for a new champion (0: never)
+``SEQSERVE_WORKER_CLAIM_S``            60       a retraining job unclaimed this long: /admin/retrain says no worker runs
 ``SEQSERVE_ADMIN_TOKEN``               -        bearer token of the /admin routes (unset: the routes are off)
 ``SEQSERVE_ACCESS_LOG``                0        1: one INFO line per request (costs ~8% of peak throughput)
 ``SEQSERVE_TRACING``                   0        1: OpenTelemetry spans for the API routes (BentoML's ``tracing``
@@ -158,6 +159,7 @@ class Settings:
         default_factory=lambda: env_int("SEQSERVE_FEEDBACK_MAX_ITEMS", 1_000_000, minimum=1)
     )
     reload_interval_s: float = field(default_factory=lambda: env_float("SEQSERVE_RELOAD_INTERVAL_S", 5.0, minimum=0))
+    worker_claim_s: float = field(default_factory=lambda: env_float("SEQSERVE_WORKER_CLAIM_S", 60.0, minimum=1))
     admin_token: str = field(default_factory=lambda: os.environ.get("SEQSERVE_ADMIN_TOKEN", ""), repr=False)
     access_log: bool = field(default_factory=lambda: env_int("SEQSERVE_ACCESS_LOG", 0, minimum=0) == 1)
     tracing: bool = field(default_factory=lambda: env_int("SEQSERVE_TRACING", 0, minimum=0) == 1)

@@ -211,7 +211,7 @@ async def metadata(request: Request) -> JSONResponse:
 routes = Starlette(
     routes=[
         Route("/metadata", metadata, methods=["GET"]),
-        *admin_routes(SETTINGS.admin_token, SETTINGS.database),
+        *admin_routes(SETTINGS.admin_token, SETTINGS.database, SETTINGS.worker_claim_s),
         *v2_routes(ClassifyV2(ARTIFACT.meta, MAX_LENGTH, MAX_SEQUENCES)),
     ]
 )

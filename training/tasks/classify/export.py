@@ -30,7 +30,7 @@ import torch
 
 from service.core.artifact import SCHEMA_VERSION
 from training import data
-from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
+from training.onnx import OPSET, ParityError, content_version, cpu_session, quiet_known_cpp_warnings, write_metadata
 from training.tasks.classify.model import ExportWrapper, load_checkpoint
 
 MODEL_NAME = "seqclassifier"
@@ -50,7 +50,7 @@ def export_onnx(model: torch.nn.Module, feature_dim: int, path: Path) -> None:
     wrapper = ExportWrapper(model).eval()
     x = torch.randn(3, 11, feature_dim)
     lengths = torch.tensor([11, 7, 4], dtype=torch.int64)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_known_cpp_warnings():
         # Known, harmless here: GRU/LSTM "batch_size other than 1" and constant-folding notes (parity proves it).
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(

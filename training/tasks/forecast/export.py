@@ -26,7 +26,7 @@ import torch
 
 from service.core.artifact import SCHEMA_VERSION
 from service.tasks.forecast.calendar import Calendar
-from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
+from training.onnx import OPSET, ParityError, content_version, cpu_session, quiet_known_cpp_warnings, write_metadata
 from training.tasks.forecast.data import load_panel
 from training.tasks.forecast.model import Forecaster
 from training.tasks.forecast.train import load_forecaster
@@ -38,7 +38,7 @@ MAX_HISTORY = 10_000  # the longest history a request may send (the model reads 
 
 
 def export_graph(model: Forecaster, x: np.ndarray, lengths: np.ndarray, path: Path) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_known_cpp_warnings():
         for category in (UserWarning, DeprecationWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
         torch.onnx.export(

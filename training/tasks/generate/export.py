@@ -36,7 +36,7 @@ import torch
 from service.core.artifact import SCHEMA_VERSION
 from service.core.vocab import is_free_char
 from training import data
-from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
+from training.onnx import OPSET, ParityError, content_version, cpu_session, quiet_known_cpp_warnings, write_metadata
 from training.tasks.generate.model import CharLM, StepGraph
 from training.tasks.generate.train import VAL_FRACTION, load_lm
 
@@ -60,7 +60,7 @@ def export_step_graph(model: CharLM, path: Path) -> None:
     outs = ["log_probs", *[f"{n}_out" for n in names]]
     axes = {"tokens": {0: "batch", 1: "steps"}, "lengths": {0: "batch"}, "log_probs": {0: "batch"}}
     axes.update({n: {1: "batch"} for n in names + outs[1:]})
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_known_cpp_warnings():
         # the RNN batch-size, tracer and constant-folding notes, and the legacy-exporter notice: parity proves it
         for category in (UserWarning, DeprecationWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)

@@ -24,7 +24,7 @@ import torch
 
 from service.core.artifact import SCHEMA_VERSION, file_sha256
 from service.core.tokens import Tokenizer
-from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
+from training.onnx import OPSET, ParityError, content_version, cpu_session, quiet_known_cpp_warnings, write_metadata
 from training.tasks.textclf.data import load_corpus
 from training.tasks.textclf.model import ExportGraph, TextClassifier
 from training.tasks.textclf.train import encode, load_textclf
@@ -44,7 +44,7 @@ def as_rows(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export_graph(model: TextClassifier, x: np.ndarray, lengths: np.ndarray, path: Path) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_known_cpp_warnings():
         for category in (UserWarning, DeprecationWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
         torch.onnx.export(

@@ -29,7 +29,7 @@ import torch
 
 from service.core.artifact import SCHEMA_VERSION, file_sha256
 from service.core.tokens import BOS, EOS
-from training.onnx import OPSET, ParityError, content_version, cpu_session, write_metadata
+from training.onnx import OPSET, ParityError, content_version, cpu_session, quiet_known_cpp_warnings, write_metadata
 from training.tasks.translate import decode
 from training.tasks.translate.model import EncoderGraph, Seq2Seq, StepGraph
 from training.tasks.translate.train import TorchStep, load_model, padded
@@ -42,7 +42,7 @@ MAX_TARGET_TOKENS = 256
 
 
 def _export(graph: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_known_cpp_warnings():
         for category in (UserWarning, DeprecationWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
         torch.onnx.export(
