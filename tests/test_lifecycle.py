@@ -64,7 +64,9 @@ def test_sigterm_drains_streams_and_requests_then_exits_0(lm_artifact: Path, tmp
 
 
 def test_request_ids_reach_the_log(artifact: Path, tmp_path: Path) -> None:
-    env = {"BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(tmp_path), "SEQSERVE_MODEL": str(artifact)}
+    """Every access-log line names its request; a client's error is not an INFO line of its own (issue 29)."""
+    env = {"BENTOML_HOME": str(tmp_path / "home"), "SEQSERVE_DATA_DIR": str(tmp_path), "SEQSERVE_MODEL": str(artifact),
+           "SEQSERVE_ACCESS_LOG": "1"}  # fmt: skip
     log = tmp_path / "log.txt"
     proc, url = start_bentoml(ROOT, env, log)
     try:
@@ -80,3 +82,4 @@ def test_request_ids_reach_the_log(artifact: Path, tmp_path: Path) -> None:
         assert proc.wait(30) == 0
     text = log.read_text()
     assert "request_id=trace-me-42" in text and f"request_id={rid}" in text, text[-2000:]
+    assert "rejected request on" not in text and "seqserve: rejected" not in text, text[-2000:]

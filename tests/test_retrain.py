@@ -98,7 +98,8 @@ def test_feedback_retrain_promote_and_swap(weak_champion: Path, tmp_path: Path) 
         assert worse["state"] == "rejected" and "margin" in worse["reason"]
         assert worse["mode"].startswith("from scratch")
         assert worse["holdout"] == report["holdout"]  # the second generation reads the original data, not r1's files
-        assert worse["original_data"] == report["original_data"]
+        same = {k: Path(v).read_bytes() for k, v in worse["original_data"].items()}  # the copies in the store
+        assert same == {k: Path(v).read_bytes() for k, v in report["original_data"].items()}
         reload = httpx.post(f"{url}/admin/reload", headers=auth).json()
         assert reload == {"outcome": "unchanged", "model_version": new}  # the pointer did not move
     finally:
