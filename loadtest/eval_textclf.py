@@ -38,7 +38,7 @@ def run(cmd: list[str], log: Path) -> None:
 def one_run(corpus: str, pretrained: str, out: Path, extra: list[str], reuse: bool) -> dict | None:
     if REUSE_ONLY and not (out / "metrics.json").exists():
         return None
-    if not (reuse and (out / "metrics.json").exists()):
+    if not ((reuse or REUSE_ONLY) and (out / "metrics.json").exists()):
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "training", "textclf", "--pretrained", pretrained, "--train", corpus]
         run([*cmd, "--out", str(out), *extra], out.parent / f"{out.name}.log")
@@ -132,7 +132,7 @@ def write_docs(result: dict, path_md: Path) -> None:
         f"Fine-tuning options of this run: `{result.get('options', '')}`.",
         "",
         "| corpus | model | accuracy | macro-F1 | accuracy, 10% labels | macro-F1, 10% | peak lr (all / 10%) | "
-        "best epoch | seconds |",
+        "best epoch | seconds (every rate tried) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for corpus, r in result["corpora"].items():
