@@ -19,7 +19,6 @@ cluster" gives the bootstrap.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -32,7 +31,6 @@ from service.core.artifact import ENTRIES, ModelNotFound, find_artifact
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
 
-log = logging.getLogger("seqserve")
 BENTOML_DEFAULT_HOST, BENTOML_DEFAULT_PORT = "0.0.0.0", 3000
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.procs import free_port, stop_process
+from loadtest.procs import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -29,16 +29,7 @@ def test_no_champion_is_unready_then_the_first_promotion_is_served(artifact: Pat
     proc = subprocess.Popen([*cmd, "--port", str(port), "--timeout-graceful-shutdown", "5"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the launcher did not answer /livez"
-            time.sleep(0.3)
+        wait_http(f"{url}/livez", 60, proc, tmp_path / "log.txt")  # alive, and still the launcher
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 503 and ready.headers["retry-after"] == "30"
         error = ready.json()["error"]
@@ -53,16 +44,7 @@ def test_no_champion_is_unready_then_the_first_promotion_is_served(artifact: Pat
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         version = json.loads((artifact / "metadata.json").read_text())["model_version"]
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the promoted champion was not served within 120 s"
-            time.sleep(0.5)
+        wait_http(f"{url}/readyz", 120, proc, tmp_path / "log.txt")  # the promoted champion, on the same process
         meta = httpx.get(f"{url}/metadata").json()
         assert meta["model_version"] == version and meta["served_because"] == "champion"
     finally:

@@ -16,10 +16,9 @@ every task's API service alike (installed with the guard, ``service.core.app.ins
 from __future__ import annotations
 
 import inspect
-import json
 from typing import Any
 
-from service.core.openapi import ADMIN_PATHS, ERROR, errors
+from service.core.openapi import ADMIN_PATHS, ERROR, errors, patched_document
 
 INFRA = {"/healthz": "liveness", "/livez": "liveness", "/readyz": "readiness", "/metrics": "Prometheus metrics"}
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
@@ -91,23 +90,7 @@ class DocsSite:
         if path != "/docs.json":
             await self.app(scope, receive, send)
             return
-        held: dict[str, Any] = {"body": b""}
-
-        async def rewrite(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                held["start"] = message
-                return
-            held["body"] += message.get("body", b"")
-            if message.get("more_body"):
-                return
-            start, body = held["start"], held["body"]
-            if start["status"] == 200:
-                body = json.dumps(complete(json.loads(body), self.routes)).encode()
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, rewrite)
+        await patched_document(self.app, scope, receive, send, lambda spec: complete(spec, self.routes))
 
 
 PAGE = """<!doctype html>

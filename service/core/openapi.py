@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from collections.abc import Callable
 from typing import Any
 
 ERROR = {  # THE error body of every JSON route (service.core.errors)
@@ -185,21 +186,30 @@ class DocsPatch:
         if scope["type"] != "http" or scope["path"] != "/docs.json":
             await self.app(scope, receive, send)
             return
-        state: dict[str, Any] = {"start": None, "body": b""}
+        await patched_document(self.app, scope, receive, send, self.patch)
 
-        async def rewrite(message) -> None:  # noqa: ANN001
-            if message["type"] == "http.response.start":
-                state["start"] = message
-                return
-            state["body"] += message.get("body", b"")
-            if message.get("more_body"):
-                return
-            start, body = state["start"], state["body"]
-            if start["status"] == 200:
-                body = json.dumps(self.patch(json.loads(body))).encode()
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
 
-        await self.app(scope, receive, rewrite)
+async def patched_document(
+    app: Any, scope: dict, receive: Any, send: Any, patch: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """Run ``app`` for ``GET /docs.json`` and send its document through ``patch`` (a 200 only), with the
+    content length it then has. ``DocsPatch`` (a task's additions) and ``service.core.docs.DocsSite`` (every
+    route served) both rewrite it this way."""
+    state: dict[str, Any] = {"start": None, "body": b""}
+
+    async def rewrite(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            state["start"] = message
+            return
+        state["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        start, body = state["start"], state["body"]
+        if start["status"] == 200:
+            body = json.dumps(patch(json.loads(body))).encode()
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    await app(scope, receive, rewrite)

@@ -240,7 +240,7 @@ def _retrain(args: argparse.Namespace, out: Path, report: dict, finish, step: li
     report.update(
         challenger={"ref": tag, "version": meta["model_version"], "train_seconds": metrics["train_seconds"]},
         holdout={"sequences": len(holdout), "feedback": len(fb_holdout), "original_test": len(original_test)},
-        accuracy={k: float(v.mean()) for k, v in right.items()},
+        accuracy={k: verdict["holdout"][k] for k in right},  # the gate's figures, as before the gate existed
         margin=args.margin,
         gate={k: v for k, v in verdict.items() if k not in ("promote", "reason")},
     )
