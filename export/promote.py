@@ -1,4 +1,7 @@
-"""``python -m export.promote REF [--data-dir DIR]``: make REF the champion every replica serves.
+"""``python -m export.promote REF [--name NAME] [--data-dir DIR]``: make REF the champion every replica serves.
+
+With ``--name``, REF becomes the champion of the named model NAME instead (a server's model repository,
+``SEQSERVE_MODELS=NAME,...``: service/core/repository.py); the task's own champion is left as it is.
 
 REF is a model store tag (``seqclassifier:<version>``) or an exported artifact directory. The artifact is
 opened and its contract read before the pointer moves (``service.core.store.champion``); running services that follow
@@ -19,6 +22,7 @@ from service.core.artifact import (
     find_artifact,
     use_project_model_store,
 )
+from service.core.repository import NAME, pointer_key
 from service.core.store.champion import Champion, ChampionPointer
 from service.core.store.database import add_database_arg
 from training.tasks import task_of
@@ -41,10 +45,15 @@ def lasting_ref(ref: str, store: bool) -> tuple[str, str, str]:
     return ref, art.meta.model_version, art.meta.task
 
 
-def promote(ref: str, data_dir: str | Path, store: bool = False) -> Champion:
-    """Point the champion of ``ref``'s task at ``ref`` (see ``lasting_ref``); return the new pointer."""
+def promote(ref: str, data_dir: str | Path, store: bool = False, name: str = "") -> Champion:
+    """Point the champion of ``ref``'s task (or of the named model ``name``) at ``ref`` (see ``lasting_ref``);
+    return the new pointer."""
+    if name and not NAME.match(name):
+        raise ValueError(
+            f"--name {name!r}: letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)"
+        )
     ref, version, task = lasting_ref(ref, store)
-    return ChampionPointer(data_dir, task).set(ref, version)
+    return ChampionPointer(data_dir, pointer_key(task, name) if name else task).set(ref, version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ref", help="model store tag or artifact directory")
     add_database_arg(p)
     p.add_argument("--store", action="store_true", help="a directory: put it in the model store, point at its tag")
+    p.add_argument("--name", default="", help="promote as the named model NAME of a model repository (SEQSERVE_MODELS)")
     args = p.parse_args(argv)
     use_project_model_store()
     try:
-        champion = promote(args.ref, args.data_dir, args.store)
+        champion = promote(args.ref, args.data_dir, args.store, args.name)
     except (ModelNotFound, ContractError, ReferenceMismatch, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"champion: {champion.ref} (model {champion.version})", file=sys.stderr)
+    named = f" of {args.name!r}" if args.name else ""
+    print(f"champion{named}: {champion.ref} (model {champion.version})", file=sys.stderr)
     return 0
 
 

@@ -28,6 +28,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from service.core.artifact import ENTRIES, ModelNotFound, find_artifact
+from service.core.repository import TASK_CHAMPION, pointer_key
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
 
@@ -52,20 +53,31 @@ def option(argv: list[str], name: str, default: str) -> str:
 
 
 def why_no_model(task: str, settings: Settings) -> str | None:
-    """None when there is a model to serve, else the reason (what /readyz says)."""
-    try:
-        ref, source = served_ref(settings.model, settings.database, task=task)
-    except ModelNotFound:
-        return (
-            f"no model to serve yet: no {task} champion is promoted in the service database and SEQSERVE_MODEL "
-            "is unset; promote one (python -m export.promote ARTIFACT --store) and this server loads it"
-        )
-    except Exception as e:  # noqa: BLE001 - the database is not reachable yet: wait for it as well
-        return f"the service database is not reachable yet: {type(e).__name__}: {e}"
-    try:
-        find_artifact(ref)
-    except Exception as e:  # noqa: BLE001 - promoted, but the model store does not hold it (yet)
-        return f"the model named by {source} ({ref}) is not in the model store yet: {e}"
+    """None when there is a model to serve (each entry of ``SEQSERVE_MODELS``, when set), else the reason (what
+    /readyz says)."""
+    wanted = [] if settings.models else [("", settings.model, task)]  # (entry name, fixed ref, pointer followed)
+    for s in settings.models:
+        if s.ref in ("", TASK_CHAMPION):
+            wanted.append((s.name, "", task if s.ref == TASK_CHAMPION else pointer_key(task, s.name)))
+        else:
+            wanted.append((s.name, s.ref, ""))
+    for name, fixed, pointer in wanted:
+        try:
+            ref, source = served_ref(fixed, settings.database, task=pointer)
+        except ModelNotFound:
+            if name and pointer != task:
+                return (f"no model to serve yet for {name!r} (SEQSERVE_MODELS): promote one (python -m "
+                        f"export.promote ARTIFACT --store --name {name}) and this server loads it")  # fmt: skip
+            return (
+                f"no model to serve yet: no {task} champion is promoted in the service database and SEQSERVE_MODEL "
+                "is unset; promote one (python -m export.promote ARTIFACT --store) and this server loads it"
+            )
+        except Exception as e:  # noqa: BLE001 - the database is not reachable yet: wait for it as well
+            return f"the service database is not reachable yet: {type(e).__name__}: {e}"
+        try:
+            find_artifact(ref)
+        except Exception as e:  # noqa: BLE001 - promoted, but the model store does not hold it (yet)
+            return f"the model named by {source} ({ref}) is not in the model store yet: {e}"
     return None
 
 

@@ -101,7 +101,8 @@ def test_feedback_retrain_promote_and_swap(weak_champion: Path, tmp_path: Path) 
         same = {k: Path(v).read_bytes() for k, v in worse["original_data"].items()}  # the copies in the store
         assert same == {k: Path(v).read_bytes() for k, v in report["original_data"].items()}
         reload = httpx.post(f"{url}/admin/reload", headers=auth).json()
-        assert reload == {"outcome": "unchanged", "model_version": new}  # the pointer did not move
+        models = [{"name": "seqclassifier", "outcome": "unchanged", "model_version": new}]
+        assert reload == {"outcome": "unchanged", "model_version": new, "models": models}  # the pointer did not move
     finally:
         stop_process(proc)
 

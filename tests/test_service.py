@@ -103,8 +103,8 @@ def test_concurrent_requests_are_batched_and_exact(
     sizes = [line for line in m.splitlines() if line.startswith("bentoml_service_adaptive_batch_size_count")]
     assert sizes, "adaptive batching metrics missing"
     # One batcher in the model service: requests that reached different API workers share batches.
-    single = float(re.search(r'^seqserve_batch_api_workers_bucket\{le="1.0"\} (\S+)', m, re.M).group(1))
-    batches = float(re.search(r"^seqserve_batch_api_workers_count (\S+)", m, re.M).group(1))
+    single = float(re.search(r'^seqserve_batch_api_workers_bucket\{le="1.0",model="\w+"\} (\S+)', m, re.M).group(1))
+    batches = float(re.search(r"^seqserve_batch_api_workers_count\{model=\"\w+\"\} (\S+)", m, re.M).group(1))
     assert batches > single, "no adaptive batch ever held requests from two API workers"
 
 

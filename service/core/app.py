@@ -5,7 +5,8 @@ A task's ``app.py`` (``service/tasks/<task>/app.py``) reads as its routes and it
 
 * ``boot(task)``: the settings (read once) and the artifact to serve (``SEQSERVE_MODEL``, else the task's
   champion), at import, because request types and OpenAPI limits come from the artifact. A model of another
-  task is refused, naming the entry that serves it.
+  task is refused, naming the entry that serves it. ``boot_repository(task)``: the same for every entry of
+  ``SEQSERVE_MODELS`` (service/core/repository.py), or the one model when it is unset.
 * ``model_service_config`` / ``api_service_config``: the ``@bentoml.service`` arguments both tasks share.
 * ``model_info()``: the model service's ``info()``, or ``Rejected`` (503) while it is starting or gone.
 * ``call_again``: a call to the model service, made again when the kept-alive connection broke (calls are
@@ -33,6 +34,7 @@ from service.core.artifact import ENTRIES, Artifact, ModelNotFound, find_artifac
 from service.core.bentoml_patches import cache_mime_types
 from service.core.docs import DocsSite, inventory
 from service.core.guard import Rejected, RequestGuard, request_id
+from service.core.repository import TASK_CHAMPION, Entry, Repository, pointer_key
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
 
@@ -63,6 +65,35 @@ def boot(task: str) -> Boot:
     return Boot(settings, artifact, source)
 
 
+def boot_repository(task: str) -> tuple[Settings, Repository]:
+    """The settings and the models a task's services serve: each entry of ``SEQSERVE_MODELS`` with its
+    artifact, or (unset) the one model of ``boot`` under the artifact's ``model_name``."""
+    settings = Settings()
+    if not settings.models:
+        one = boot(task)
+        pointer = None if settings.model else task
+        return settings, Repository([Entry(0, one.artifact.meta.model_name, one.artifact, one.source, pointer, True)])
+    log.setLevel(logging.INFO)
+    entries: list[Entry] = []
+    for i, spec in enumerate(settings.models):
+        if spec.ref and spec.ref != TASK_CHAMPION:
+            ref, source, pointer = spec.ref, "SEQSERVE_MODELS", None
+        else:
+            pointer = task if spec.ref == TASK_CHAMPION else pointer_key(task, spec.name)
+            try:
+                ref, source = served_ref("", settings.database, task=pointer)
+            except ModelNotFound:
+                named = "" if pointer == task else f" --name {spec.name}"
+                raise SystemExit(f"seqserve: SEQSERVE_MODELS: no champion for {spec.name!r} yet (pointer {pointer!r}); "
+                                 f"promote one: python -m export.promote REF{named}") from None  # fmt: skip
+        artifact = find_artifact(ref)
+        if artifact.meta.task != task:
+            raise SystemExit(f"seqserve: SEQSERVE_MODELS: {spec.name}={ref} is a {artifact.meta.task} model; this "
+                             f"server serves {task} models")  # fmt: skip
+        entries.append(Entry(i, spec.name, artifact, source, pointer, spec.ref == TASK_CHAMPION))
+    return settings, Repository(entries)
+
+
 def model_service_config(name: str, settings: Settings, workers: int, timeout_s: int) -> dict[str, Any]:
     """``@bentoml.service`` arguments of a model service (the one that holds the session)."""
     return {
@@ -89,10 +120,10 @@ def api_service_config(name: str, settings: Settings, timeout_s: int) -> dict[st
     return config
 
 
-async def model_info() -> dict[str, Any]:
+async def model_info(**kwargs: Any) -> dict[str, Any]:
     """The model service's ``info()``; ``Rejected`` (503) if it is not there."""
     try:
-        return await bentoml.get_current_service().model.to_async.info()
+        return await bentoml.get_current_service().model.to_async.info(**kwargs)
     except Exception as e:  # noqa: BLE001 - the model service is starting or gone
         raise Rejected(f"model service not available: {e}", reason="unavailable", status=503) from None
 

@@ -1,10 +1,11 @@
 """The model slot of a model service, and how it follows the promoted champion (issue 7/10).
 
-Both model services (``service.service.SeqModel``, the classifier; ``service.generate_service.LMModel``, the
-language model) hold what they serve in one ``ModelSlot``, replaced whole in one assignment. ``FollowsChampion``
-polls the champion pointer of the service's task (``SEQSERVE_RELOAD_INTERVAL_S``); a new champion is loaded and
-checked aside (contract, reference outputs) and swapped in between batches or steps; a broken one is refused
-(``seqserve_model_swap_failures_total``) and the old model keeps serving.
+Every model service holds what it serves in a ``ModelSlot``, replaced whole in one assignment, kept by a
+``Follower`` (one per served model: the classifier's model repository has several, ``service.core.repository``;
+the other tasks one, through ``FollowsChampion``). A follower polls its champion pointer
+(``SEQSERVE_RELOAD_INTERVAL_S``); a new champion is loaded and checked aside (contract, reference outputs) and
+swapped in between batches or steps; a broken one is refused (``seqserve_model_swap_failures_total``) and the
+old model keeps serving.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,45 +38,49 @@ class ModelSlot:
         return self.engine.model_version
 
 
-class FollowsChampion:
-    """A model service's slot and its champion following. Subclasses give ``task``, ``_load`` and
-    ``_check_compatible`` and call ``_start_slot`` from ``__init__``."""
+class Follower:
+    """One model slot and the champion pointer it follows (``pointer``; None: a fixed model, never swapped).
+    ``load(artifact, source)`` makes a slot (opens and checks the session); ``compatible(serving, artifact)``
+    raises ValueError if the API workers' view of the contract would not fit ``artifact``. A model repository
+    (``service.core.repository``) has one per entry; ``FollowsChampion`` one."""
 
-    task = "classify"
-    settings: Settings
-    slot: ModelSlot
-
-    def _load(self, artifact: Artifact, source: str) -> ModelSlot:
-        raise NotImplementedError
-
-    def _check_compatible(self, artifact: Artifact) -> None:
-        """Raise ValueError if the API workers' view of the contract would not fit ``artifact``."""
-        raise NotImplementedError
-
-    def _start_slot(self, artifact: Artifact, source: str, settings: Settings) -> None:
-        self.settings = settings
-        self.slot = self._load(artifact, source)
+    def __init__(
+        self,
+        task: str,
+        pointer: str | None,
+        load: Callable[[Artifact, str], ModelSlot],
+        compatible: Callable[[ModelSlot, Artifact], None],
+        settings: Settings,
+        name: str = "",
+    ) -> None:
+        self.task, self.pointer_key, self.name = task, pointer, name
+        self._load, self._compatible, self.settings = load, compatible, settings
         self._pointer: ChampionPointer | None = None
         self._refused: Champion | None = None
         self._swap_lock = threading.Lock()
-        log_loaded(self.slot, f"from {source}")
-        if settings.model == "" and settings.reload_interval_s > 0:
-            threading.Thread(target=self._follow_champion, name="champion", daemon=True).start()
+        self.slot: ModelSlot
 
-    def _follow_champion(self) -> None:
+    def start(self, artifact: Artifact, source: str) -> None:
+        """Load the first model; follow the pointer in a thread (``SEQSERVE_RELOAD_INTERVAL_S``)."""
+        self.slot = self._load(artifact, source)
+        log_loaded(self.slot, f"from {source}" + (f" as {self.name!r}" if self.name else ""))
+        if self.pointer_key is not None and self.settings.reload_interval_s > 0:
+            threading.Thread(target=self._follow, name=f"champion-{self.name or self.task}", daemon=True).start()
+
+    def _follow(self) -> None:
         while True:
             time.sleep(self.settings.reload_interval_s)
             self.check_champion()
 
     def check_champion(self) -> str:
         """Swap to the champion if it is new (one check at a time); say what happened."""
-        if self.settings.model:
-            return "not following the champion: SEQSERVE_MODEL names the model"
+        if self.pointer_key is None:
+            return "not following a champion: a fixed model (SEQSERVE_MODEL or NAME=REF)"
         with self._swap_lock:
             champion = None
             try:
                 if self._pointer is None:
-                    self._pointer = ChampionPointer(self.settings.database, self.task)
+                    self._pointer = ChampionPointer(self.settings.database, self.pointer_key)
                 champion = self._pointer.get()
                 if champion is None or champion.version == self.slot.version:
                     return "unchanged"
@@ -85,7 +91,13 @@ class FollowsChampion:
             except Exception as e:  # noqa: BLE001 - a bad promotion must never stop the serving model
                 self._refused = champion  # not retried until the pointer moves again
                 MODEL_SWAP_FAILURES.inc()
-                log.warning("seqserve: promoted model %s refused, %s keeps serving: %s", champion, self.slot.version, e)
+                log.warning(
+                    "seqserve: promoted model %s%s refused, %s keeps serving: %s",
+                    champion,
+                    f" (as {self.name!r})" if self.name else "",
+                    self.slot.version,
+                    e,
+                )
                 return f"refused: {e}"
 
     def swap(self, ref: str, version: str | None = None) -> None:
@@ -97,12 +109,44 @@ class FollowsChampion:
             raise ValueError(f"{ref} holds model {artifact.meta.model_version}, the pointer says {version}")
         if artifact.meta.task != self.task:
             raise ValueError(f"{ref} is a {artifact.meta.task} model; this service serves task {self.task}")
-        self._check_compatible(artifact)
+        self._compatible(old, artifact)
         new = self._load(artifact, "champion")
         self.slot = new  # the swap
         old.metrics.retire()
         MODEL_SWAPS.inc()
-        log_loaded(new, f"champion, swapped in for {old.version}")
+        log_loaded(new, f"champion, swapped in for {old.version}" + (f" as {self.name!r}" if self.name else ""))
+
+
+class FollowsChampion:
+    """A model service's one slot and its champion following (a ``Follower``). Subclasses give ``task``,
+    ``_load`` and ``_check_compatible`` and call ``_start_slot`` from ``__init__``."""
+
+    task = "classify"
+    settings: Settings
+    follower: Follower
+
+    def _load(self, artifact: Artifact, source: str) -> ModelSlot:
+        raise NotImplementedError
+
+    def _check_compatible(self, artifact: Artifact) -> None:
+        """Raise ValueError if the API workers' view of the contract would not fit ``artifact``."""
+        raise NotImplementedError
+
+    def _start_slot(self, artifact: Artifact, source: str, settings: Settings) -> None:
+        self.settings = settings
+        pointer = None if settings.model else self.task
+        self.follower = Follower(self.task, pointer, self._load, lambda _, a: self._check_compatible(a), settings)
+        self.follower.start(artifact, source)
+
+    @property
+    def slot(self) -> ModelSlot:
+        return self.follower.slot
+
+    def check_champion(self) -> str:
+        return self.follower.check_champion()
+
+    def swap(self, ref: str, version: str | None = None) -> None:
+        self.follower.swap(ref, version)
 
 
 def log_loaded(slot: ModelSlot, why: str) -> None:

@@ -93,6 +93,22 @@ def v2_paths(model_name: str, infer_summary: str, inputs_doc: str) -> dict[str, 
             "get": {"tags": tag, "summary": "Readiness", "responses": {"200": ok(ready_ok), **not_found}}
         },
     }
+    index_ok = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "state"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                "reason": {"type": "string"},
+            },
+        },
+    }
+    paths["/v2/repository/index"] = {
+        "post": {"tags": tag, "summary": "Every model and version served", "responses": {"200": ok(index_ok)}}
+    }
     for base, params in (("/v2/models/{name}", [name]), ("/v2/models/{name}/versions/{version}", [name, version])):
         paths[base] = {
             "get": {

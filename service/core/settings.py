@@ -3,6 +3,8 @@ variable. A task's own knobs live in its room (the language model's: ``service.t
 
 =====================================  =======  ==================================================================
 ``SEQSERVE_MODEL``                     -        model store tag or artifact directory; unset: the champion
+``SEQSERVE_MODELS``                    -        the classifier's model repository: ``NAME``, ``NAME=REF``,
+                                                ``NAME=@champion``, comma-separated (service/core/repository.py)
 ``SEQSERVE_DEVICE``                    auto     auto | cpu | cuda
 ``SEQSERVE_WORKERS``                   2        API service workers (HTTP, validation, JSON; no model)
 ``SEQSERVE_MODEL_WORKERS``             1        model service workers, each with its own ORT session and batcher
@@ -56,6 +58,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+
+from service.core.repository import ModelSpec, parse_models
 
 
 def _env_number(name: str, default: float, kind: type, minimum: float | None) -> float:
@@ -128,6 +132,7 @@ BATCHING_DEFAULTS = {False: Batching(8192, 128, 0.85, False), True: Batching(655
 @dataclass(frozen=True)
 class Settings:
     model: str = field(default_factory=lambda: os.environ.get("SEQSERVE_MODEL", ""))
+    models: tuple[ModelSpec, ...] = field(default_factory=lambda: parse_models(os.environ.get("SEQSERVE_MODELS", "")))
     device: str = field(default_factory=env_device)
     workers: int = field(default_factory=lambda: env_int("SEQSERVE_WORKERS", 2, minimum=1))
     model_workers: int = field(default_factory=lambda: env_int("SEQSERVE_MODEL_WORKERS", 1, minimum=1))
@@ -173,6 +178,10 @@ class Settings:
     max_request_steps: int = field(default_factory=lambda: env_int("SEQSERVE_MAX_REQUEST_STEPS", 65536, minimum=1))
 
     def __post_init__(self) -> None:
+        if self.model and self.models:
+            raise ValueError(
+                "SEQSERVE_MODEL and SEQSERVE_MODELS are both set: name the model in SEQSERVE_MODELS (NAME=REF)"
+            )
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("SEQSERVE_DATABASE_URL: must be a postgresql:// URL")
         if self.feedback_holdout > 1:

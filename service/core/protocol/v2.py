@@ -2,8 +2,9 @@
 
 Routes (plain ASGI routes of a task's API service: BentoML cannot parse a V2 binary body):
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{version}]``,
-``.../ready``, ``POST .../infer``. The name is the artifact's ``model_name``, the version the ``model_version``
-being served; an unknown name or version (the old one after a swap too) is a 404 ``{"error": ...}``.
+``.../ready``, ``POST .../infer``, ``POST /v2/repository/index``. The name is the artifact's ``model_name`` (or
+its name in the server's model repository), the version the ``model_version`` being served; an unknown name or
+version (the old one after a swap too) is a 404 ``{"error": ...}``.
 
 This module is the codec and the routes; what the tensors mean is the task's ``V2Adapter``
 (service/tasks/classify/v2.py): its model metadata, and ``infer``, which validates the input tensors, runs them
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import struct
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -234,18 +236,27 @@ def served(name: str, version: str | None, served: str) -> str:
     return served
 
 
-def v2_routes(adapter: V2Adapter) -> list[Route]:
-    """The V2 routes of a task's API service, over its adapter."""
+def v2_routes(adapters: V2Adapter | Sequence[V2Adapter]) -> list[Route]:
+    """The V2 routes of a task's API service, over its adapter, or over one adapter per served model (a model
+    repository, ``service.core.repository``: a name may have several, its versions; the first is the one a
+    path without a version gets). ``POST /v2/repository/index`` lists them (Triton's repository extension)."""
+    adapters = [adapters] if not isinstance(adapters, Sequence) else list(adapters)
+    names = list(dict.fromkeys(a.model_name for a in adapters))
 
-    async def check(request: Request, ask: bool = True) -> str:
-        """The version served, if the path names this model (and that version); else a 404."""
+    async def pick(request: Request, ask: bool = True) -> tuple[V2Adapter, str]:
+        """The adapter and version the path names; a 404 for a name or version not served."""
         name, version = request.path_params["name"], request.path_params.get("version")
-        if name != adapter.model_name:
-            raise V2Error(f"unknown model {name!r}; this server serves {adapter.model_name!r}", 404)
-        current = await adapter.version(ask)
-        if not ask and version is not None and version != current:  # the note may lag a swap: ask
-            current = await adapter.version(True)
-        return served(name, version, current)
+        candidates = [a for a in adapters if a.model_name == name]
+        if not candidates:
+            raise V2Error(f"unknown model {name!r}; this server serves {', '.join(map(repr, names))}", 404)
+        if version is None:
+            return candidates[0], await candidates[0].version(ask)
+        seen: list[str] = []
+        for fresh in dict.fromkeys((ask, True)):  # the API worker's notes first; asked, since they may lag a swap
+            seen = [await a.version(fresh) for a in candidates]
+            if version in seen:
+                return candidates[seen.index(version)], version
+        raise V2Error(f"model {name!r} has no version {version!r}; serving {', '.join(map(repr, seen))}", 404)
 
     async def server(request: Request) -> Response:
         version = importlib.metadata.version("seqserve")
@@ -256,28 +267,35 @@ def v2_routes(adapter: V2Adapter) -> list[Route]:
 
     async def ready(request: Request) -> Response:
         try:
-            await adapter.version(ask=True)
+            for a in adapters:
+                await a.version(ask=True)
         except Rejected as e:
             return refuse(e)
         return JSONResponse({"ready": True})
 
     async def model(request: Request) -> Response:
         try:
-            version = await check(request)
+            adapter, version = await pick(request)
+            same = (
+                [adapter]
+                if "version" in request.path_params
+                else [a for a in adapters if a.model_name == adapter.model_name]
+            )
+            versions = [version if a is adapter else await a.version(True) for a in same]
         except Rejected as e:
             return refuse(e)
-        return JSONResponse({"name": adapter.model_name, "versions": [version], **adapter.metadata()})
+        return JSONResponse({"name": adapter.model_name, "versions": versions, **adapter.metadata()})
 
     async def model_ready(request: Request) -> Response:
         try:
-            await check(request)
+            adapter, _ = await pick(request)
         except Rejected as e:
             return refuse(e)
         return JSONResponse({"name": adapter.model_name, "ready": True})
 
     async def infer(request: Request) -> Response:
         try:
-            await check(request, ask=False)  # the hot path: the answer itself says which model gave it
+            adapter, _ = await pick(request, ask=False)  # the hot path: the answer itself says which model gave it
             parsed, binaries = parse_request(await request.body(), request.headers.get(HEADER))
             version, tensors = await adapter.infer(parsed, binaries)
             served(adapter.model_name, request.path_params.get("version"), version)  # swapped meanwhile
@@ -285,10 +303,21 @@ def v2_routes(adapter: V2Adapter) -> list[Route]:
         except Rejected as e:
             return refuse(e)
 
+    async def index(request: Request) -> Response:
+        """Every served model and version, READY or UNAVAILABLE with the reason."""
+        out = []
+        for a in adapters:
+            try:
+                out.append({"name": a.model_name, "version": await a.version(True), "state": "READY"})
+            except Rejected as e:
+                out.append({"name": a.model_name, "state": "UNAVAILABLE", "reason": str(e)})
+        return JSONResponse(out)
+
     routes = [
         Route("/v2", server, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/repository/index", index, methods=["POST"]),
     ]
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [

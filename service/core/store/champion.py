@@ -1,11 +1,13 @@
 """The champion pointer: which model every replica serves when ``SEQSERVE_MODEL`` names none (issue 10).
 
 One row per task (``classify``, ``generate``: a classifier and a language model are served side by side, each
-following its own champion) in the service database (``service.core.store.database``, beside the feedback): the model's
-reference (a model store tag or an artifact directory), its version, and when it was promoted. Promotion
-(``python -m export.promote REF``) replaces the row in one transaction, so readers see the old pointer or the
-new one, never half of each. The model service polls it (``SEQSERVE_RELOAD_INTERVAL_S``) and swaps models
-between batches (``service.service.SeqModel``).
+following its own champion), and one per named model of a model repository (key ``<task>/<name>``,
+``service.core.repository``; promoted with ``--name``; the column keeps its first name, ``task``) in the
+service database (``service.core.store.database``, beside the feedback): the model's reference (a model store
+tag or an artifact directory), its version, and when it was promoted. Promotion (``python -m export.promote
+REF``) replaces the row in one transaction, so readers see the old pointer or the new one, never half of each.
+The model service polls it (``SEQSERVE_RELOAD_INTERVAL_S``) and swaps models between batches
+(``service.core.lifecycle.Follower``).
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ Two services, one topology on CPU and GPU:
   (``service.tasks.classify.schema``), the response JSON. Routes:
 
   - ``POST /predict``: ``{"sequences": [[[f x F] x T1], ...]}`` -> one object per sequence (adaptive batching);
+    ``"model"`` (and ``"model_version"``) pick a model of the server's repository (below);
   - ``POST /predict_nobatch``: the same, one request per model call (for comparison);
   - ``POST /feedback``: ``{"items": [{"sequence": [[f x F] x T], "label": "..."}, ...]}`` -> stored durably for
     retraining (``service.tasks.classify.feedback``) before the 2xx;
-  - ``GET /metadata``: model name, version, classes, limits, provider in use (and why, if not CUDA);
+  - ``GET /metadata[?model=NAME&model_version=V]``: model name, version, classes, limits, provider in use (and
+    why, if not CUDA); ``GET /models``: every model and version served;
   - ``GET /docs``: every route, self-hosted (``service.core.docs``; ``/docs.json`` the document); BentoML's
     ``/healthz /livez /readyz /metrics``.
 
@@ -20,9 +22,14 @@ Two services, one topology on CPU and GPU:
   sequences of all API workers: on a GPU, batches of the whole load instead of load / workers. An API worker
   sends concurrent requests in one call (``service.core.batching.coalesce``).
 
-Settings: ``service.core.settings`` (read once, here). The artifact's metadata is read when this module is imported
-because the request type declares its limits (feature_dim, max_length) in the OpenAPI document; the model
-session is opened by the model service's workers only.
+Several models per server (``SEQSERVE_MODELS``, ``service.core.repository``): each entry has its own slot and
+champion following (``service.core.lifecycle.Follower``) and its own adaptive batcher (model service APIs
+``infer``, ``infer_1``, ...), and its metric series carry its name (``model``); a request's ``model`` field (the
+V2 path's name) picks it and its limits validate the request. Unset, the server serves one model, as always.
+
+Settings: ``service.core.settings`` (read once, here). The artifacts' metadata is read when this module is imported
+because the request types declare their limits (feature_dim, max_length) in the OpenAPI document; the model
+sessions are opened by the model service's workers only.
 """
 
 from __future__ import annotations
@@ -38,19 +45,16 @@ import bentoml
 import numpy as np
 from bentoml.validators import ContentType
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from service.core import stages
 from service.core.admin import admin_routes
 from service.core.app import (
     api_service_config,
-    boot,
+    boot_repository,
     call_again,
     forbid_unknown_fields,
     install_guard,
-    model_info,
     model_service_config,
     quiet_client_errors,
     refuse,
@@ -63,11 +67,14 @@ from service.core.batching import hop
 from service.core.batching.coalesce import Coalescer
 from service.core.batching.hop import Answer, Pack, request_items
 from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
+from service.core.catalogue import VersionField, model_field, models_route, resolve
 from service.core.guard import DeadlinePassed, Rejected
-from service.core.lifecycle import FollowsChampion, ModelSlot
+from service.core.lifecycle import Follower, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
 from service.core.protocol.v2 import route_template, v2_routes
+from service.core.repository import Entry
 from service.core.validate import first_non_finite, non_finite_message
+from service.tasks.classify.catalogue import metadata_route, request_limits
 from service.tasks.classify.engine import Engine
 from service.tasks.classify.feedback import FeedbackStore, StoreFull, StoreUnavailable, open_store
 from service.tasks.classify.metrics import (
@@ -92,23 +99,26 @@ from service.tasks.classify.v2 import ClassifyV2
 
 log = logging.getLogger("seqserve")
 
-BOOT = boot("classify")  # settings and the artifact to serve (service/core/app.py)
-SETTINGS, ARTIFACT = BOOT.settings, BOOT.artifact
-MAX_LENGTH = SETTINGS.accepted_max_length(ARTIFACT.meta.max_length)
+SETTINGS, REPO = boot_repository("classify")  # settings and the models to serve (service/core/app.py)
+ARTIFACT = REPO.entries[0].artifact  # the default model's: the schema and /docs.json show its limits
 MAX_STEPS = SETTINGS.max_request_steps
-Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES, MAX_STEPS)
-FeedbackItems = feedback_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.meta.classes, MAX_SEQUENCES, MAX_STEPS)
+
+
+LIMITS = request_limits(REPO, SETTINGS)  # per served name: feature_dim, max_length, classes
+MAX_LENGTH = LIMITS[REPO.default_name][1]
+ModelName = model_field(REPO)
+Sequences = sequences_type(ARTIFACT.meta.feature_dim, MAX_LENGTH, MAX_SEQUENCES, MAX_STEPS, LIMITS.__getitem__)
+FeedbackItems = feedback_type(
+    ARTIFACT.meta.feature_dim, MAX_LENGTH, ARTIFACT.meta.classes, MAX_SEQUENCES, MAX_STEPS, LIMITS.__getitem__
+)
 JSON_PATHS = ("/predict", "/predict_nobatch", "/feedback", "/admin/retrain", "/admin/alert", "/admin/reload")
 
 
-@bentoml.service(
-    **model_service_config("seqserve-model", SETTINGS, SETTINGS.model_workers, timeout_s=60),
-    tracing={"excluded_urls": ["/"]},  # no OpenTelemetry spans on the internal hop (every URL holds "/")
-)
-class SeqModel(FollowsChampion):
-    """Owns the session and the adaptive batcher. Items: one ``Pack`` (``service.core.batching.hop``) per API
-    worker call (its sequences as one array), answered by one ``Answer``; a sequence whose deadline has passed is
-    not computed. The model slot and the champion following: ``service.core.lifecycle``."""
+class SeqModel:
+    """Owns the sessions and the adaptive batchers, a slot and a batcher per served model (one unless
+    ``SEQSERVE_MODELS``). Items: one ``Pack`` (``service.core.batching.hop``) per API worker call (its sequences
+    as one array), answered by one ``Answer``; a sequence whose deadline has passed is not computed. The model
+    slots and the champion following: ``service.core.lifecycle``."""
 
     task = "classify"
 
@@ -116,44 +126,49 @@ class SeqModel(FollowsChampion):
         start_process(SETTINGS)  # service/core/app.py
         tune_gc()
         cap_learned_wait(SETTINGS.batch_wait_ms / 1000)  # see service/core/bentoml_patches.py
-        self._start_slot(ARTIFACT, BOOT.source, SETTINGS)
+        self.models: list[Follower] = []
+        for e in REPO.entries:
+            load = functools.partial(_load, e.name)
+            follower = Follower(self.task, e.pointer, load, _compatible, SETTINGS, e.name if len(REPO) > 1 else "")
+            follower.start(e.artifact, e.source)
+            self.models.append(follower)
 
-    def _load(self, artifact: Artifact, source: str) -> ModelSlot:
-        engine = Engine(artifact, SETTINGS)  # opens the session and runs the load-time check
-        return ModelSlot(engine, ServiceMetrics(engine, SETTINGS.device, SETTINGS.drift_window_steps), source)
-
-    def _check_compatible(self, artifact: Artifact) -> None:
-        problem = swap_problem(self.slot.engine.artifact.meta, artifact.meta)
-        if problem:
-            raise ValueError(problem)
+    @property
+    def slot(self) -> ModelSlot:
+        """The default model's slot."""
+        return self.models[0].slot
 
     @bentoml.api
     def reload(self) -> dict:
-        """Look at the champion pointer now (``POST /admin/reload``)."""
-        outcome = self.check_champion()
-        return {"outcome": outcome, "model_version": self.slot.version}
+        """Look at the champion pointers now (``POST /admin/reload``)."""
+        outcomes = [m.check_champion() for m in self.models]
+        models = [
+            {"name": e.name, "outcome": o, "model_version": m.slot.version}
+            for e, m, o in zip(REPO.entries, self.models, outcomes, strict=True)
+        ]
+        return {"outcome": outcomes[0], "model_version": self.slot.version, "models": models}
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, packs: list[Any]) -> list[Any]:
-        return self._run(packs)
+        return self._run(0, packs)
 
     @bentoml.api
-    def infer_nobatch(self, packs: list[Any]) -> list[Any]:
-        return self._run(packs)
+    def infer_nobatch(self, packs: list[Any], entry: int = 0) -> list[Any]:
+        return self._run(entry, packs)
 
     @bentoml.api
-    def info(self) -> dict:
-        """What /metadata reports about the loaded model and its session."""
-        slot = self.slot  # read once, like a batch
+    def info(self, entry: int = 0) -> dict:
+        """What /metadata reports about a served model and its session."""
+        slot = self.models[entry].slot  # read once, like a batch
         return {
             **session_info(slot, SETTINGS),
             "classes": slot.engine.classes,
             "model_workers": SETTINGS.model_workers,
         }
 
-    def _run(self, packs: list[Pack]) -> list[Answer]:
+    def _run(self, entry: int, packs: list[Pack]) -> list[Answer]:
         started = time.perf_counter()
-        slot = self.slot  # read once: a swap during this batch does not mix two models in it
+        slot = self.models[entry].slot  # read once: a swap during this batch does not mix two models in it
         packs = [Pack(*p) for p in packs]  # they arrive as plain tuples
         batch = hop.merge(packs)
         computed = batch.deadline > started  # past their deadline while queued: dropped, not computed
@@ -181,38 +196,47 @@ class SeqModel(FollowsChampion):
         return [tuple(a) for a in hop.split(answer, packs)]
 
 
-async def metadata(request: Request) -> JSONResponse:
-    """``GET /metadata``: the artifact's contract and what the model service reports about its session."""
-    meta = ARTIFACT.meta
-    try:
-        info = await model_info()
-    except Rejected as e:  # the model service is starting or gone: 503
-        return refuse(e)
-    return JSONResponse(
-        {
-            "task": meta.task,
-            "model_name": meta.model_name,
-            "model_version": info["model_version"],
-            "classes": info["classes"],
-            "feature_dim": meta.feature_dim,
-            "max_length": MAX_LENGTH,
-            "max_sequences": MAX_SEQUENCES,
-            "training_length_range": meta.training_length_range,
-            "normalisation": meta.normalisation.mode,
-            **{k: v for k, v in info.items() if k not in ("model_version", "classes")},
-            "rnn": meta.rnn,
-            "training_metrics": {
-                k: meta.training_metrics.get(k) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")
-            },
-        }
-    )
+def _load(name: str, artifact: Artifact, source: str) -> ModelSlot:
+    engine = Engine(artifact, SETTINGS)  # opens the session and runs the load-time check
+    return ModelSlot(engine, ServiceMetrics(engine, name, SETTINGS.device, SETTINGS.drift_window_steps), source)
+
+
+def _compatible(serving: ModelSlot, artifact: Artifact) -> None:
+    problem = swap_problem(serving.engine.artifact.meta, artifact.meta)
+    if problem:
+        raise ValueError(problem)
+
+
+def _batched_infer(index: int) -> Any:
+    """The model service API of entry ``index``'s own adaptive batcher (entry 0's is ``infer``)."""
+
+    def infer(self: SeqModel, packs: list[Any]) -> list[Any]:
+        return self._run(index, packs)
+
+    infer.__name__ = infer.__qualname__ = REPO.entries[index].api()
+    api = bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    return api(infer)
+
+
+for _entry in REPO.entries[1:]:
+    setattr(SeqModel, _entry.api(), _batched_infer(_entry.index))
+SeqModel = bentoml.service(  # type: ignore[misc]
+    **model_service_config("seqserve-model", SETTINGS, SETTINGS.model_workers, timeout_s=60),
+    tracing={"excluded_urls": ["/"]},  # no OpenTelemetry spans on the internal hop (every URL holds "/")
+)(SeqModel)
+
+
+def v2_adapters() -> list[ClassifyV2]:
+    """One V2 adapter per served entry, each name's default version first."""
+    return [ClassifyV2(e, LIMITS[e.name][1], MAX_SEQUENCES) for name in REPO.names for e in REPO.by_name[name]]
 
 
 routes = Starlette(
     routes=[
-        Route("/metadata", metadata, methods=["GET"]),
+        metadata_route(REPO, LIMITS, MAX_SEQUENCES),
+        models_route(REPO),
         *admin_routes(SETTINGS.admin_token, SETTINGS.database, SETTINGS.worker_claim_s),
-        *v2_routes(ClassifyV2(ARTIFACT.meta, MAX_LENGTH, MAX_SEQUENCES)),
+        *v2_routes(v2_adapters()),
     ]
 )
 # The response is written by predictions_json; the annotation documents its schema in /docs.json.
@@ -228,9 +252,7 @@ class SeqServe:
 
     def __init__(self) -> None:
         start_process(SETTINGS)  # service/core/app.py
-        self.classes: list[str] = ARTIFACT.meta.classes
-        self.version: str = ARTIFACT.meta.model_version
-        self.coalescer: Coalescer | None = None  # made on the first request (it needs the running loop)
+        self.coalescers: dict[int, Coalescer] = {}  # per served model, made on its first request (in the loop)
         # The store opens here so that a data directory without the durability guarantees fails the start.
         self.feedback_store: FeedbackStore = open_store(
             SETTINGS.database, SETTINGS.feedback_holdout, SETTINGS.feedback_max_items
@@ -241,51 +263,70 @@ class SeqServe:
         bound_metric_paths(ROUTE_PATHS, route_template)  # bounded metric labels (service/core/guard.py)
 
     @bentoml.api
-    async def predict(self, sequences: Sequences) -> PredictionsDoc:
+    async def predict(
+        self, *, model: ModelName = REPO.default_name, model_version: VersionField = None, sequences: Sequences
+    ) -> PredictionsDoc:
         """Classify 1..64 sequences, each [T][F] numbers (T <= max_length, F = feature_dim); batched with
-        other requests' sequences on the model service."""
+        other requests' sequences on the model service. ``model``: which served model (default: the server's
+        default, GET /models), ``model_version``: which of its versions."""
         try:
-            return self._respond(await self.infer_items(request_items(sequences)))
-        except DeadlinePassed as e:
+            entry = await resolve(REPO, model, model_version)
+            return self._respond(entry, await self.infer_items(request_items(sequences), entry), model_version)
+        except Rejected as e:  # DeadlinePassed too
             return refuse(e)
 
-    async def infer_items(self, items: list[Any]) -> list[Any]:
-        """Sequences (as ``request_items``) through the model service's batcher: ``(probabilities, attention,
-        version)`` each, in order. ``/predict`` and the V2 route (``service.tasks.classify.v2``) both come here,
-        so they share batches.
+    async def infer_items(self, items: list[Any], entry: Entry | None = None) -> list[Any]:
+        """Sequences (as ``request_items``) through the batcher of ``entry`` (default: the default model) on the
+        model service: ``(probabilities, attention, version)`` each, in order. ``/predict`` and the V2 route
+        (``service.tasks.classify.v2``) both come here, so they share batches.
         ``DeadlinePassed`` if the request's deadline passed before the model ran it."""
+        entry = entry or REPO.entries[0]
         stages.handled()
         if items and items[0][3] <= time.perf_counter():
             DEADLINE_DROPPED.labels("classify").inc(len(items))
             raise DeadlinePassed()
         if SETTINGS.api_in_flight == 0:
-            results = await self._call("infer", items)
+            results = await self._call(entry.api(), items)
         else:
-            if self.coalescer is None:
-                infer = functools.partial(self._call, "infer")
-                self.coalescer = Coalescer(infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size)
-            results = await self.coalescer.submit(items)
+            coalescer = self.coalescers.get(entry.index)
+            if coalescer is None:
+                infer = functools.partial(self._call, entry.api())
+                coalescer = self.coalescers[entry.index] = Coalescer(
+                    infer, SETTINGS.api_in_flight, SETTINGS.max_batch_size
+                )
+            results = await coalescer.submit(items)
         results = _answered(results)
-        self.version = results[0][2]  # the model that answered (after a swap, the new champion)
+        entry.version = results[0][2]  # the model that answered (after a swap, the new champion)
         stages.called(results[0][3])
         return results
 
     @bentoml.api(route="/predict_nobatch")
-    async def predict_nobatch(self, sequences: Sequences) -> PredictionsDoc:
+    async def predict_nobatch(
+        self, *, model: ModelName = REPO.default_name, model_version: VersionField = None, sequences: Sequences
+    ) -> PredictionsDoc:
         """The same answers without adaptive batching: one request per model call (for comparison)."""
         try:
+            entry = await resolve(REPO, model, model_version)
             stages.handled()
-            results = _answered(await self._call("infer_nobatch", request_items(sequences)))
+            results = _answered(await self._call("infer_nobatch", request_items(sequences), entry=entry.index))
             stages.called(results[0][3])
-            return self._respond(results)
-        except DeadlinePassed as e:
+            return self._respond(entry, results, model_version)
+        except Rejected as e:
             return refuse(e)
 
     @bentoml.api(route="/feedback")
-    async def feedback(self, items: FeedbackItems) -> FeedbackAck:
+    async def feedback(self, *, model: ModelName = REPO.default_name, items: FeedbackItems) -> FeedbackAck:
         """Store 1..64 labelled sequences for retraining (each sequence as in /predict, each label one of the
-        model's classes). The answer comes after the items are committed to disk."""
-        add = functools.partial(self.feedback_store.add, items, self.version)
+        model's classes). The answer comes after the items are committed to disk. ``model``: the served model
+        that follows the task's champion (the one retraining improves; ``NAME=@champion`` in SEQSERVE_MODELS)."""
+        entry = REPO.first(model)
+        if not entry.feedback:
+            takes = [e.name for e in REPO.entries if e.feedback]
+            return refuse(Rejected(
+                f"model: {model!r} does not follow the task's champion, which retraining improves, so its feedback "
+                f"would not be used; " + (f"send it for {takes[0]!r}" if takes else "no model here takes feedback "
+                "(SEQSERVE_MODELS: NAME=@champion marks the one that does)"), "feedback_model"))  # fmt: skip
+        add = functools.partial(self.feedback_store.add, items, entry.version)
         try:
             stored = await asyncio.get_running_loop().run_in_executor(self._store_thread, add)
         except StoreFull as e:
@@ -301,28 +342,30 @@ class SeqServe:
             accepted=len(stored),
             ids=[i.id for i in stored],
             splits=[i.split for i in stored],
-            model_version=self.version,
+            model_version=entry.version,
         )
 
-    async def _call(self, api: str, items: list[Any]) -> list[Any]:
+    async def _call(self, api: str, items: list[Any], **kwargs: Any) -> list[Any]:
         """Call the model service; once more if the connection broke (a keep-alive connection the model
         service closed as it was reused). Inference has no side effects, so a repeat is safe."""
         method = getattr(self.model.to_async, api)
         call = hop.pack(items)  # one array for the whole call (service/core/batching/hop.py)
         wire = [tuple(call)]  # plain tuples of arrays cross BentoML's pickle, never a project class
         sent = time.perf_counter()
-        answer = (await call_again(lambda: method(wire)))[0]
+        answer = (await call_again(lambda: method(wire, **kwargs)))[0]
         return hop.unpack(answer, call.lengths, sent, time.perf_counter())
 
-    def _respond(self, results: list[Any]) -> Response:
-        version = results[0][2]  # the model that answered (after a swap, the new champion)
-        self.version = version
+    def _respond(self, entry: Entry, results: list[Any], asked: str | None) -> Response:
+        version = entry.version = results[0][2]  # the model that answered (after a swap, the new champion)
+        if asked is not None and version != asked:  # the version asked for was swapped out meanwhile
+            raise Rejected(f"model_version: model {entry.name!r} has no version {asked!r}; serving {version!r}",
+                           "unknown_version", 404)  # fmt: skip
         bad = first_non_finite([r[0] for r in results])
         if bad is not None:  # never a null probability: the request is refused, naming the sequence
             refusal = Rejected(non_finite_message(f"sequences[{bad}]"), "non_finite_output", 422)
             return refuse(refusal, lambda reason: REJECTED.labels(reason, "json").inc())
         probs = np.stack([r[0] for r in results])
-        body = predictions_json(self.classes, version, probs, [r[1] for r in results])
+        body = predictions_json(LIMITS[entry.name][2], version, probs, [r[1] for r in results])
         return Response(body, media_type="application/json")
 
 
@@ -333,7 +376,7 @@ def _answered(results: list[Any]) -> list[Any]:
     return results
 
 
-ROUTE_PATHS = (*JSON_PATHS, "/metadata", "/docs")
+ROUTE_PATHS = (*JSON_PATHS, "/metadata", "/models", "/docs")
 forbid_unknown_fields(SeqServe)
 SeqServe.add_asgi_middleware(RejectionCounter)
 install_guard(
@@ -345,7 +388,7 @@ install_guard(
 SeqServe.add_asgi_middleware(
     OpenAPIPatch,
     limits={"max_length": MAX_LENGTH, "max_sequences": MAX_SEQUENCES, "max_request_steps": MAX_STEPS},
-    model_name=ARTIFACT.meta.model_name,
+    model_name=REPO.default_name,
 )
 
 

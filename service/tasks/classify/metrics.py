@@ -2,18 +2,19 @@
 every task shares (model info, swaps, deadline drops, batch sizes, compute and queue time) are in
 ``service.core.metrics``.
 
-Labels are bounded: model version, outcome, reason, kind, class (from the model's class list), feature
+Labels are bounded: model (the name it is served under: a model repository serves several,
+service/core/repository.py), model version, outcome, reason, kind, class (from the model's class list), feature
 index (only when the model has <= 64 features). Never per-request values. BentoML's own request metrics
 (``bentoml_service_request_total``, ``..._duration_seconds``, ``..._adaptive_batch_size``) stay.
 
 =========================================  ===========================================================
-``seqserve_sequences_total``               sequences answered, by model_version and outcome (ok|error)
+``seqserve_sequences_total``               sequences answered, by model, model_version and outcome (ok|error)
 ``seqserve_rejected_requests_total``       HTTP 400s, by reason (feature_count, too_long, ...) and protocol (json|v2)
 ``seqserve_sequence_length_steps``         histogram of served sequence lengths (time steps)
 ``seqserve_length_outside_training_total`` sequences shorter/longer than any in training (side=shorter|longer)
 ``seqserve_feedback_items_total``          feedback items stored, by split; ``..._full_requests_total`` refused,
                                            ``..._unavailable_requests_total`` 503 (the database refused the write)
-``seqserve_predictions_total``             predicted class counts, by model_version and class
+``seqserve_predictions_total``             predicted class counts, by model, model_version and class
 ``seqserve_input_drift_score``             mean per-feature z-shift of recent inputs vs training (drift.py)
 ``seqserve_input_drift_feature_zshift``    the same per feature
 ``seqserve_input_drift_window_steps``      time steps in the drift window
@@ -31,52 +32,49 @@ from service.core.batching.engine import BatchStats
 from service.core.drift import DriftMonitor
 from service.core.errors import PYDANTIC_CODES
 from service.core.metrics import (
-    BATCH_SIZE,
-    BATCH_SOURCES,
-    COMPUTE_SECONDS,
     DEADLINE_DROPPED,
-    MODEL_CALLS,
     MODEL_INFO,
-    QUEUE_SECONDS,
-    TIME_STEPS,
+    BatchRecorder,
     gpu_present,
 )
 from service.tasks.classify.engine import Engine
 
 LENGTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
-SEQUENCES = Counter("seqserve_sequences", "Sequences answered by the model", ["model_version", "outcome"])
+SEQUENCES = Counter("seqserve_sequences", "Sequences answered by the model", ["model", "model_version", "outcome"])
 REJECTED = Counter(
     "seqserve_rejected_requests", "Requests rejected with HTTP 400, by reason and protocol", ["reason", "protocol"]
 )
-LENGTH = Histogram("seqserve_sequence_length_steps", "Time steps per served sequence", buckets=LENGTH_BUCKETS)
+LENGTH = Histogram(
+    "seqserve_sequence_length_steps", "Time steps per served sequence", ["model"], buckets=LENGTH_BUCKETS
+)
 LENGTH_OUTSIDE = Counter(
     "seqserve_length_outside_training",
     "Served sequences shorter or longer than every training sequence",
-    ["model_version", "side"],
+    ["model", "model_version", "side"],
 )
 FEEDBACK_ITEMS = Counter("seqserve_feedback_items", "Feedback items stored, by split", ["split"])
 FEEDBACK_UNAVAILABLE = Counter(
     "seqserve_feedback_unavailable_requests", "Feedback requests answered 503: the database refused the write"
 )
 FEEDBACK_FULL = Counter("seqserve_feedback_full_requests", "Feedback requests refused because the store is full")
-PREDICTIONS = Counter("seqserve_predictions", "Predicted class counts", ["model_version", "class"])
+PREDICTIONS = Counter("seqserve_predictions", "Predicted class counts", ["model", "model_version", "class"])
 DRIFT = Gauge(
     "seqserve_input_drift_score",
     "Mean per-feature |recent mean - training mean| / training std",
-    ["model_version"],
+    ["model", "model_version"],
     multiprocess_mode="livemax",
 )
 DRIFT_FEATURE = Gauge(
     "seqserve_input_drift_feature_zshift",
     "Per-feature |recent mean - training mean| / std",
-    ["model_version", "feature"],
+    ["model", "model_version", "feature"],
     multiprocess_mode="livemax",
 )
 DRIFT_STEPS = Gauge(
     "seqserve_input_drift_window_steps",
     "Time steps in the drift window",
-    ["model_version"],
+    ["model", "model_version"],
     multiprocess_mode="livemax",
 )
 MAX_FEATURE_LABELS = 64
@@ -88,25 +86,27 @@ class ServiceMetrics:
     The model service's processes write these; BentoML's ``/metrics`` on the API port aggregates every
     process of both services (they share one PROMETHEUS_MULTIPROC_DIR)."""
 
-    def __init__(self, engine: Engine, device_requested: str, drift_window_steps: int = 4096) -> None:
+    def __init__(self, engine: Engine, model: str, device_requested: str, drift_window_steps: int = 4096) -> None:
         self.version = engine.model_version
+        labels = self._labels = (model, self.version)
         self.classes = engine.classes
         DEADLINE_DROPPED.labels("classify")  # the series exists (at 0) before the first drop
         meta = engine.artifact.meta
         self.drift = DriftMonitor(meta.normalisation.mean, meta.normalisation.std, window_steps=drift_window_steps)
         rnn = meta.rnn["rnn"]
         gpu = "true" if gpu_present() else "false"
-        self._info_labels = (self.version, rnn, engine.provider, device_requested, gpu)
+        self._info_labels = (self.version, rnn, engine.provider, device_requested, gpu, model)
         MODEL_INFO.labels(*self._info_labels).set(1)
-        self._ok = SEQUENCES.labels(self.version, "ok")
-        self._error = SEQUENCES.labels(self.version, "error")
-        self._predicted = [PREDICTIONS.labels(self.version, c) for c in self.classes]
-        self._real, self._padded = TIME_STEPS.labels("real"), TIME_STEPS.labels("padded")
+        self._ok = SEQUENCES.labels(*labels, "ok")
+        self._error = SEQUENCES.labels(*labels, "error")
+        self._predicted = [PREDICTIONS.labels(*labels, c) for c in self.classes]
+        self._length, self._batches = LENGTH.labels(model), BatchRecorder(model)
         self._drift_features = engine.feature_dim <= MAX_FEATURE_LABELS
         low, high = meta.training_length_range
         self.training_lengths = (int(low), int(high))
-        self._shorter = LENGTH_OUTSIDE.labels(self.version, "shorter")
-        self._longer = LENGTH_OUTSIDE.labels(self.version, "longer")
+        self._shorter = LENGTH_OUTSIDE.labels(*labels, "shorter")
+        self._longer = LENGTH_OUTSIDE.labels(*labels, "longer")
+        self._drift_score, self._drift_steps = DRIFT.labels(*labels), DRIFT_STEPS.labels(*labels)
 
     def observe(
         self, seqs: list[np.ndarray], stats: BatchStats, probs: np.ndarray, started: float, received: list[float]
@@ -115,20 +115,13 @@ class ServiceMetrics:
         each sequence's request was parsed (perf_counter, in the API worker: CLOCK_MONOTONIC is system-wide)."""
         self._ok.inc(stats.sequences)
         low, high = self.training_lengths
-        for s, t in zip(seqs, received):
-            LENGTH.observe(len(s))
+        for s in seqs:
+            self._length.observe(len(s))
             if len(s) < low:
                 self._shorter.inc()
             elif len(s) > high:
                 self._longer.inc()
-            if t > 0:
-                QUEUE_SECONDS.observe(max(0.0, started - t))
-        self._real.inc(stats.real_steps)
-        self._padded.inc(stats.padded_steps)
-        MODEL_CALLS.inc(stats.model_calls)
-        for size, seconds in zip(stats.call_sizes, stats.call_seconds):
-            BATCH_SIZE.observe(size)
-            COMPUTE_SECONDS.observe(seconds)
+        self._batches.batch(stats, received, started)
         counts = np.bincount(probs.argmax(axis=1), minlength=len(self.classes))
         for counter, n in zip(self._predicted, counts.tolist()):
             if n:
@@ -136,18 +129,18 @@ class ServiceMetrics:
         self.drift.update(seqs)
         shift = self.drift.feature_shift()
         if not np.isnan(shift).any():
-            DRIFT.labels(self.version).set(float(shift.mean()))
+            self._drift_score.set(float(shift.mean()))
             if self._drift_features:
                 for f, z in enumerate(shift.tolist()):
-                    DRIFT_FEATURE.labels(self.version, str(f)).set(z)
-        DRIFT_STEPS.labels(self.version).set(self.drift.steps)
+                    DRIFT_FEATURE.labels(*self._labels, str(f)).set(z)
+        self._drift_steps.set(self.drift.steps)
 
     def retire(self) -> None:
         """This model was swapped out: its info series drops to 0 (the new model's is 1)."""
         MODEL_INFO.labels(*self._info_labels).set(0)
 
     def batch_sources(self, api_workers: int) -> None:
-        BATCH_SOURCES.observe(api_workers)
+        self._batches.sources.observe(api_workers)
 
     def failed(self, n: int) -> None:
         self._error.inc(n)

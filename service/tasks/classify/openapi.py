@@ -15,6 +15,7 @@ from service.core.openapi import DOCS_ROUTE, ERROR, GUARD_RESPONSES, DocsPatch, 
 METADATA_SCHEMA = {
     "type": "object",
     "properties": {
+        "model": {"type": "string", "description": "the name it is served under (GET /models)"},
         "model_name": {"type": "string"},
         "model_version": {"type": "string", "description": "content hash of the served model"},
         "classes": {"type": "array", "items": {"type": "string"}},
@@ -35,6 +36,32 @@ METADATA_SCHEMA = {
         "training_metrics": {"type": "object"},
     },
 }
+MODEL_DOC = "a model this server serves (GET /models); default: the server's default model"
+MODELS_SCHEMA = {
+    "type": "object",
+    "required": ["default", "models"],
+    "properties": {
+        "default": {"type": "string", "description": "the model a request without 'model' gets"},
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "model_version", "state"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "model_version": {"type": "string"},
+                    "default_version": {"type": "boolean", "description": "the one a request without a version gets"},
+                    "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                    "reason": {"type": "string"},
+                    "served_because": {"type": "string"},
+                    "follows": {"type": "string", "nullable": True, "description": "the champion pointer followed"},
+                    "feedback": {"type": "boolean", "description": "POST /feedback stores its items"},
+                    "source": {"type": "string"},
+                },
+            },
+        },
+    },
+}
 V2_SUMMARY = "Classify sequences (JSON, or binary tensors after an Inference-Header-Content-Length JSON header)"
 V2_INPUTS = "x FP32 [B, T, F] (and lengths INT64 [B, 1])"
 
@@ -50,14 +77,32 @@ def patch_spec(
     )
     set_info(spec, "seqserve", version, description, limits)
     paths = spec.setdefault("paths", {})
+    query = [
+        {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}, "description": MODEL_DOC},
+        {"name": "model_version", "in": "query", "required": False, "schema": {"type": "string"}},
+    ]
     paths["/metadata"] = {
         "get": {
-            "summary": "The served model: classes, limits, provider in use",
+            "summary": "A served model (default: the server's default): classes, limits, provider in use",
             "tags": ["Service APIs"],
+            "parameters": query,
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {"schema": METADATA_SCHEMA}}},
-                "503": {"description": "the model service is not ready"},
+                **errors(
+                    {
+                        "400": "an unknown query parameter (named)",
+                        "404": "a model or version this server does not serve",
+                        "503": "the model service is not ready",
+                    }
+                ),
             },
+        }
+    }
+    paths["/models"] = {
+        "get": {
+            "summary": "Every model and version this server serves (SEQSERVE_MODELS), the default first",
+            "tags": ["Service APIs"],
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": MODELS_SCHEMA}}}},
         }
     }
     schemas = spec.get("components", {}).get("schemas", {})
@@ -69,12 +114,14 @@ def patch_spec(
             extra = {
                 "400": "a field outside the model's limits, or one the route does not take (named)",
                 **GUARD_RESPONSES,
+                "404": "model_version: a version of the model this server does not serve (or swapped out)",
                 "422": "the model's output is not finite for a sequence (input values overflow float32)",
                 "504": "the deadline passed before the model ran the request",
             }
             if route == "/feedback":
                 extra = {
-                    "400": "an item outside the model's limits, a label not of its classes, an unknown field (named)",
+                    "400": "an item outside the model's limits, a label not of its classes, an unknown field, a model "
+                    "that does not take feedback (named)",
                     **GUARD_RESPONSES,
                     "503": "the database refused the write (disk full, read-only); nothing was stored",
                     "507": "the feedback store is full",

@@ -17,24 +17,39 @@ exactly feature_dim numbers per step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
 from annotated_types import Len
-from pydantic import BaseModel, Field, WrapValidator
+from pydantic import BaseModel, Field, ValidationInfo, WrapValidator
 
 from service.core.validate import ReceivedSequence, as_sequence, check_total_steps, fail
 
 MAX_SEQUENCES = 64
 
 
-def sequences_type(
-    feature_dim: int, max_length: int, max_sequences: int = MAX_SEQUENCES, max_steps: int = 1 << 62
-) -> Any:
-    """The annotated parameter type: JSON schema of nested float lists, validated into float32 arrays."""
+# A model repository's limits by model name: (feature_dim, max_length, classes) of the model a request names
+# in its ``model`` field, validated before this field (service/core/repository.py).
+PerModel = Callable[[str], tuple[int, int, list[str]]]
 
-    def validate(value: Any, handler: Any) -> list[np.ndarray]:
+
+def sequences_type(
+    feature_dim: int,
+    max_length: int,
+    max_sequences: int = MAX_SEQUENCES,
+    max_steps: int = 1 << 62,
+    per_model: PerModel | None = None,
+) -> Any:
+    """The annotated parameter type: JSON schema of nested float lists, validated into float32 arrays. With
+    ``per_model``, the limits are those of the model the request names (the schema shows the default's)."""
+    default_limits = feature_dim, max_length
+
+    def validate(value: Any, handler: Any, info: ValidationInfo) -> list[np.ndarray]:
+        feature_dim, max_length = default_limits
+        if per_model is not None and "model" in (info.data or {}):
+            feature_dim, max_length, _ = per_model(info.data["model"])
         if not isinstance(value, list):
             raise fail(
                 "bad_type", f"sequences: must be a list of 1..{max_sequences} sequences, got {type(value).__name__}"
@@ -56,14 +71,22 @@ def sequences_type(
 
 
 def feedback_type(
-    feature_dim: int, max_length: int, classes: list[str], max_items: int = MAX_SEQUENCES, max_steps: int = 1 << 62
+    feature_dim: int,
+    max_length: int,
+    classes: list[str],
+    max_items: int = MAX_SEQUENCES,
+    max_steps: int = 1 << 62,
+    per_model: PerModel | None = None,
 ) -> Any:
     """``POST /feedback``'s ``items``: 1..max_items ``{"sequence": ..., "label": ...}``, each sequence checked as
     in /predict (field ``items[i].sequence``), each label one of the model's classes; validated into
-    ``(float32 [T, F] array, label)`` pairs."""
-    known = set(classes)
+    ``(float32 [T, F] array, label)`` pairs. ``per_model`` as in ``sequences_type``."""
+    default_limits = feature_dim, max_length, classes
 
-    def validate(value: Any, handler: Any) -> list[tuple[np.ndarray, str]]:
+    def validate(value: Any, handler: Any, info: ValidationInfo) -> list[tuple[np.ndarray, str]]:
+        feature_dim, max_length, classes = default_limits
+        if per_model is not None and "model" in (info.data or {}):
+            feature_dim, max_length, classes = per_model(info.data["model"])
         if not isinstance(value, list):
             raise fail("bad_type", f"items: must be a list of 1..{max_items} items, got {type(value).__name__}")
         if not 1 <= len(value) <= max_items:
@@ -80,7 +103,7 @@ def feedback_type(
             arr = as_sequence(f"items[{i}].sequence", seq, feature_dim, max_length)
             if type(label) is int:  # JSON clients may send numeric class names as numbers
                 label = str(label)
-            if not isinstance(label, str) or label not in known:
+            if not isinstance(label, str) or label not in classes:
                 raise fail(
                     "unknown_label",
                     f"items[{i}].label: {label!r} is not a class of this model (one of: {', '.join(classes)})",

@@ -16,6 +16,7 @@ from service.core.app import model_info
 from service.core.artifact import ArtifactMeta
 from service.core.batching.hop import request_items
 from service.core.protocol.v2 import Tensor, V2Error, tensor
+from service.core.repository import Entry
 from service.core.validate import first_non_finite, non_finite_message
 
 OUTPUTS = ("probabilities", "attention", "label")
@@ -83,11 +84,13 @@ def outputs(meta: ArtifactMeta, results: list, max_t: int) -> dict[str, Tensor]:
 
 
 class ClassifyV2:
-    """The classifier's ``V2Adapter``; the running API service is ``bentoml.get_current_service()``."""
+    """The classifier's ``V2Adapter`` of one served model (an entry of the server's model repository,
+    ``service.core.repository``); the running API service is ``bentoml.get_current_service()``."""
 
-    def __init__(self, meta: ArtifactMeta, max_length: int, max_sequences: int) -> None:
-        self.meta, self.max_length, self.max_sequences = meta, max_length, max_sequences
-        self.model_name = meta.model_name
+    def __init__(self, entry: Entry, max_length: int, max_sequences: int) -> None:
+        self.entry, self.max_length, self.max_sequences = entry, max_length, max_sequences
+        self.meta = entry.artifact.meta
+        self.model_name = entry.name
 
     def metadata(self) -> dict:
         meta = self.meta
@@ -110,14 +113,14 @@ class ClassifyV2:
         }
 
     async def version(self, ask: bool) -> str:
-        service = bentoml.get_current_service()
         if ask:  # the API worker's own note of the version lags a swap until an answer
-            service.version = (await model_info())["model_version"]  # Rejected (503) if not there
-        return service.version
+            self.entry.version = (await model_info(entry=self.entry.index))["model_version"]  # Rejected: 503
+        return self.entry.version
 
     async def infer(self, request: dict, binaries: dict) -> tuple[str, dict[str, Tensor]]:
         seqs, t = sequences(request, binaries, self.meta, self.max_length, self.max_sequences)
-        results = await bentoml.get_current_service().infer_items(request_items(seqs))  # DeadlinePassed: 504
+        service = bentoml.get_current_service()
+        results = await service.infer_items(request_items(seqs), self.entry)  # DeadlinePassed: 504
         bad = first_non_finite([r[0] for r in results])
         if bad is not None:
             raise V2Error(non_finite_message(f"x[{bad}]"), 422, "non_finite_output")

@@ -96,7 +96,8 @@ class ForecastModel(FollowsChampion):
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
         engine = ForecastEngine(artifact, SETTINGS)
-        return ModelSlot(engine, ForecastMetrics(engine.model_version, engine.provider, SETTINGS.device), source)
+        metrics = ForecastMetrics(engine.model_version, engine.provider, SETTINGS.device, artifact.meta.model_name)
+        return ModelSlot(engine, metrics, source)
 
     def _check_compatible(self, artifact: Artifact) -> None:
         problem = swap_problem(self.slot.engine.artifact.meta, artifact.meta)

@@ -47,7 +47,9 @@ class LMEngine:
         self.info: SessionInfo = open_checked_session(
             artifact, settings.device, self.ort_threads, knobs.ort_spin, check=check_reference
         )
-        self.metrics = metrics or GenerateMetrics(self.model_version, self.gen.rnn, self.info.provider, settings.device)
+        self.metrics = metrics or GenerateMetrics(
+            self.model_version, self.gen.rnn, self.info.provider, settings.device, artifact.meta.model_name
+        )
         model = StepModel(self.info.session, self.gen)
         if knobs.mode == "per-request":
             version, metrics = self.model_version, self.metrics

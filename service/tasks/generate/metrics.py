@@ -39,12 +39,12 @@ GEN_STEP_SECONDS = Histogram("seqserve_generate_step_seconds", "One step call", 
 class GenerateMetrics:
     """What the step scheduler records (it calls these on its thread)."""
 
-    def __init__(self, version: str, rnn: str, provider: str, device_requested: str) -> None:
+    def __init__(self, version: str, rnn: str, provider: str, device_requested: str, model: str) -> None:
         self.version = version
         DEADLINE_DROPPED.labels("generate")  # the series exists (at 0) before the first drop
         self._tokens = GEN_TOKENS.labels(version)
         self._active = GEN_ACTIVE.labels(version)
-        self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false")
+        self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false", model)
         MODEL_INFO.labels(*self._info_labels).set(1)
         self._new_tokens = 0  # counted per token, written once per scheduler turn (active())
 

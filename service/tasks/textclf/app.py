@@ -94,7 +94,9 @@ class TextClfModel(FollowsChampion):
 
     def _load(self, artifact: Artifact, source: str) -> ModelSlot:
         engine = TextClfEngine(artifact, SETTINGS)
-        metrics = TextClfMetrics(engine.model_version, engine.tc.rnn, engine.provider, SETTINGS.device)
+        metrics = TextClfMetrics(
+            engine.model_version, engine.tc.rnn, engine.provider, SETTINGS.device, artifact.meta.model_name
+        )
         return ModelSlot(engine, metrics, source)
 
     def _check_compatible(self, artifact: Artifact) -> None:

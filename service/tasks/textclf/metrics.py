@@ -12,19 +12,13 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import Counter, Histogram
 
 from service.core.batching.engine import BatchStats
 from service.core.metrics import (
-    BATCH_SIZE,
-    COMPUTE_SECONDS,
     DEADLINE_DROPPED,
-    MODEL_CALLS,
     MODEL_INFO,
-    QUEUE_SECONDS,
-    TIME_STEPS,
+    BatchRecorder,
     gpu_present,
 )
 from service.core.tokens import UNK
@@ -41,22 +35,14 @@ PREDICTIONS = Counter("seqserve_textclf_predictions", "Answers by predicted clas
 class TextClfMetrics:
     """What the model service records per batch (the API workers record per request: ``observe_request``)."""
 
-    def __init__(self, version: str, rnn: str, provider: str, device_requested: str) -> None:
+    def __init__(self, version: str, rnn: str, provider: str, device_requested: str, model: str) -> None:
         DEADLINE_DROPPED.labels("textclf")
-        self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false")
+        self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false", model)
         MODEL_INFO.labels(*self._info_labels).set(1)
+        self._batches = BatchRecorder(model)
 
     def batch(self, stats: BatchStats, received: list[float]) -> None:
-        now = time.perf_counter()
-        for size, seconds in zip(stats.call_sizes, stats.call_seconds, strict=True):
-            BATCH_SIZE.observe(size)
-            COMPUTE_SECONDS.observe(seconds)
-        MODEL_CALLS.inc(stats.model_calls)
-        TIME_STEPS.labels("real").inc(stats.real_steps)
-        TIME_STEPS.labels("padded").inc(stats.padded_steps)
-        for r in received:
-            if r:
-                QUEUE_SECONDS.observe(max(0.0, now - r))
+        self._batches.batch(stats, received)
 
     def failed(self, n: int) -> None:
         pass

@@ -106,7 +106,7 @@ class TranslateEngine:
         self.model, self.info = open_translator(artifact, settings.device, self.ort_threads)
         self.tokenizer = tokenizer(artifact)
         self.metrics = metrics or TranslateMetrics(
-            self.model_version, tr.rnn, self.info.provider, settings.device, knobs.streams
+            self.model_version, tr.rnn, self.info.provider, settings.device, knobs.streams, artifact.meta.model_name
         )
         model, version, metrics_, detok = self.model, self.model_version, self.metrics, self.tokenizer.decode
         if knobs.mode == "per-request":

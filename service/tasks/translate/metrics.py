@@ -53,14 +53,14 @@ TR_FIRST = Histogram(
 class TranslateMetrics:
     """What the translator's scheduler records (it calls these on its thread)."""
 
-    def __init__(self, version: str, rnn: str, provider: str, device_requested: str, capacity: int) -> None:
+    def __init__(self, version: str, rnn: str, provider: str, device_requested: str, capacity: int, model: str) -> None:
         self.version, self.capacity = version, max(1, capacity)
         DEADLINE_DROPPED.labels("translate")
         for reason in ("end", "length"):
             TR_SENTENCES.labels(reason)
         self._target = TR_TARGET.labels(version)
         self._active = TR_ACTIVE.labels(version)
-        self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false")
+        self._info_labels = (version, rnn, provider, device_requested, "true" if gpu_present() else "false", model)
         MODEL_INFO.labels(*self._info_labels).set(1)
 
     def encoded(self, sentences: int, tokens: int, seconds: float) -> None:
