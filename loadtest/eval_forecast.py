@@ -30,7 +30,7 @@ from service.tasks.forecast import anomalies
 from service.tasks.forecast.engine import build_row
 from training.tasks.forecast.data import PRESETS, load_panel, split
 from training.tasks.forecast.evaluate import series_scores, summarise
-from training.tasks.forecast.train import load_forecaster, predict
+from training.tasks.forecast.model import load_forecaster, predict
 from training.tasks.forecast.windows import contract
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ ANOMALY = {
     "gutentag_ecg_diff_count_3": ("ecg-diff-count-3_TRAIN_NA.csv", "ecg-diff-count-3_TEST.csv", "value-0"),
 }
 AP_BASELINE_ISSUE = 0.187
+COVERAGE_TARGET = (0.75, 0.85)  # issue 24: the 80% interval's coverage
 
 
 def train(data: str, out: Path, seed: int, extra: list[str], reuse: bool = False) -> dict:
@@ -224,6 +225,34 @@ coverage 0.804; the interval's widths learned in a second pass without dropout (
 widening them): aus_retail 1.398, coverage 0.873, tourism 0.949, coverage 0.808: dropout is not what widens
 them.
 
+Interval calibration (`--calibrate`, default `narrow` since this page's date): the intervals were too wide on
+aus_retail (coverage 0.88-0.90 for 0.80) and no training change fixed that without moving the median. Now a
+first model, trained like the final one on every series but its last horizon, forecasts that horizon; the
+factor s of 0.50..2.00 that minimises its pinball loss when the quantiles' spread around the median is
+multiplied by s is applied to the final model (the median is untouched; the factor is in the exported graph).
+`narrow` applies it only when s < 1, `held-out` both ways. Measured before choosing, with a script whose first
+model took its base and sizes from the shortened data (the code takes them from the full training data: the
+factors below came out 0.78/0.80/0.82 on aus_retail); the scaled and unscaled figures of one final model each:
+
+| set (h) | seed | s | coverage, pinball unscaled | scaled by s | `narrow` |
+|---|---|---|---|---|---|
+| aus_retail (24) | 0 | 0.78 | 0.881, 0.4233 | 0.782, 0.4118 | scales |
+| aus_retail (24) | 1 | 0.76 | 0.899, 0.4333 | 0.810, 0.4142 | scales |
+| aus_retail (24) | 2 | 0.76 | 0.892, 0.4289 | 0.800, 0.4126 | scales |
+| tourism (8) | 0 | 1.36 | 0.817, 0.3014 | 0.917, 0.3164 | keeps |
+| tourism (8) | 1 | 1.40 | 0.798, 0.3052 | 0.913, 0.3207 | keeps |
+| tourism (8) | 2 | 1.34 | 0.813, 0.3047 | 0.910, 0.3183 | keeps |
+| prison (8), not a target | 0 | 1.60 | 0.568, 0.6679 | 0.754, 0.6291 | keeps |
+| aus_livestock (24), not a target | 0 | 1.10 | 0.748, 0.2339 | 0.777, 0.2321 | keeps |
+
+Narrowing was right wherever it was asked for (aus_retail, three seeds: pinball 0.4233-0.4333 -> 0.4118-0.4142,
+below AutoETS's). Widening was right on two of the three sets that asked for it (prison, aus_livestock: fpp3 sets
+used here only to check generality) and wrong on tourism, whose horizon before the test one was harder than the
+test one: widened, its coverage leaves [0.75, 0.85]. So `held-out` (both ways) has the smaller mean coverage error
+over the four sets (0.045 against `narrow`'s 0.073 and no calibration's 0.095), and `narrow`, never worse than no
+calibration on any of them, is the default that meets issue 24's targets on both of its sets. Users whose series
+may be under-covered should try `--calibrate held-out`. It costs a second training (half the time budget each).
+
 Served by `service/tasks/forecast/` (`make serve-forecast`): `POST /forecast` (DeepAR/GluonTS shape: mean,
 any quantile inside the grid by interpolation, samples by inverse CDF per step), `POST /anomalies` (each point
 against its one-step interval: score 1 = the interval's edge, flagged ranges, the top point), V2 `quantiles`
@@ -275,6 +304,13 @@ def render(result: dict) -> str:
             best, b = min(r["baselines"].items(), key=lambda kv: kv[1]["mase"])
             beaten = "beaten" if med["mase"] < b["mase"] else "not beaten"
             line += f" The best baseline measured in this run, {best} {b['mase']:.4f}: {beaten}."
+        low, high = COVERAGE_TARGET
+        inside = "met" if low <= med["coverage_80"] <= high else "not met"
+        line += f" 80% coverage within [{low}, {high}]: **{inside}** ({med['coverage_80']:.3f})."
+        if "AutoETS" in r.get("baselines", {}):
+            ets = r["baselines"]["AutoETS"]["pinball"]
+            line += f" Pinball <= AutoETS's {ets:.4f}: **{'met' if med['pinball'] <= ets else 'not met'}** "
+            line += f"({med['pinball']:.4f})."
         lines += ["", line, ""]
     if result.get("anomalies"):
         lines += [

@@ -281,6 +281,26 @@ def test_the_deepar_variant_and_an_ensemble_train_and_export_with_parity(tmp_pat
     assert np.array_equal(q, ref["quantiles"]) and (np.diff(q, axis=-1) >= 0).all()
 
 
+def test_calibrated_intervals_train_and_export_with_their_scale(tmp_path: Path) -> None:
+    """``--calibrate held-out``: a first model scores each series' last horizon before the held-out one; the
+    factor it picks scales the final model's intervals, is recorded in metrics and config, and the exported graph
+    (parity-gated) carries it; ``narrow`` never widens."""
+    from training.__main__ import main
+    from training.tasks.forecast.export import export_forecast_run
+
+    base = ["forecast", "--data", "tourism", "--steps", "30", "--hidden", "16"]
+    for mode in ("held-out", "narrow"):
+        run = tmp_path / mode
+        assert main([*base, "--calibrate", mode, "--out", str(run)]) == 0
+        cal = json.loads((run / "metrics.json").read_text())["calibration"]
+        config = json.loads((run / "config.json").read_text())
+        assert config["calibrate"] == mode and config["interval_scale"] == cal["chosen"]
+        assert cal["at_best"]["pinball"] <= cal["at_1"]["pinball"]
+        assert cal["chosen"] == (min(cal["best"], 1.0) if mode == "narrow" else cal["best"])
+    meta = export_forecast_run(tmp_path / "held-out", tmp_path / "art")
+    assert meta["parity"]["passed"]
+
+
 def test_promotions_hot_swap_the_forecaster_and_a_new_contract_is_refused(fc_artifact: Path, tmp_path: Path) -> None:
     """The lifecycle of the classifier, for forecasts: the server follows the forecast champion pointer; a
     promoted model with the same contract is served within seconds while requests keep being answered; one with

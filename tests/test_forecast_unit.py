@@ -320,3 +320,20 @@ def test_interval_weights_weigh_the_interval_not_the_median() -> None:
     iw = interval_weights(age, weight, 10.0, 0.5)
     assert np.isclose((iw * weight).sum(), weight.sum()) and iw[0] > iw[1] > iw[2] > iw[3]
     assert (interval_weights(age, weight, 10.0, 0.0) == 1).all()
+
+
+def test_the_interval_scale_moves_every_quantile_but_the_median() -> None:
+    """``--calibrate``'s factor: the steps away from the median scaled, the median kept, the grid never crossing."""
+    torch.manual_seed(0)
+    model = _model(2, "quantile")
+    x = torch.from_numpy(build_row(FC, Calendar("Q"), np.linspace(10, 20, 9, dtype=np.float32), 0, None)[None])
+    lengths = torch.tensor([x.shape[1]])
+    with torch.no_grad():
+        plain = model(x, lengths)
+        model.interval_scale = 0.7
+        narrow = model(x, lengths)
+    mid = QUANTILES.index(0.5)
+    assert torch.allclose(narrow[..., mid], plain[..., mid])
+    spread = plain - plain[..., mid : mid + 1]
+    assert torch.allclose(narrow - narrow[..., mid : mid + 1], 0.7 * spread, atol=1e-5)
+    assert (np.diff(narrow.numpy(), axis=-1) >= 0).all()

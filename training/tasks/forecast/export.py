@@ -28,8 +28,7 @@ from service.core.artifact import SCHEMA_VERSION
 from service.tasks.forecast.calendar import Calendar
 from training.onnx import OPSET, ParityError, content_version, cpu_session, quiet_known_cpp_warnings, write_metadata
 from training.tasks.forecast.data import load_panel
-from training.tasks.forecast.model import Forecaster
-from training.tasks.forecast.train import load_forecaster
+from training.tasks.forecast.model import Forecaster, load_forecaster
 from training.tasks.forecast.windows import contract, windows
 
 MODEL_NAME = "forecaster"

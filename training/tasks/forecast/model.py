@@ -19,8 +19,14 @@ Trained on the pinball loss over a quantile grid; any quantile inside the grid i
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
+
+from service.tasks.forecast.calendar import TIME_FEATURES
+from training.tasks.forecast.data import Panel
 
 QUANTILES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
@@ -41,8 +47,10 @@ class Forecaster(nn.Module):
         quantiles: tuple[float, ...] = QUANTILES,
         transform: str = "none",  # "log1p": the model works on log(1 + scaled value) (non-negative data)
         head_dropout: float | None = None,  # the head's own (None: ``dropout``)
+        interval_scale: float = 1.0,  # the steps away from the median, scaled after training (--calibrate)
     ) -> None:
         super().__init__()
+        self.interval_scale = interval_scale
         assert 0.5 in quantiles, "the quantile grid needs the median"
         assert transform in ("none", "log1p"), transform
         self.transform = transform
@@ -123,7 +131,7 @@ class Forecaster(nn.Module):
         """The head: the encoder's ``features`` -> quantiles ``[B, H, Q]`` (a median plus steps that never cross)."""
         z = self.head(features).view(-1, self.horizon, len(self.quantiles))
         median = z[..., self.mid : self.mid + 1] + e["base"].unsqueeze(-1)
-        steps = nn.functional.softplus(z)
+        steps = nn.functional.softplus(z) * self.interval_scale  # 1 in training
         upper = median + torch.cumsum(steps[..., self.mid + 1 :], -1)
         lower = median - torch.flip(torch.cumsum(torch.flip(steps[..., : self.mid], [-1]), -1), [-1])
         return self.from_model(torch.cat([lower, median, upper], -1)) * e["scale"].unsqueeze(-1)
@@ -244,3 +252,58 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -
     diff = target.unsqueeze(-1) - pred
     loss = torch.maximum(quantiles * diff, (quantiles - 1) * diff)
     return torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
+
+
+def predict(model: Forecaster, w: dict[str, np.ndarray], batch: int = 1024) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                model(torch.from_numpy(w["x"][i : i + batch]), torch.from_numpy(w["lengths"][i : i + batch])).numpy()
+                for i in range(0, len(w["x"]), batch)
+            ]
+        )
+
+
+def build_model(cfg: dict) -> Forecaster:
+    kind = DeepAR if cfg.get("head", "quantile") == "deepar" else Forecaster
+    if cfg.get("ensemble", 1) > 1:
+        return Ensemble([build_model({**cfg, "ensemble": 1}) for _ in range(cfg["ensemble"])])
+    return kind(
+        cfg["horizon"],
+        TIME_FEATURES,
+        len(cfg["covariates"]),
+        cfg["window"],
+        cfg.get("base_period", cfg["period"]),
+        cfg["base_seasons"],
+        cfg["hidden"],
+        cfg["layers"],
+        dropout=cfg["dropout"],
+        head_dropout=None if cfg.get("head_dropout", -1.0) < 0 else cfg["head_dropout"],
+        quantiles=tuple(cfg["quantiles"]),
+        transform=cfg.get("transform", "none"),
+        interval_scale=cfg.get("interval_scale", 1.0),
+    )
+
+
+def load_forecaster(path: Path) -> tuple[Forecaster, dict, dict]:
+    """(the model in eval mode, its config, its metrics) from a run's ``checkpoint.pt``."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ck["config"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck["config"], ck.get("metrics", {})
+
+
+def new_model(arch: dict, panel: Panel, device: str) -> Forecaster | Ensemble:
+    model = build_model(arch)
+    if panel.covariate_names:
+        flat = np.concatenate(panel.covariates)
+        for m in model.members if isinstance(model, Ensemble) else [model]:
+            m.cov_mean.copy_(torch.from_numpy(flat.mean(0)))
+            m.cov_std.copy_(torch.from_numpy(np.maximum(flat.std(0), 1e-6)))
+    return model.to(device)
+
+
+def set_interval_scale(model: Forecaster | Ensemble, scale: float) -> None:
+    for m in model.members if isinstance(model, Ensemble) else [model]:
+        m.interval_scale = scale

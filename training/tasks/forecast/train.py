@@ -16,6 +16,10 @@ A linear script:
   built in ``windows.py``;
 * AdamW on the pinball loss of the quantile grid in each window's scaled units, a cosine learning rate over
   ``--steps`` steps (1500), stopped early by ``--time-budget`` seconds (default 600: the schedule then ends there);
+* ``--calibrate`` (default ``narrow``; ``none`` for ``--head deepar``): a first model trained without each
+  series' last horizon (half the time budget) picks the factor for the quantiles' spread around the median that
+  minimises its pinball loss on that horizon; the final model's intervals take it (``narrow``: only a factor
+  below 1; ``calibration``);
 * the run directory holds ``checkpoint.pt``, ``config.json``, ``metrics.json``, ``log.txt`` and
   ``learning_curves.png``.
 """
@@ -31,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.tasks.forecast.calendar import TIME_FEATURES, Calendar
+from service.core.sections import Forecasting
+from service.tasks.forecast.calendar import Calendar
 from training.loop import RunLog, pick_device, plot_curves, progress_bar, seed_everything
-from training.tasks.forecast.data import PRESETS, estimate_period, load_panel, split
+from training.tasks.forecast.data import PRESETS, Panel, estimate_period, load_panel, split
 from training.tasks.forecast.evaluate import score_set
-from training.tasks.forecast.model import QUANTILES, DeepAR, Ensemble, Forecaster
+from training.tasks.forecast.model import QUANTILES, Ensemble, Forecaster, new_model, predict, set_interval_scale
 from training.tasks.forecast.windows import (
     contract,
     describe_base,
@@ -84,6 +89,14 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
         default="none",
         choices=["none", "log1p", "auto"],
         help="log1p: the model works on log(1 + value / scale); auto: log1p when the training data is non-negative",
+    )
+    p.add_argument(
+        "--calibrate",
+        default="auto",
+        choices=["auto", "none", "held-out", "narrow"],
+        help="held-out: the final model's quantiles' spread around the median scaled by the factor that gave a first "
+        "model, trained without each series' last horizon, the least pinball loss on it; narrow: only a factor < 1; "
+        "auto: narrow for the quantile head, none for deepar (docs/forecasting.md)",
     )
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
@@ -137,45 +150,6 @@ def add_forecast_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-
-
-def predict(model: Forecaster, w: dict[str, np.ndarray], batch: int = 1024) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        return np.concatenate(
-            [
-                model(torch.from_numpy(w["x"][i : i + batch]), torch.from_numpy(w["lengths"][i : i + batch])).numpy()
-                for i in range(0, len(w["x"]), batch)
-            ]
-        )
-
-
-def build_model(cfg: dict) -> Forecaster:
-    kind = DeepAR if cfg.get("head", "quantile") == "deepar" else Forecaster
-    if cfg.get("ensemble", 1) > 1:
-        return Ensemble([build_model({**cfg, "ensemble": 1}) for _ in range(cfg["ensemble"])])
-    return kind(
-        cfg["horizon"],
-        TIME_FEATURES,
-        len(cfg["covariates"]),
-        cfg["window"],
-        cfg.get("base_period", cfg["period"]),
-        cfg["base_seasons"],
-        cfg["hidden"],
-        cfg["layers"],
-        dropout=cfg["dropout"],
-        head_dropout=None if cfg.get("head_dropout", -1.0) < 0 else cfg["head_dropout"],
-        quantiles=tuple(cfg["quantiles"]),
-        transform=cfg.get("transform", "none"),
-    )
-
-
-def load_forecaster(path: Path) -> tuple[Forecaster, dict, dict]:
-    """(the model in eval mode, its config, its metrics) from a run's ``checkpoint.pt``."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(ck["config"])
-    model.load_state_dict(ck["state_dict"])
-    return model.eval(), ck["config"], ck.get("metrics", {})
 
 
 def interval_weights(age: np.ndarray, weight: np.ndarray, half_life: float, recency: float) -> np.ndarray:
@@ -247,9 +221,49 @@ def fit(
     return {"steps": step, "stopped_by": stopped_by, "train_loss": running, "curve": curve, "curve_steps": curve_steps}
 
 
+SPREADS = np.round(np.arange(0.5, 2.001, 0.02), 3)  # the interval scale factors --calibrate tries
+
+
+def prepare(panel: Panel, fc: Forecasting, args: argparse.Namespace, half_life: float, device: str) -> dict:
+    """The training windows of ``panel`` as tensors on ``device``, weighed (see the module doc)."""
+    w = windows(panel, fc, half_life=half_life)
+    if args.weighting == "none":
+        w["weight"][:] = 1.0
+    w["weight"] = (w["weight"] / w["weight"].mean()).astype(np.float32)
+    w["widths"] = interval_weights(w.pop("age"), w["weight"], half_life, args.width_recency)
+    return {k: torch.from_numpy(v).to(device) for k, v in w.items()}
+
+
+def calibration(
+    panel: Panel, fc: Forecasting, arch: dict, args: argparse.Namespace, half_life: float, device: str, end: float
+) -> tuple[float, dict]:
+    """``--calibrate``: the factor for the quantiles' spread around the median, and what it was chosen on. A
+    model like the final one, trained on every series but its last horizon (by ``end``), forecasts that horizon;
+    the factor is the one of ``SPREADS`` with the least pinball loss there (``narrow``: at most 1)."""
+    horizon = fc.horizon
+    inner, held = split(panel, horizon)
+    if len(inner) == 0 or not any(np.isfinite(a).any() for a in held):
+        return 1.0, {"skipped": f"no series is longer than two horizons ({2 * horizon} steps)", "chosen": 1.0}
+    model = new_model(arch, inner, device)
+    fit(model, prepare(inner, fc, args, half_life, device), args, horizon, end, np.random.default_rng([args.seed, 99]),
+        "calibration")  # fmt: skip
+    model.cpu().eval()
+    preds = predict(model, windows(inner, fc, ends=True))
+    grid = list(fc.quantiles)
+    mid = preds[..., [grid.index(0.5)]]
+    scores = {float(s): score_set(inner.values, held, tuple(grid), mid + s * (preds - mid), fc.period) for s in SPREADS}
+    best = min(scores, key=lambda s: scores[s]["pinball"])
+    chosen = min(best, 1.0) if args.calibrate == "narrow" else best
+    return chosen, {"best": best, "chosen": chosen, "at_1": scores[1.0], "at_best": scores[best]}
+
+
 def train_forecast(args: argparse.Namespace) -> dict:
     if args.width_recency > 0 and args.head == "deepar":
         raise ValueError("--width-recency weighs a quantile grid: it does not apply to --head deepar")
+    if args.calibrate == "auto":
+        args.calibrate = "none" if args.head == "deepar" else "narrow"
+    if args.calibrate != "none" and args.head == "deepar":
+        raise ValueError("--calibrate scales a quantile grid around its median: it does not apply to --head deepar")
     started = time.time()
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -284,11 +298,6 @@ def train_forecast(args: argparse.Namespace) -> dict:
         f"holdout {args.holdout}"
     )
     fc = contract(panel, horizon, context, QUANTILES)
-    w = windows(train_panel, fc, half_life=half_life)
-    if args.weighting == "none":
-        w["weight"][:] = 1.0
-    w["weight"] = (w["weight"] / w["weight"].mean()).astype(np.float32)
-    w["widths"] = interval_weights(w.pop("age"), w["weight"], half_life, args.width_recency)
     # what build_model reads, kept in the checkpoint's config: the model trained is the model loaded
     arch = {
         "period": period,
@@ -306,19 +315,27 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "quantiles": list(QUANTILES),
         "covariates": panel.covariate_names,
     }
-    model = build_model(arch)
+    calibrated: dict = {}
+    if args.calibrate != "none":  # half the time budget
+        end = started + args.time_budget / 2
+        arch["interval_scale"], calibrated = calibration(train_panel, fc, arch, args, half_life, device, end)
+    if "at_1" in calibrated:
+        at_1, at_best = calibrated["at_1"], calibrated["at_best"]
+        log(
+            f"calibration ({args.calibrate}) on each series' last horizon before: pinball {at_1['pinball']:.4f}, "
+            f"coverage {at_1['coverage_80']:.3f} as trained; x{calibrated['best']:g} around the median: "
+            f"{at_best['pinball']:.4f}, {at_best['coverage_80']:.3f}; applied x{calibrated['chosen']:g}"
+        )
+    elif calibrated:  # skipped
+        log(f"calibration skipped: {calibrated['skipped']}")
+    seed_everything(args.seed)  # the final model starts as it would without calibration
+    model = new_model({**arch, "interval_scale": 1.0}, train_panel, device)  # trained as is, scaled afterwards
     members = list(model.members) if isinstance(model, Ensemble) else [model]
-    if panel.covariate_names:
-        flat = np.concatenate(train_panel.covariates)
-        for m in members:
-            m.cov_mean.copy_(torch.from_numpy(flat.mean(0)))
-            m.cov_std.copy_(torch.from_numpy(np.maximum(flat.std(0), 1e-6)))
-    model.to(device)
+    tensors = prepare(train_panel, fc, args, half_life, device)
     log(
-        f"{len(w['x'])} training windows; {len(members)} member(s) of "
+        f"{len(tensors['x'])} training windows; {len(members)} member(s) of "
         f"{sum(p.numel() for p in members[0].parameters())} parameters"
     )
-    tensors = {k: torch.from_numpy(v).to(device) for k, v in w.items()}
     fits = []
     for i, member in enumerate(members):
         # each member its own batches and an equal share of the time left
@@ -326,6 +343,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         rng = np.random.default_rng(args.seed if i == 0 else [args.seed, i])
         fits.append(fit(member, tensors, args, horizon, member_end, rng, f"forecast {i + 1}/{len(members)}"))
     model.cpu().eval()
+    set_interval_scale(model, arch.get("interval_scale", 1.0))
     step = sum(f["steps"] for f in fits)
     stopped_by = "time_budget" if any(f["stopped_by"] == "time_budget" for f in fits) else "steps"
     running = float(np.mean([f["train_loss"] for f in fits]))
@@ -336,6 +354,8 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "train_loss": running,
         "train_seconds": round(time.time() - started, 1),
     }
+    if calibrated:
+        metrics["calibration"] = calibrated
     if args.holdout:
         ends = windows(train_panel, fc, ends=True)
         preds = predict(model, ends)
@@ -360,6 +380,7 @@ def train_forecast(args: argparse.Namespace) -> dict:
         "half_life": half_life,
         "weighting": args.weighting,
         "width_recency": args.width_recency,
+        "calibrate": args.calibrate,
         "sampling": args.sampling,
         "holdout": args.holdout,
         "seed": args.seed,
