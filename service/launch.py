@@ -28,7 +28,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from service.core.artifact import ENTRIES, ModelNotFound, find_artifact
-from service.core.repository import TASK_CHAMPION, pointer_key
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
 
@@ -55,12 +54,9 @@ def option(argv: list[str], name: str, default: str) -> str:
 def why_no_model(task: str, settings: Settings) -> str | None:
     """None when there is a model to serve (each entry of ``SEQSERVE_MODELS``, when set), else the reason (what
     /readyz says)."""
-    wanted = [] if settings.models else [("", settings.model, task)]  # (entry name, fixed ref, pointer followed)
-    for s in settings.models:
-        if s.ref in ("", TASK_CHAMPION):
-            wanted.append((s.name, "", task if s.ref == TASK_CHAMPION else pointer_key(task, s.name)))
-        else:
-            wanted.append((s.name, s.ref, ""))
+    wanted = [("", settings.model, task)]  # (entry name, fixed ref, pointer followed)
+    if settings.models:
+        wanted = [(s.name, "" if s.follows(task) else s.ref, s.follows(task) or "") for s in settings.models]
     for name, fixed, pointer in wanted:
         try:
             ref, source = served_ref(fixed, settings.database, task=pointer)

@@ -34,7 +34,7 @@ from service.core.artifact import ENTRIES, Artifact, ModelNotFound, find_artifac
 from service.core.bentoml_patches import cache_mime_types
 from service.core.docs import DocsSite, inventory
 from service.core.guard import Rejected, RequestGuard, request_id
-from service.core.repository import TASK_CHAMPION, Entry, Repository, pointer_key
+from service.core.repository import TASK_CHAMPION, Entry, Repository
 from service.core.settings import Settings
 from service.core.store.champion import served_ref
 
@@ -76,10 +76,10 @@ def boot_repository(task: str) -> tuple[Settings, Repository]:
     log.setLevel(logging.INFO)
     entries: list[Entry] = []
     for i, spec in enumerate(settings.models):
-        if spec.ref and spec.ref != TASK_CHAMPION:
-            ref, source, pointer = spec.ref, "SEQSERVE_MODELS", None
+        pointer = spec.follows(task)
+        if pointer is None:
+            ref, source = spec.ref, "SEQSERVE_MODELS"
         else:
-            pointer = task if spec.ref == TASK_CHAMPION else pointer_key(task, spec.name)
             try:
                 ref, source = served_ref("", settings.database, task=pointer)
             except ModelNotFound:

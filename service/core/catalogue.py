@@ -32,13 +32,20 @@ def model_field(repo: Repository) -> Any:
     return Annotated[str, AfterValidator(served), Field(description="a model this server serves (GET /models)")]
 
 
+async def asked(entry: Entry) -> dict[str, Any]:
+    """The model service's ``info()`` of ``entry``, whose note of the version it serves is brought up to date;
+    ``Rejected`` (503) if the model service is not there."""
+    info = await model_info(entry=entry.index)
+    entry.version = info["model_version"]
+    return info
+
+
 async def resolve(repo: Repository, name: str | None, version: str | None) -> Entry:
     """The entry a request names; ``Rejected`` 404 for a name or version not served, 503 if the model
     service must be asked and is not there."""
 
     async def ask(e: Entry) -> str:
-        e.version = (await model_info(entry=e.index))["model_version"]
-        return e.version
+        return (await asked(e))["model_version"]
 
     try:
         return await repo.resolve(name, version, ask)
@@ -55,8 +62,7 @@ def models_route(repo: Repository) -> Route:
         for e in repo.entries:
             row: dict[str, Any] = {"name": e.name, "default_version": e is repo.first(e.name)}
             try:
-                info = await model_info(entry=e.index)
-                e.version = info["model_version"]
+                info = await asked(e)
                 row.update(model_version=e.version, state="READY", served_because=info["served_because"])
             except Rejected as err:
                 row.update(model_version=e.version, state="UNAVAILABLE", reason=str(err))

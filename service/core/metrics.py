@@ -73,14 +73,12 @@ class BatchRecorder:
     """One served model's series of the batching families (made on first use: ``__getattr__`` above)."""
 
     def __init__(self, model: str) -> None:
-        m = globals()
-        for name in _BATCHING:
-            if name not in m:
-                __getattr__(name)
-        self._size, self._seconds = m["BATCH_SIZE"].labels(model), m["COMPUTE_SECONDS"].labels(model)
-        self._calls, self._queue = m["MODEL_CALLS"].labels(model), m["QUEUE_SECONDS"].labels(model)
-        self._real, self._padded = m["TIME_STEPS"].labels(model, "real"), m["TIME_STEPS"].labels(model, "padded")
-        self.sources = m["BATCH_SOURCES"].labels(model)
+        family = {name: globals()[name] if name in globals() else __getattr__(name) for name in _BATCHING}
+        self._size, self._seconds = family["BATCH_SIZE"].labels(model), family["COMPUTE_SECONDS"].labels(model)
+        self._calls, self._queue = family["MODEL_CALLS"].labels(model), family["QUEUE_SECONDS"].labels(model)
+        steps = family["TIME_STEPS"]
+        self._real, self._padded = steps.labels(model, "real"), steps.labels(model, "padded")
+        self.sources = family["BATCH_SOURCES"].labels(model)
 
     def batch(self, stats: Any, received: list[float], started: float | None = None) -> None:
         """A batch's model calls (``service.core.batching.engine.BatchStats``); ``received``: when each of its

@@ -24,8 +24,9 @@ the metric families.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from service.core.artifact import Artifact
 
@@ -33,6 +34,7 @@ VARIABLE = "SEQSERVE_MODELS"
 TASK_CHAMPION = "@champion"
 MAX_ENTRIES = 16
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class ModelSpec:
 
     name: str
     ref: str = ""
+
+    def follows(self, task: str) -> str | None:
+        """The champion pointer this entry follows (``task``'s own, or ``<task>/<name>``); None: a fixed model."""
+        if self.ref == TASK_CHAMPION:
+            return task
+        return None if self.ref else pointer_key(task, self.name)
 
 
 def parse_models(raw: str) -> tuple[ModelSpec, ...]:
@@ -130,14 +138,31 @@ class Repository:
         first = self.first(name)
         if version is None:
             return first
-        candidates = self.by_name[first.name]
-        for e in candidates:
-            if e.version == version:
-                return e
-        for e in candidates:
-            if e.pointer is not None and await ask(e) == version:
-                return e
-        served = ", ".join(e.version for e in candidates)
-        raise UnknownModel(
-            f"model_version: model {first.name!r} has no version {version!r}; serving {served}", "unknown_version"
-        )
+
+        async def current(e: Entry, fresh: bool) -> str:
+            return await ask(e) if fresh and e.pointer is not None else e.version  # a fixed one never changes
+
+        found, seen = await find_version(self.by_name[first.name], version, current)
+        if found is None:
+            raise UnknownModel("model_version: " + no_version(first.name, version, seen), "unknown_version")
+        return found
+
+
+async def find_version(
+    candidates: Sequence[T], version: str, current: Callable[[T, bool], Awaitable[str]], ask_first: bool = False
+) -> tuple[T | None, list[str]]:
+    """The candidate serving ``version`` (None if none does) and the versions last seen: the API worker's notes
+    first (``current(c, False)``), then the model service asked (``current(c, True)``), since a swap may have
+    moved one; ``ask_first``: asked at once. The JSON routes (``Repository.resolve``) and the V2 routes
+    (``service.core.protocol.v2``) both pick a version this way."""
+    seen: list[str] = []
+    for fresh in dict.fromkeys((ask_first, True)):
+        seen = [await current(c, fresh) for c in candidates]
+        if version in seen:
+            return candidates[seen.index(version)], seen
+    return None, seen
+
+
+def no_version(name: str, version: str, serving: Sequence[str]) -> str:
+    """The refusal of a version not served (a 404)."""
+    return f"model {name!r} has no version {version!r}; serving {', '.join(map(repr, serving))}"

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from service.core.app import refuse
 from service.core.guard import Rejected
+from service.core.repository import find_version, no_version
 
 HEADER = "inference-header-content-length"
 DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
@@ -232,7 +233,7 @@ def encode(request: dict, model_name: str, version: str, tensors: dict[str, Tens
 def served(name: str, version: str | None, served: str) -> str:
     """``served``, unless the path asked for another version: a 404, also for a version swapped out."""
     if version is not None and version != served:
-        raise V2Error(f"model {name!r} has no version {version!r}; serving {served!r}", 404)
+        raise V2Error(no_version(name, version, [served]), 404)
     return served
 
 
@@ -251,12 +252,10 @@ def v2_routes(adapters: V2Adapter | Sequence[V2Adapter]) -> list[Route]:
             raise V2Error(f"unknown model {name!r}; this server serves {', '.join(map(repr, names))}", 404)
         if version is None:
             return candidates[0], await candidates[0].version(ask)
-        seen: list[str] = []
-        for fresh in dict.fromkeys((ask, True)):  # the API worker's notes first; asked, since they may lag a swap
-            seen = [await a.version(fresh) for a in candidates]
-            if version in seen:
-                return candidates[seen.index(version)], version
-        raise V2Error(f"model {name!r} has no version {version!r}; serving {', '.join(map(repr, seen))}", 404)
+        found, seen = await find_version(candidates, version, lambda a, fresh: a.version(fresh), ask_first=ask)
+        if found is None:
+            raise V2Error(no_version(name, version, seen), 404)
+        return found, version
 
     async def server(request: Request) -> Response:
         version = importlib.metadata.version("seqserve")

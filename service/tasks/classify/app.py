@@ -72,7 +72,7 @@ from service.core.guard import DeadlinePassed, Rejected
 from service.core.lifecycle import Follower, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
 from service.core.protocol.v2 import route_template, v2_routes
-from service.core.repository import Entry
+from service.core.repository import Entry, no_version
 from service.core.validate import first_non_finite, non_finite_message
 from service.tasks.classify.catalogue import metadata_route, request_limits
 from service.tasks.classify.engine import Engine
@@ -133,11 +133,6 @@ class SeqModel:
             follower.start(e.artifact, e.source)
             self.models.append(follower)
 
-    @property
-    def slot(self) -> ModelSlot:
-        """The default model's slot."""
-        return self.models[0].slot
-
     @bentoml.api
     def reload(self) -> dict:
         """Look at the champion pointers now (``POST /admin/reload``)."""
@@ -146,7 +141,7 @@ class SeqModel:
             {"name": e.name, "outcome": o, "model_version": m.slot.version}
             for e, m, o in zip(REPO.entries, self.models, outcomes, strict=True)
         ]
-        return {"outcome": outcomes[0], "model_version": self.slot.version, "models": models}
+        return {"outcome": outcomes[0], "model_version": self.models[0].slot.version, "models": models}
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def infer(self, packs: list[Any]) -> list[Any]:
@@ -358,8 +353,7 @@ class SeqServe:
     def _respond(self, entry: Entry, results: list[Any], asked: str | None) -> Response:
         version = entry.version = results[0][2]  # the model that answered (after a swap, the new champion)
         if asked is not None and version != asked:  # the version asked for was swapped out meanwhile
-            raise Rejected(f"model_version: model {entry.name!r} has no version {asked!r}; serving {version!r}",
-                           "unknown_version", 404)  # fmt: skip
+            raise Rejected("model_version: " + no_version(entry.name, asked, [version]), "unknown_version", 404)
         bad = first_non_finite([r[0] for r in results])
         if bad is not None:  # never a null probability: the request is refused, naming the sequence
             refusal = Rejected(non_finite_message(f"sequences[{bad}]"), "non_finite_output", 422)

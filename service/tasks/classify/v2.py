@@ -12,9 +12,9 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from service.core.app import model_info
 from service.core.artifact import ArtifactMeta
 from service.core.batching.hop import request_items
+from service.core.catalogue import asked
 from service.core.protocol.v2 import Tensor, V2Error, tensor
 from service.core.repository import Entry
 from service.core.validate import first_non_finite, non_finite_message
@@ -114,7 +114,7 @@ class ClassifyV2:
 
     async def version(self, ask: bool) -> str:
         if ask:  # the API worker's own note of the version lags a swap until an answer
-            self.entry.version = (await model_info(entry=self.entry.index))["model_version"]  # Rejected: 503
+            await asked(self.entry)  # Rejected (503) if the model service is not there
         return self.entry.version
 
     async def infer(self, request: dict, binaries: dict) -> tuple[str, dict[str, Tensor]]:
