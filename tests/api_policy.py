@@ -1,9 +1,28 @@
 """Issue 29 (5): what every service's API shares, checked on each one's live server (by each task's tests): one
-error body, unknown fields refused by name, a self-hosted reference of every route."""
+error body, unknown fields refused by name, a self-hosted reference of every route; and ``fuzz``, schemathesis
+against a service's own /docs.json (tests/test_fuzz.py and the task rooms' tests)."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "response_schema_conformance",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+    ]
+)
 
 SHAPE = {"code", "message", "field", "limit"}
 
@@ -29,3 +48,20 @@ def check_api_policy(url: str, route: str, body: dict, paths: tuple[str, ...]) -
     missing = [p for p in (*paths, "/docs", "/readyz", "/metrics") if p not in spec["paths"]]
     assert not missing, missing
     assert set(spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]) == SHAPE
+
+
+def fuzz(url: str, examples: int) -> int:
+    """Run schemathesis on every route but the admin ones; fail the test with its report on any finding. The
+    number of requests it generated."""
+    exe = Path(sys.executable).with_name("schemathesis")
+    if not exe.exists():
+        pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
+    cmd = [str(exe), "run", f"{url}/docs.json", "--checks", CHECKS, "--max-examples", str(examples), "--seed", "1"]
+    cmd += ["--exclude-path-regex", "^/admin", "--request-timeout", "30"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    report = out.stdout + out.stderr
+    assert out.returncode == 0, report[-6000:]
+    found = re.search(r"(\d+) generated", report)
+    assert found, report[-3000:]
+    return int(found.group(1))

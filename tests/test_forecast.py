@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from api_policy import check_api_policy
+from api_policy import check_api_policy, fuzz
 
 from loadtest.procs import start_bentoml, stop_process
 from service.core.artifact import find_artifact
@@ -369,3 +369,16 @@ def test_one_api_policy(fc_server: str) -> None:
     body = {"instances": [{"start": "2000 Q1", "target": [1.0, 2.0, 3.0, 4.0, 5.0]}]}
     paths = ("/forecast", "/anomalies", "/actuals", "/metadata", "/admin/reload", "/v2/models/{name}/infer")
     check_api_policy(fc_server, "/forecast", body, paths)
+
+
+def test_the_reference_documents_the_requests_and_survives_schema_fuzzing(fc_server: str) -> None:
+    """/docs.json gives /forecast, /anomalies and /actuals bodies with the server's limits (and V2's routes);
+    schemathesis, driven by it, finds no 5xx and no answer outside the documented schema."""
+    spec = httpx.get(fc_server + "/docs.json").json()
+    for route in ("/forecast", "/anomalies", "/actuals"):
+        body = spec["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"]["instances"]["maxItems"] == 50, route
+    conf = spec["paths"]["/forecast"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert conf["properties"]["configuration"]["properties"]["prediction_length"]["maximum"] >= 1
+    assert "/v2/models/{name}/infer" in spec["paths"] and spec["info"]["x-seqserve-limits"]["max_series"] == 50
+    assert fuzz(fc_server, 30) >= 150

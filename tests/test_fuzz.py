@@ -6,40 +6,16 @@ ones (the V2 routes and /generate included): zero 5xx and zero responses that br
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from api_policy import fuzz
 
 from loadtest.procs import start_bentoml, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
-CHECKS = ",".join(
-    [
-        "not_a_server_error",
-        "response_schema_conformance",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_headers_conformance",
-    ]
-)
-
-
-def fuzz(url: str, examples: int) -> int:
-    """Run schemathesis; fail the test with its report on any finding. The number of requests it generated."""
-    exe = Path(sys.executable).with_name("schemathesis")
-    cmd = [str(exe), "run", f"{url}/docs.json", "--checks", CHECKS, "--max-examples", str(examples), "--seed", "1"]
-    cmd += ["--exclude-path-regex", "^/admin", "--request-timeout", "30"]
-    env = {**os.environ, "NO_COLOR": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
-    report = out.stdout + out.stderr
-    assert out.returncode == 0, report[-6000:]
-    found = re.search(r"(\d+) generated", report)
-    assert found, report[-3000:]
-    return int(found.group(1))
 
 
 def test_classifier_api_survives_schema_fuzzing(server: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_policy import check_api_policy
+from api_policy import check_api_policy, fuzz
 
 from loadtest.procs import start_bentoml, stop_process
 
@@ -213,3 +213,16 @@ def test_eval_verdicts_never_count_a_baseline_that_did_not_learn() -> None:
 def test_one_api_policy(tc_server: tuple) -> None:
     paths = ("/classify-text", "/metadata", "/admin/reload", "/v2/models/{name}/infer")
     check_api_policy(tc_server[0], "/classify-text", {"texts": ["a fine film"]}, paths)
+
+
+def test_the_reference_documents_the_request_and_survives_schema_fuzzing(tc_server: tuple) -> None:
+    """/docs.json gives /classify-text's body with the server's limits (and V2's routes); schemathesis, driven by
+    it, finds no 5xx and no answer outside the documented schema."""
+    spec = httpx.get(tc_server[0] + "/docs.json").json()
+    body = spec["paths"]["/classify-text"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["texts"]["maxItems"] == 8 and body["properties"]["texts"]["items"]["maxLength"] == 300
+    assert body["additionalProperties"] is False and spec["info"]["x-seqserve-limits"]["max_texts"] == 8
+    assert (
+        "/v2/models/{name}/infer" in spec["paths"] and "requestBody" in spec["paths"]["/v2/models/{name}/infer"]["post"]
+    )
+    assert fuzz(tc_server[0], 40) >= 200

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_policy import check_api_policy
+from api_policy import check_api_policy, fuzz
 
 from loadtest.procs import free_port, start_bentoml, stop_process, wait_http
 
@@ -229,3 +229,9 @@ def test_bench_translate_runs_short(translate_artifact: Path, translate_run: Pat
 
 def test_one_api_policy(server: str) -> None:
     check_api_policy(server, "/translate", {"texts": ["Haus"]}, ("/translate", "/metadata"))
+
+
+def test_the_translator_survives_schema_fuzzing(server: str) -> None:
+    """schemathesis, driven by the translator's /docs.json (its limits), finds no 5xx and no answer outside the
+    documented schema (the JSON answer and the event stream alike)."""
+    assert fuzz(server, 30) >= 30

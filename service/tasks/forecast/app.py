@@ -62,6 +62,7 @@ from service.tasks.forecast.actuals import ActualsStore
 from service.tasks.forecast.calendar import Calendar
 from service.tasks.forecast.engine import ForecastEngine, build_row, draw, interpolate, mean_of
 from service.tasks.forecast.metrics import ACTUALS, REJECTED, ForecastMetrics, observe_anomalies, observe_request
+from service.tasks.forecast.openapi import ForecastOpenAPIPatch
 from service.tasks.forecast.schema import parse_configuration, parse_instances, parse_level
 from service.tasks.forecast.spec import swap_problem
 from service.tasks.forecast.v2 import ForecastV2
@@ -317,6 +318,18 @@ class SeqForecast:
         bound_metric_paths((*JSON_PATHS, "/metadata"), route_template)
 
 
+SeqForecast.add_asgi_middleware(
+    ForecastOpenAPIPatch,
+    limits={
+        "max_series": MAX_SERIES,
+        "max_length": MAX_LENGTH,
+        "max_points": MAX_POINTS,
+        "max_anomaly_points": MAX_ANOMALY_POINTS,
+        "horizon": FC.horizon,
+    },
+    fc=FC,
+    model_name=ARTIFACT.meta.model_name,
+)
 install_guard(
     SeqForecast,
     SETTINGS,

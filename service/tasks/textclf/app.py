@@ -56,6 +56,7 @@ from service.core.settings import env_int
 from service.core.tokens import Tokenizer
 from service.tasks.textclf.engine import TextClfEngine, as_row, load_tokenizer, tokens
 from service.tasks.textclf.metrics import REJECTED, TextClfMetrics, observe_request
+from service.tasks.textclf.openapi import TextClfOpenAPIPatch
 from service.tasks.textclf.schema import check_tokens, parse_request
 from service.tasks.textclf.spec import swap_problem
 from service.tasks.textclf.v2 import TextClfV2
@@ -242,6 +243,12 @@ class SeqTextClf:
         bound_metric_paths((*JSON_PATHS, "/metadata"), route_template)
 
 
+SeqTextClf.add_asgi_middleware(
+    TextClfOpenAPIPatch,
+    limits={"max_texts": MAX_TEXTS, "max_chars": MAX_CHARS, "max_tokens": MAX_TOKENS},
+    classes=list(CLASSES),
+    model_name=ARTIFACT.meta.model_name,
+)
 install_guard(SeqTextClf, SETTINGS, JSON_PATHS, on_reject=lambda reason, path: _count(reason))
 
 __all__ = ["SeqTextClf", "TextClfModel"]
