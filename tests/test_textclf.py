@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import struct
 import threading
 import time
@@ -226,3 +227,44 @@ def test_the_reference_documents_the_request_and_survives_schema_fuzzing(tc_serv
         "/v2/models/{name}/infer" in spec["paths"] and "requestBody" in spec["paths"]["/v2/models/{name}/infer"]["post"]
     )
     assert fuzz(tc_server[0], 40) >= 200
+
+
+def test_feedback_is_stored_durably_and_retrains_the_classifier(tc_server: tuple, tmp_path: Path) -> None:
+    """POST /feedback keeps labelled texts (label<TAB>text lines, synced before the 2xx); python -m training textclf
+    --feedback adds them to the training texts but a hashed share, scored apart."""
+    url, data = tc_server
+    stored = data / "textclf" / "feedback.tsv"
+    before = len(stored.read_text(encoding="utf-8").splitlines()) if stored.exists() else 0  # the fuzzer's items
+
+    def positives() -> float:
+        text = httpx.get(f"{url}/metrics").text
+        found = re.search(r'seqserve_textclf_feedback_items_total\{label="positive"\} (\S+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    counted = positives()
+    sentences = [f"review number {k}: {'a delight' if k % 2 else 'a chore'}\tto\nwatch" for k in range(12)]
+    items = [{"text": t, "label": "positive" if k % 2 else "negative"} for k, t in enumerate(sentences)]
+    for start in range(0, 12, 6):  # two requests (the test server takes 8 items at most)
+        r = httpx.post(f"{url}/feedback", json={"items": items[start : start + 6]}, timeout=30)
+        assert r.status_code == 200 and r.json() == {"accepted": 6}, r.text
+    for body, needle in (
+        ({"items": [{"text": "fine", "label": "meh"}]}, "items[0].label: 'meh' is not a class"),
+        ({"items": [{"text": "  \t", "label": "positive"}]}, "items[0].text: empty"),
+        ({"items": [{"text": "x" * 301, "label": "positive"}]}, "items[0].text: 301 characters, the limit is 300"),
+        ({"items": [{"text": "ok", "label": "positive"}] * 9}, "items: 9 items, the limit is 8"),
+        ({"items": [{"text": "ok", "label": "positive", "score": 1}]}, "items[0].score: unknown field"),
+    ):
+        r = httpx.post(f"{url}/feedback", json=body, timeout=30)
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], (body, r.text)
+    lines = stored.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == before + 12 and lines[before + 1] == "positive\treview number 1: a delight to watch"
+    assert positives() == counted + 6
+    assert httpx.get(f"{url}/metadata").json()["feedback_file"].endswith("textclf/feedback.tsv")
+
+    from conftest import train_tiny_textclf
+
+    run = train_tiny_textclf(tmp_path, "--feedback", str(stored), "--feedback-holdout", "0.25")
+    fb = json.loads((run / "metrics.json").read_text())["feedback"]
+    distinct = len({line.split("\t", 1)[1] for line in lines})
+    assert fb["train_texts"] + fb["holdout_texts"] <= distinct and fb["holdout_texts"] >= 1 and fb["train_texts"] >= 1
+    assert 0 <= fb["holdout"]["accuracy"] <= 1 and f"{distinct} texts" in fb["source"]

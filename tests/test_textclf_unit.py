@@ -5,6 +5,7 @@ the artifact contract, the engine in process, and the V2 BYTES codec."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from service.core.guard import Rejected
 from service.core.protocol.v2 import V2Error, bytes_tensor
 from service.core.settings import Settings
 from service.tasks.textclf.engine import TextClfEngine
+from service.tasks.textclf.feedback import FeedbackFile, StoreFull, parse_feedback
 from service.tasks.textclf.schema import parse_request
 from training.data import DataError
-from training.tasks.textclf.data import label_fraction, load_corpus, pretraining_texts
+from training.tasks.textclf.data import in_holdout, label_fraction, load_corpus, pretraining_texts, read_feedback
 from training.tasks.textclf.model import ClfConfig, ExportGraph, TextClassifier
 from training.tasks.textclf.train import stlr
 
@@ -172,3 +174,39 @@ def test_a_replaced_tokenizer_is_refused_before_serving(textclf_artifact: Path, 
     (art / "tokenizer.model").unlink()
     with pytest.raises(ReferenceMismatch, match="tokenizer.model is missing"):
         TextClfEngine(find_artifact(str(art)), Settings())
+
+
+def test_feedback_items_are_checked_and_the_file_is_bounded(tmp_path: Path) -> None:
+    classes = ["negative", "positive"]
+    items = parse_feedback({"items": [{"text": " so\tgood \n", "label": "positive"}]}, classes, 4, 50)
+    assert [(i.text, i.label) for i in items] == [("so good", "positive")]
+    for body, needle in (
+        ([], "body: must be a JSON object"),
+        ({"items": []}, "items: required"),
+        ({"items": [{"label": "positive"}]}, "items[0].text: required"),
+        ({"items": [{"text": "x", "label": 1}]}, "items[0].label: 1 is not a class"),
+        ({"items": [{"text": "x", "label": "positive"}], "why": 1}, "why: unknown field"),
+    ):
+        with pytest.raises(Rejected, match=re.escape(needle)):
+            parse_feedback(body, classes, 4, 50)
+    store = FeedbackFile(str(tmp_path), max_items=3)
+    assert store.add(items * 2) == 2
+    with pytest.raises(StoreFull):
+        store.add(items * 2)  # 4 > 3: nothing written
+    assert FeedbackFile(str(tmp_path), max_items=3).add(items) == 1  # a new process counts the file's lines
+    assert store.path.read_text(encoding="utf-8") == "positive\tso good\n" * 3
+
+
+def test_feedback_files_keep_a_texts_last_label_and_hold_out_by_hash(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.tsv"
+    texts = [f"sentence {k}" for k in range(200)]
+    path.write_text("".join(f"negative\t{t}\n" for t in texts) + "positive\tsentence 0\n", encoding="utf-8")
+    fb = read_feedback(path, ["negative", "positive"], 0.2)
+    assert len(fb.train) + len(fb.holdout) == 200 and 20 <= len(fb.holdout) <= 60
+    where = fb.train if "sentence 0" in fb.train.texts else fb.holdout
+    assert where.labels[where.texts.index("sentence 0")] == 1  # the last label sent
+    assert fb.holdout.texts == read_feedback(path, ["negative", "positive"], 0.2).holdout.texts
+    assert all(in_holdout(t, 0.2) for t in fb.holdout.texts) and not any(in_holdout(t, 0.2) for t in fb.train.texts)
+    path.write_text("neutral\tsentence\n", encoding="utf-8")
+    with pytest.raises(DataError, match="neutral"):
+        read_feedback(path, ["negative", "positive"], 0.2)

@@ -7,6 +7,8 @@
     ``probabilities`` (by class) and, on request, ``tokens`` with their ``attention`` weights;
   - the Open Inference Protocol: ``/v2/models/<name>/infer`` with ``text`` BYTES ``[N]`` -> ``probabilities``
     FP32 ``[N, C]``, ``label`` BYTES ``[N]``, ``attention`` FP32 ``[N, T]`` (``service.tasks.textclf.v2``);
+  - ``POST /feedback``: ``{"items": [{"text", "label"}, ...]}`` stored for retraining
+    (``service.tasks.textclf.feedback``);
   - ``GET /metadata``; ``POST /admin/reload``; BentoML's ``/healthz /livez /readyz /metrics``.
 
 * ``TextClfModel`` (the model service): the ONNX Runtime session (checked at load against the artifact's
@@ -19,6 +21,7 @@ Settings: ``service.core.settings``, ``SEQSERVE_TEXTCLF_MAX_TEXTS`` (256 texts p
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -55,7 +58,8 @@ from service.core.protocol.v2 import route_template, v2_routes
 from service.core.settings import env_int
 from service.core.tokens import Tokenizer
 from service.tasks.textclf.engine import TextClfEngine, as_row, load_tokenizer, tokens
-from service.tasks.textclf.metrics import REJECTED, TextClfMetrics, observe_request
+from service.tasks.textclf.feedback import FeedbackFile, StoreFull, parse_feedback
+from service.tasks.textclf.metrics import FEEDBACK, REJECTED, TextClfMetrics, observe_request
 from service.tasks.textclf.openapi import TextClfOpenAPIPatch
 from service.tasks.textclf.schema import check_tokens, parse_request
 from service.tasks.textclf.spec import swap_problem
@@ -68,7 +72,8 @@ CLASSES = ARTIFACT.meta.classes
 MAX_TOKENS = min(SETTINGS.accepted_max_length(TC.max_tokens), TC.max_tokens)
 MAX_TEXTS = env_int("SEQSERVE_TEXTCLF_MAX_TEXTS", 256, minimum=1)
 MAX_CHARS = env_int("SEQSERVE_TEXTCLF_MAX_CHARS", 10_000, minimum=1)
-JSON_PATHS = ("/classify-text", "/admin/reload")
+JSON_PATHS = ("/classify-text", "/feedback", "/admin/reload")
+FEEDBACK_FILE = FeedbackFile(SETTINGS.data_dir, SETTINGS.feedback_max_items)
 
 
 @functools.cache
@@ -194,6 +199,27 @@ async def classify_text(request: Request) -> Response:
     return JSONResponse({"results": results, "model_version": version})
 
 
+async def feedback(request: Request) -> Response:
+    """Store labelled texts for retraining (``service.tasks.textclf.feedback``); 2xx once they are on disk."""
+    try:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise Rejected("body: not valid JSON", "invalid_json") from None
+        items = parse_feedback(body, list(CLASSES), MAX_TEXTS, MAX_CHARS)
+        try:
+            stored = await asyncio.to_thread(FEEDBACK_FILE.add, items)
+        except StoreFull as e:
+            raise Rejected(f"items: {e}; nothing was stored", "store_full", 507) from None
+        except OSError as e:
+            raise Rejected(f"items: not stored ({e}); nothing was stored", "store_unavailable", 503) from None
+    except Rejected as e:
+        return refuse(e, _count)
+    for item in items:
+        FEEDBACK.labels(item.label).inc()
+    return JSONResponse({"accepted": stored})
+
+
 async def metadata(request: Request) -> JSONResponse:
     try:
         info = await model_info()
@@ -212,6 +238,7 @@ async def metadata(request: Request) -> JSONResponse:
             "max_tokens": MAX_TOKENS,
             "max_texts": MAX_TEXTS,
             "max_chars": MAX_CHARS,
+            "feedback_file": str(FEEDBACK_FILE.path),
             "base_lm": TC.base_lm,
             "rnn": meta.rnn,
             "training_data": meta.extra.get("training_data", {}),
@@ -223,6 +250,7 @@ async def metadata(request: Request) -> JSONResponse:
 routes = Starlette(
     routes=[
         Route("/classify-text", classify_text, methods=["POST"]),
+        Route("/feedback", feedback, methods=["POST"]),
         Route("/metadata", metadata, methods=["GET"]),
         *v2_routes(TextClfV2(ARTIFACT.meta, MAX_TEXTS, MAX_CHARS, encode_texts, run_texts)),
         reload_route(SETTINGS.admin_token),

@@ -29,6 +29,7 @@ TOKENS = Histogram(
     "seqserve_textclf_tokens", "Tokens in a text (<s> included)", buckets=(2, 4, 8, 16, 32, 64, 128, 256, 512)
 )
 UNKNOWN = Counter("seqserve_textclf_unknown_tokens", "Tokens the vocabulary did not know (<unk>)")
+FEEDBACK = Counter("seqserve_textclf_feedback_items", "Labelled texts stored by POST /feedback", ["label"])
 PREDICTIONS = Counter("seqserve_textclf_predictions", "Answers by predicted class", ["label"])
 
 

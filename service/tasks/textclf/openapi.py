@@ -49,6 +49,24 @@ def textclf_paths(limits: dict[str, int], classes: list[str]) -> dict[str, Any]:
             "start_attention": {"type": "number"},
         },
     }
+    feedback = {
+        "type": "object",
+        "required": ["items"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limits["max_texts"],
+                "items": {
+                    "type": "object",
+                    "required": ["text", "label"],
+                    "additionalProperties": False,
+                    "properties": {"text": text, "label": {"type": "string", "enum": classes}},
+                },
+            }
+        },
+    }
     answer = {
         "type": "object",
         "required": ["results", "model_version"],
@@ -68,6 +86,26 @@ def textclf_paths(limits: dict[str, int], classes: list[str]) -> dict[str, Any]:
                             **GUARD_RESPONSES,
                             "503": "the model service is not ready",
                             "504": "the deadline passed before the model ran the request",
+                        }
+                    ),
+                },
+            }
+        },
+        "/feedback": {
+            "post": {
+                "summary": "Store labelled texts for retraining (python -m training textclf --feedback FILE)",
+                "tags": ["Service APIs"],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": feedback}}},
+                "responses": {
+                    "200": ok(
+                        {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "integer"}}}
+                    ),
+                    **errors(
+                        {
+                            "400": "an item outside the limits, a label not of the classes, an unknown field (named)",
+                            **GUARD_RESPONSES,
+                            "503": "the disk refused the write; nothing was stored",
+                            "507": "the feedback file holds SEQSERVE_FEEDBACK_MAX_ITEMS items; nothing was stored",
                         }
                     ),
                 },

@@ -140,6 +140,36 @@ def label_fraction(split: Split, fraction: float, seed: int) -> Split:
     return split.subset(np.sort(np.array(keep)))
 
 
+@dataclass
+class Feedback:
+    train: Split  # added to the training texts
+    holdout: Split  # scored apart, never trained on
+    source: str
+
+
+def in_holdout(text: str, share: float) -> bool:
+    """Whether a feedback text is held out: a hash of the text, so the same text always falls the same way."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0**64 < share
+
+
+def read_feedback(path: Path, classes: list[str], share: float) -> Feedback:
+    """A feedback file (``label<TAB>text``, what ``POST /feedback`` writes): a text sent again keeps its last
+    label; ``share`` of the texts (by ``in_holdout``) held out. Labels must be among ``classes``."""
+    texts, names = read_tsv(path)
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise DataError(f"{path}: labels {unknown} are not among the training data's {classes}")
+    last = dict(zip(texts, names))  # insertion order of the first sending, the label of the last
+    index = {c: i for i, c in enumerate(classes)}
+    parts: dict[bool, tuple[list[str], list[int]]] = {False: ([], []), True: ([], [])}
+    for text, name in last.items():
+        part = parts[in_holdout(text, share)]
+        part[0].append(text)
+        part[1].append(index[name])
+    train, held = (Split(t, np.array(y, np.int64)) for t, y in (parts[False], parts[True]))
+    return Feedback(train, held, f"{_digest(path)} ({len(texts)} lines, {len(last)} texts)")
+
+
 def pretraining_texts(extra: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Unlabelled sentences for the language model: the rated corpora's training sides and the tweets, plus the
     lines of ``extra`` files. Returns (texts, what was read)."""

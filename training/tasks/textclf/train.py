@@ -22,6 +22,10 @@ from what the classifier needs; the pre-trained weights are still the start, and
 Peak rates: 4e-3 with pre-training, 1e-3 from scratch (``--lr`` sets either): what ``make eval-textclf``
 picked on the validation splits (from scratch, 4e-3 left the model answering one class on the movie sentences).
 
+``--feedback FILE`` (what the server's ``POST /feedback`` keeps) adds the file's texts to the training texts but
+a hashed ``--feedback-holdout`` share of them, which is scored apart (``metrics.json`` ``feedback``); the test
+texts stay the corpus's, so a retrained model compares with the served one on the same sentences.
+
 ``--few-labels 0.1`` (the default) also trains a second model on a stratified 10% of the training labels and
 records its scores beside the full model's (the model saved is the full one). ``metrics.json``: accuracy and
 macro-F1 on validation and test, for both, with the epochs, the seconds and whether the budget cut the run.
@@ -43,7 +47,7 @@ from service.core.tokens import BOS, PAD, Tokenizer, train_sentencepiece
 from training.data import DataError
 from training.loop import RunLog, length_batches, pick_device, seed_everything
 from training.tasks.generate.model import LMConfig
-from training.tasks.textclf.data import Corpus, Split, label_fraction, load_corpus
+from training.tasks.textclf.data import Corpus, Split, label_fraction, load_corpus, read_feedback
 from training.tasks.textclf.model import ClfConfig, TextClassifier
 
 MAX_TOKENS = 256  # training texts are cut here (the service's limit is in the artifact)
@@ -54,6 +58,8 @@ def add_textclf_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", required=True, help="a `textlm` run directory, or none (from scratch)")
     p.add_argument("--train", default="movie", help="movie, amazon, nyt (data/vader) or a label<TAB>text file")
     p.add_argument("--test", default=None, help="a label<TAB>text file of held-out texts (default: the split)")
+    p.add_argument("--feedback", default=None, help="a feedback file (POST /feedback's label<TAB>text lines) to add")
+    p.add_argument("--feedback-holdout", type=float, default=0.2, help="share of feedback texts scored, not trained")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch", type=int, default=32)
@@ -220,6 +226,8 @@ def train_textclf(args: argparse.Namespace) -> dict:
         args.lr = LR_SCRATCH if args.pretrained == "none" else LR_PRETRAINED
     if args.epochs < 1 or not 0 < args.labels <= 1 or not 0 <= args.few_labels < 1:
         raise DataError("--epochs must be >= 1, --labels in (0, 1] and --few-labels in [0, 1)")
+    if not 0 <= args.feedback_holdout < 1:
+        raise DataError("--feedback-holdout must be in [0, 1)")
     t_start = time.perf_counter()
     device = pick_device(args.device)
     out = Path(args.out)
@@ -228,6 +236,17 @@ def train_textclf(args: argparse.Namespace) -> dict:
     corpus = load_corpus(args.train, args.test)
     log(f"{corpus.source}: classes {corpus.classes}, train/val/test {len(corpus.train)}/{len(corpus.val)}/"
         f"{len(corpus.test)}")  # fmt: skip
+    feedback = None
+    if args.feedback:
+        feedback = read_feedback(Path(args.feedback), corpus.classes, args.feedback_holdout)
+        scored = set(corpus.val.texts) | set(corpus.test.texts)  # never trained on, even when sent back
+        keep = np.array([i for i, t in enumerate(feedback.train.texts) if t not in scored], np.int64)
+        if len(keep) < len(feedback.train):
+            log(f"feedback: {len(feedback.train) - len(keep)} texts of the validation or test split not trained on")
+        feedback.train = feedback.train.subset(keep)
+        corpus.train = Split(corpus.train.texts + feedback.train.texts,
+                             np.concatenate([corpus.train.labels, feedback.train.labels]))  # fmt: skip
+        log(f"feedback {feedback.source}: {len(feedback.train)} added to training, {len(feedback.holdout)} held out")
     tok, cfg, lm_state = build(args, corpus, out, log)
 
     def encoded(split: Split) -> tuple[list[np.ndarray], np.ndarray]:
@@ -252,6 +271,9 @@ def train_textclf(args: argparse.Namespace) -> dict:
             f"{results[name]['test']['macro_f1']:.4f}")  # fmt: skip
         if name == "full":
             saved = model
+            if feedback is not None and len(feedback.holdout):
+                held = encoded(feedback.holdout)
+                results[name]["feedback_holdout"] = scores(predict(model, held[0], device), held[1])
     full = results["full"]
     lengths = [len(s) for s in encode(tok, corpus.train.texts)]
     metrics = {
@@ -265,6 +287,14 @@ def train_textclf(args: argparse.Namespace) -> dict:
         "few_labels": {k: results["few_labels"][k] for k in ("labels_fraction", "train_texts", "test", "val")}
         if "few_labels" in results
         else None,
+        "feedback": None
+        if feedback is None
+        else {
+            "source": feedback.source,
+            "train_texts": len(feedback.train),
+            "holdout_texts": len(feedback.holdout),
+            "holdout": full.get("feedback_holdout"),
+        },  # fmt: skip
         "runs": results,
         "train_seconds": sum(r["train_seconds"] for r in results.values()),
         "total_seconds": time.perf_counter() - t_start,
