@@ -181,10 +181,11 @@ bench-forecast: venv ## series/s in process and over HTTP at c=1/16/64 (bench/re
 test: lint ## lint + the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-# Schema fuzzing of both services (schemathesis against their /docs.json), more than CI's >= 1000 requests.
+# Schema fuzzing of every task's service (schemathesis against its own /docs.json), more than CI does.
 FUZZ_EXAMPLES ?= 500
-fuzz: venv ## schema fuzzing of both services, FUZZ_EXAMPLES per route (default 500)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py
+fuzz: venv trans-de-en ## schema fuzzing of every task's service, FUZZ_EXAMPLES per route (default 500)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py \
+	  tests/test_translate.py tests/test_textclf.py tests/test_forecast.py -k fuzzing
 
 # The classifier at 70% of its measured saturation for 10 minutes: p99 over time and RSS growth after warm-up
 # (bench/results-soak.json, docs/reliability.md). CI runs 60 s of it (tests/test_loadtest.py), errors only.

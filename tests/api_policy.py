@@ -51,8 +51,10 @@ def check_api_policy(url: str, route: str, body: dict, paths: tuple[str, ...]) -
 
 
 def fuzz(url: str, examples: int) -> int:
-    """Run schemathesis on every route but the admin ones; fail the test with its report on any finding. The
-    number of requests it generated."""
+    """Run schemathesis on every route but the admin ones, ``examples`` per route (or ``FUZZ_EXAMPLES`` when
+    that is more: ``make fuzz``); fail the test with its report on any finding. The number of requests it
+    generated."""
+    examples = max(examples, int(os.environ.get("FUZZ_EXAMPLES") or 0))
     exe = Path(sys.executable).with_name("schemathesis")
     if not exe.exists():
         pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
