@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 
 from loadtest.procs import machine, start_bentoml, stop_process
+from service.core.decoding.beam import STOPPING
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = {"per-request": "per-request", "request-batching": "request-batching", "step-batching": "step"}
@@ -49,7 +50,9 @@ def sentences(art: Path, run: Path | None, n: int = 1000) -> list[str]:
     return [t for t in texts if len(tok.encode(t)) < limit][:n]
 
 
-async def closed_loop(url: str, texts: list[str], beam: int, concurrency: int, duration: float, warmup: float) -> dict:
+async def closed_loop(
+    url: str, texts: list[str], beam: int, concurrency: int, duration: float, warmup: float, stopping: str = "never"
+) -> dict:
     start = time.perf_counter()
     t_begin, t_end = start + warmup, start + warmup + duration
     done: list[tuple[float, float, int, int]] = []  # (sent, answered, target tokens, status)
@@ -60,6 +63,8 @@ async def closed_loop(url: str, texts: list[str], beam: int, concurrency: int, d
         async def worker() -> None:
             while time.perf_counter() < t_end:
                 body = {"texts": [texts[next(counter) % len(texts)]], "beam_size": beam, "return_scores": False}
+                if beam > 1:
+                    body["early_stopping"] = stopping
                 t0 = time.perf_counter()
                 try:
                     r = await client.post(f"{url}/translate", json=body)
@@ -84,7 +89,9 @@ async def closed_loop(url: str, texts: list[str], beam: int, concurrency: int, d
     }
 
 
-def in_process(art: Path, texts: list[str], beam: int, concurrency: int, duration: float = 15.0) -> dict:
+def in_process(
+    art: Path, texts: list[str], beam: int, concurrency: int, duration: float = 15.0, stopping: str = "never"
+) -> dict:
     """The scheduler alone (closed loop of ``concurrency`` sentences), no HTTP: what the scheduler's Python and
     ONNX Runtime allow before any serving overhead."""
     from service.core.artifact import find_artifact
@@ -101,6 +108,8 @@ def in_process(art: Path, texts: list[str], beam: int, concurrency: int, duratio
 
     def submit() -> None:
         body = {"texts": [texts[next(counter) % len(texts)]], "beam_size": beam}
+        if beam > 1:
+            body["early_stopping"] = stopping
 
         def emit(event: dict) -> None:
             if event.get("event") not in ("done", "error"):
@@ -138,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
     p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--early-stopping", default="never", choices=list(STOPPING))
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--in-process-seconds", type=float, default=15.0)
@@ -146,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     art = Path(args.artifact)
     texts = sentences(art, Path(args.run))
     results: dict = {"machine": machine(), "artifact": str(art), "beam": args.beam, "sentences": len(texts)}
+    results["early_stopping"] = args.early_stopping
     results["model_version"] = json.loads((art / "metadata.json").read_text())["model_version"]
     results["http"] = {}
     for name in args.systems:
@@ -156,14 +167,15 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             runs = []
             for c in args.concurrency:
-                r = asyncio.run(closed_loop(url, texts, args.beam, c, args.duration, args.warmup))
+                r = asyncio.run(closed_loop(url, texts, args.beam, c, args.duration, args.warmup, args.early_stopping))
                 print(f"{name:17s} c={c:3d}: {r}", file=sys.stderr)
                 runs.append(r)
             results["http"][name] = runs
         finally:
             stop_process(proc)
     limit_c = (1, max(args.concurrency))
-    results["in_process"] = [in_process(art, texts, args.beam, c, args.in_process_seconds) for c in limit_c]
+    stop = args.early_stopping
+    results["in_process"] = [in_process(art, texts, args.beam, c, args.in_process_seconds, stop) for c in limit_c]
     print(f"in process: {results['in_process']}", file=sys.stderr)
     http = results["http"]
     if "step-batching" in http and "per-request" in http:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from service.core.artifact import find_artifact
-from service.core.decoding.beam import Beams
+from service.core.decoding.beam import STOPPING, Beams
 from service.core.settings import Settings
 from service.core.tokens import BOS, EOS
 from service.tasks.translate.engine import TranslateEngine
-from service.tasks.translate.params import Limits, TranslateError, parse
+from service.tasks.translate.params import DEFAULT_STOPPING, Limits, TranslateError, parse
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +77,14 @@ def test_the_scheduler_decodes_what_the_training_decoders_decode(
     ort = OrtStep(cpu_session(translate_artifact / "encoder.onnx"), cpu_session(translate_artifact / "model.onnx"))
     src = [engine.tokenizer.encode(t) + [EOS] for t in texts]
     ml = decode.max_lengths(np.array([len(s) for s in src]), engine.artifact.meta.translation.max_target_tokens)
-    want = decode.beam(ort, ort.encode(src), ml, BOS, EOS, 5)
-    got = run(engine, {"texts": texts, "beam_size": 5, "n_best": 5}, limits)
-    for g, w in zip(got, want):
-        assert [h["text"] for h in g["hypotheses"]] == [engine.tokenizer.decode(h.tokens) for h in w]
-        assert [h["tokens"] for h in g["hypotheses"]] == [len(h.tokens) for h in w]
-        assert np.allclose([h["score"] for h in g["hypotheses"]], [h.normalised(1.0) for h in w], atol=1e-5)
+    for mode in STOPPING:
+        want = decode.beam(ort, ort.encode(src), ml, BOS, EOS, 5, early_stopping=mode)
+        got = run(engine, {"texts": texts, "beam_size": 5, "n_best": 5, "early_stopping": mode}, limits)
+        for g, w in zip(got, want):
+            assert [h["text"] for h in g["hypotheses"]] == [engine.tokenizer.decode(h.tokens) for h in w], mode
+            assert [h["tokens"] for h in g["hypotheses"]] == [len(h.tokens) for h in w]
+            assert np.allclose([h["score"] for h in g["hypotheses"]], [h.normalised(1.0) for h in w], atol=1e-5)
+    assert decode.STOPPING == DEFAULT_STOPPING  # the run measures what the server does by default
     greedy = run(engine, {"texts": texts, "beam_size": 1}, limits)
     assert [g["text"] for g in greedy] == [
         engine.tokenizer.decode(t) for t in decode.greedy(ort, ort.encode(src), ml, BOS, EOS)
@@ -263,3 +265,42 @@ def test_every_translate_metric_family_has_a_dashboard_panel() -> None:
     exprs = " ".join(t["expr"] for p in json.loads(dashboard)["panels"] for t in p["targets"])
     families = {m.name for v in vars(metrics).values() if isinstance(v, MetricWrapperBase) for m in v.describe()}
     assert families and not {f for f in families if f not in exprs}
+
+
+def stop_search(mode: str, width: int, alpha: float, tables: dict, rng: np.random.Generator) -> tuple[Beams, int]:
+    """A beam search (12 tokens, ``</s>`` = 1) over random log-probabilities, one table per prefix (``tables``,
+    shared between modes); the search and the steps it ran."""
+    b, steps = Beams(width, 12, 1, alpha, early_stopping=mode), 0
+    while not b.done:
+        rows = []
+        for h in b.live:
+            key = tuple(h.tokens)
+            if key not in tables:
+                tables[key] = np.log(rng.dirichlet(np.full(12, 0.3))).astype(np.float32)
+            rows.append(tables[key])
+        b.step(np.array(rows))
+        steps += 1
+        if mode == "first" and len(b.finished) >= width:
+            assert b.done
+    return b, steps
+
+
+def test_early_stopping_first_and_heuristic_stop_sooner_than_the_exact_search() -> None:
+    """On random log-probabilities: "first" stops as soon as width hypotheses finished (each ending among its
+    step's width best extensions), "heuristic" no later than the exact "never", which (the live beams being the
+    same in every mode) finds hypotheses at least as good as either."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        width, alpha, tables = int(rng.integers(2, 5)), float(rng.choice([0.6, 1.0])), {}
+        (never, n), (heuristic, h), (first, f) = (stop_search(m, width, alpha, tables, rng) for m in STOPPING)
+        assert h <= n and f <= 12 and (len(first.finished) == width or not first.live)
+        best = never.best()[0].normalised(alpha)
+        assert heuristic.best()[0].normalised(alpha) <= best and first.best()[0].normalised(alpha) <= best
+
+
+def test_early_stopping_is_a_request_field_named_in_its_errors(engine: TranslateEngine, limits: Limits) -> None:
+    reqs, _ = parse({"texts": ["Guten Tag."], "early_stopping": "heuristic"}, engine.tokenizer, limits)
+    assert reqs[0].early_stopping == "heuristic"
+    assert parse({"texts": ["Guten Tag."]}, engine.tokenizer, limits)[0][0].early_stopping == DEFAULT_STOPPING
+    with pytest.raises(TranslateError, match=r"early_stopping: 'sometimes'; one of never, heuristic, first"):
+        parse({"texts": ["Guten Tag."], "early_stopping": "sometimes"}, engine.tokenizer, limits)

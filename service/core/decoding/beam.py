@@ -6,11 +6,19 @@ moves the ``<eos>`` extensions to the finished list, keeps the ``num_beams`` bes
 which live beam each new one continues (``parents``: the scheduler copies those states) and with which token.
 
 Scores are sums of log-probabilities; finished hypotheses are ranked by ``score / length ** alpha`` (length
-normalisation, length counting ``<eos>``). The search stops when ``num_beams`` hypotheses have finished and no
-live beam can still beat the worst of them: a live beam's normalised score can at best reach
-``score / max_new_tokens ** alpha`` (later tokens only lower its sum), so the stop is exact, not a heuristic,
-and a beam as wide as the search space finds the best sequence an exhaustive search finds. At
-``max_new_tokens`` the live beams finish too (reason ``length``).
+normalisation, length counting ``<eos>``). When the search stops (``early_stopping``, Hugging Face's names):
+
+* ``never`` (the default): when ``num_beams`` hypotheses have finished and no live beam can still beat the worst
+  of them: a live beam's normalised score can at best reach ``score / max_new_tokens ** alpha`` (later tokens
+  only lower its sum), so the stop is exact, not a heuristic, and a beam as wide as the search space finds the
+  best sequence an exhaustive search finds; it often runs twice as many steps as its best hypothesis has tokens;
+* ``heuristic``: when ``num_beams`` have finished and the best live beam's normalised score *now* is no better
+  than the worst of them (Hugging Face's default, ``early_stopping=False``): fewer steps, not exact;
+* ``first``: as soon as ``num_beams`` hypotheses have finished (fairseq; ``early_stopping=True``), an ``<eos>``
+  extension finishing a hypothesis only if it ranks among the step's ``num_beams`` best extensions (with the
+  other two every ``<eos>`` extension that can enter the finished list does).
+
+At ``max_new_tokens`` the live beams finish too (reason ``length``).
 
 An attention decoder (translation) also hands over each live beam's attention over the source (``[live, S]``):
 a hypothesis then carries its coverage (attention summed over its steps) and, with ``keep_attention``, the rows
@@ -24,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+STOPPING = ("never", "heuristic", "first")  # early_stopping: exact, Hugging Face's default, fairseq's
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Beams:
     alpha: float = 1.0
     beta: float = 0.0  # coverage penalty weight
     keep_attention: bool = False
+    early_stopping: str = "never"  # one of STOPPING
     live: list[Hypothesis] = field(default_factory=lambda: [Hypothesis([], [], 0.0)])
     finished: list[Hypothesis] = field(default_factory=list)
 
@@ -57,20 +68,28 @@ class Beams:
             return True
         if len(self.finished) < self.width:
             return False
+        if self.early_stopping == "first":
+            return True
         worst = self.finished[-1].normalised(self.alpha)  # kept best first
-        bound = self.live[0].score / self.max_new_tokens**self.alpha  # live is best first too
-        return bound <= worst
+        best = self.live[0]  # live is best first too
+        if self.early_stopping == "heuristic":
+            return best.normalised(self.alpha) <= worst
+        return best.score / self.max_new_tokens**self.alpha <= worst
 
     def step(self, log_probs: np.ndarray, attention: np.ndarray | None = None) -> tuple[list[int], list[int]]:
         """Extend the live beams (rows of ``log_probs``, in ``self.live`` order; ``attention``: their rows of
         the step's attention, if the decoder has one); return (parents, tokens) of the new live beams."""
         live = np.array([h.score for h in self.live])
-        if self.eos is not None:
-            ends = live + log_probs[:, self.eos].astype(np.float64)
-            for i in np.flatnonzero(np.isfinite(ends)).tolist():
-                self._offer_end(i, self.eos, float(ends[i]), float(log_probs[i, self.eos]), attention)
         rows, toks = self._candidates(log_probs)
         scores = live[rows] + log_probs[rows, toks].astype(np.float64)
+        if self.eos is not None:
+            ends = live + log_probs[:, self.eos].astype(np.float64)
+            offer = np.flatnonzero(np.isfinite(ends))
+            if self.early_stopping == "first":  # an ending counts only if it ranks among the step's width best
+                best = np.sort(np.concatenate([scores, ends[offer]]))[::-1][: self.width]
+                offer = offer[ends[offer] >= best[-1]] if len(best) else offer[:0]
+            for i in offer.tolist():
+                self._offer_end(i, self.eos, float(ends[i]), float(log_probs[i, self.eos]), attention)
         v = log_probs.shape[1]
         top = np.lexsort((rows * v + toks, -scores))[: self.width]  # best first; ties by index: deterministic
         parents, tokens, best = rows[top].tolist(), toks[top].tolist(), scores[top].tolist()

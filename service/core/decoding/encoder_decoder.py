@@ -46,6 +46,7 @@ class Seq2SeqRequest(StepRequest, Protocol):
     length_penalty: float  # hypotheses ranked by score / length ** length_penalty
     coverage_penalty: float  # beta of the coverage penalty (beam search)
     keep_attention: bool  # return the alignment
+    early_stopping: str  # when a beam search stops (service.core.decoding.beam.STOPPING)
 
 
 class EncoderDecoderScheduler(Scheduler):
@@ -157,7 +158,13 @@ class EncoderDecoderScheduler(Scheduler):
     def _beams(self, s: Stream) -> Beams:
         r: Seq2SeqRequest = s.req  # type: ignore[assignment]
         return Beams(
-            r.num_beams, r.max_new_tokens, self.vocab.eos, r.length_penalty, r.coverage_penalty, r.keep_attention
+            r.num_beams,
+            r.max_new_tokens,
+            self.vocab.eos,
+            r.length_penalty,
+            r.coverage_penalty,
+            r.keep_attention,
+            r.early_stopping,
         )
 
     def _take(self, s: Stream, token: int, row: np.ndarray, now: float) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.core.decoding.beam import STOPPING
 from service.core.openapi import GUARD_RESPONSES, DocsPatch, errors, ok, set_info
-from service.tasks.translate.params import DEFAULT_BEAM, MAX_PENALTY, MAX_TEXT_CHARS
+from service.tasks.translate.params import DEFAULT_BEAM, DEFAULT_STOPPING, MAX_PENALTY, MAX_TEXT_CHARS
 
 SSE_EVENT = {
     "type": "object",
@@ -43,6 +44,12 @@ def translate_paths(limits: dict[str, int], vocab_size: int) -> dict[str, Any]:
             "length_penalty": number(0, MAX_PENALTY, 1.0),
             "coverage_penalty": number(0, MAX_PENALTY, 0.0),
             "n_best": integer(1, limits["max_beams"], 1),
+            "early_stopping": {
+                "type": "string",
+                "enum": list(STOPPING),
+                "default": DEFAULT_STOPPING,
+                "description": "when a beam search stops: heuristic (Hugging Face's default), never (exact), first",
+            },
             "max_decoding_length": integer(1, limits["max_target_tokens"], None),
             "sampling": {
                 "type": "object",

@@ -17,6 +17,7 @@ import numpy as np
 from service.core.decoding.beam import Beams, Hypothesis
 
 Step = Callable[..., tuple[np.ndarray, ...]]
+STOPPING = "heuristic"  # the translator's default early_stopping (service.tasks.translate.params.DEFAULT_STOPPING)
 
 
 def max_lengths(src_lengths: np.ndarray, limit: int) -> np.ndarray:
@@ -49,12 +50,19 @@ def greedy(step: Step, enc: tuple[np.ndarray, ...], max_len: np.ndarray, bos: in
 
 
 def beam(
-    step: Step, enc: tuple[np.ndarray, ...], max_len: np.ndarray, bos: int, eos: int, width: int, alpha: float = 1.0
+    step: Step,
+    enc: tuple[np.ndarray, ...],
+    max_len: np.ndarray,
+    bos: int,
+    eos: int,
+    width: int,
+    alpha: float = 1.0,
+    early_stopping: str = STOPPING,
 ) -> list[list[Hypothesis]]:
     """Each sentence's finished hypotheses, best first (``</s>`` kept at the end of those that ended)."""
     memory, keys, mask, *state = enc
     n = memory.shape[0]
-    beams = [Beams(width, int(max_len[i]), eos, alpha) for i in range(n)]
+    beams = [Beams(width, int(max_len[i]), eos, alpha, early_stopping=early_stopping) for i in range(n)]
     owner = np.arange(n)  # the sentence of each row
     token = np.full(n, bos, np.int64)
     feed = np.zeros((n, memory.shape[2]), np.float32)
@@ -79,11 +87,13 @@ def beam(
     return [b.best() for b in beams]
 
 
-def best(runner: Step, src: list[list[int]], width: int, limit: int, bos: int, eos: int) -> list[list[int]]:
+def best(
+    runner: Step, src: list[list[int]], width: int, limit: int, bos: int, eos: int, early_stopping: str = STOPPING
+) -> list[list[int]]:
     """Each source sentence's best tokens: greedy for ``width`` 1, else beam search's best hypothesis (``</s>``
     kept where it ended). ``runner`` is a step function with an ``encode(src)`` method (torch or ORT)."""
     enc = runner.encode(src)  # type: ignore[attr-defined]
     ml = max_lengths(np.array([len(s) for s in src]), limit)
     if width == 1:
         return greedy(runner, enc, ml, bos, eos)
-    return [h[0].tokens for h in beam(runner, enc, ml, bos, eos, width)]
+    return [h[0].tokens for h in beam(runner, enc, ml, bos, eos, width, early_stopping=early_stopping)]

@@ -279,6 +279,7 @@ def train_translate(args: argparse.Namespace) -> dict:
         "tokenizer": args.tokenizer,
         "vocab_size": tok.vocab_size,
         **{k: results[f"beam{args.beam}"][k] for k in ("chrf", "bleu", "ter")},  # the headline: beam, as served
+        "early_stopping": decode.STOPPING,
         "greedy": results["greedy"],
         f"beam{args.beam}": results[f"beam{args.beam}"],
         "copy_source": {k: copy[k] for k in ("chrf", "bleu", "ter")},
