@@ -29,6 +29,7 @@ import numpy as np
 
 from loadtest.procs import machine, start_bentoml, stop_process
 from service.core.decoding.beam import STOPPING
+from service.tasks.translate.params import DEFAULT_STOPPING
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = {"per-request": "per-request", "request-batching": "request-batching", "step-batching": "step"}
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
     p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--early-stopping", default="never", choices=list(STOPPING))
+    p.add_argument("--early-stopping", default=DEFAULT_STOPPING, choices=list(STOPPING))
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--in-process-seconds", type=float, default=15.0)
