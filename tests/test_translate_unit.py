@@ -16,7 +16,7 @@ from training.data import DataError
 from training.tasks.translate import decode
 from training.tasks.translate.data import DING, Pairs, alternatives, is_sentence, read_ding, read_tsv, split
 from training.tasks.translate.model import S2SConfig, Seq2Seq
-from training.tasks.translate.train import TorchStep, padded
+from training.tasks.translate.train import Candidates, TorchStep, padded
 
 # Real entries of the Ding dictionary (trans-de-en 1.9), as the file has them.
 ENTRIES = "\n".join(
@@ -208,3 +208,25 @@ def test_an_lstm_with_luong_attention_and_characters_exports_too(tmp_path: Path)
     assert [i.name for i in step.graph.input] == ["token", "feed", "memory", "keys", "mask", "h", "c"]
     dims = step.graph.input[2].type.tensor_type.shape.dim
     assert dims[0].dim_param and dims[1].dim_param  # batch and source length stay dynamic
+
+
+def test_the_sampled_softmax_is_the_full_one_when_every_token_is_a_candidate() -> None:
+    """Seq2Seq.loss over candidates: with every token a candidate and no correction it is the full softmax's loss;
+    Candidates holds the batch's targets and pad, sorted, and corrects a rare token's logit more than a frequent
+    one's."""
+    model = small_model("gru", "bahdanau").eval()
+    g = torch.Generator().manual_seed(2)
+    x = padded([torch.randint(4, 40, (n,), generator=g).tolist() for n in (5, 9)])
+    y = padded([[5, 6, 7], [8, 9, 10, 11, 12]], prefix=[BOS], suffix=[EOS])
+    v = model.cfg.vocab_size
+    with torch.no_grad():
+        full, n = model.loss(x, torch.tensor([5, 9]), y[:, :-1], y[:, 1:], 0.1)
+        every = (torch.arange(v), torch.zeros(v))
+        sampled, _ = model.loss(x, torch.tensor([5, 9]), y[:, :-1], y[:, 1:], 0.1, every)
+    assert torch.allclose(full, sampled, atol=1e-6) and int(n) == 10
+    targets = [[5] * 50 + [6], [5] * 40 + [7]]
+    cands = Candidates(targets, v, negatives=3, seed=0)
+    ids, log_q = cands(y[:, 1:])
+    assert torch.equal(ids, torch.sort(ids).values) and {PAD, EOS, 5, 6, 7, 12} <= set(ids.tolist())
+    q = dict(zip(ids.tolist(), log_q.tolist()))
+    assert q[5] > q[6] and q[5] > -0.01 and all(value <= 0 for value in q.values())

@@ -10,7 +10,8 @@ One class, read top to bottom:
   (input feeding), attends over the memory (``bahdanau``: additive, ``v . tanh(W q + U m)`` (Bahdanau et al.
   2015); ``luong``: general, ``q . W m``), and ``tanh(W_c [context; h])`` is the attentional vector that scores
   the vocabulary and feeds the next step. Padding is masked (its weight is exactly 0).
-* **forward**: teacher forcing, ``step`` over the target; the loss is label-smoothed cross-entropy.
+* **forward**: teacher forcing, ``step`` over the target; the loss is label-smoothed cross-entropy, over the whole
+  vocabulary or (training's default) over a sampled set of candidate tokens (``loss``'s ``candidates``).
 
 Source, target and output share one embedding (a joint subword vocabulary; Press & Wolf 2017).
 
@@ -131,8 +132,8 @@ class Seq2Seq(nn.Module):
         """Attentional vectors ``[..., H]`` -> vocabulary scores ``[..., V]`` (the shared embedding)."""
         return F.linear(self.out(self.drop(feed)), self.embed.weight, self.out_bias)
 
-    def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: ``tgt_in`` ``[B, T]`` (``bos`` then the target) -> logits ``[B, T, V]``."""
+    def features(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: ``tgt_in`` ``[B, T]`` (``bos`` then the target) -> attentional vectors ``[B, T, H]``."""
         memory, keys, mask, *state = self.encode(src, lengths)
         feed = memory.new_zeros(src.shape[0], self.cfg.hidden)
         st = tuple(state)
@@ -140,17 +141,35 @@ class Seq2Seq(nn.Module):
         for t in range(tgt_in.shape[1]):
             feed, st, _ = self.step(tgt_in[:, t], st, feed, memory, keys, mask)
             feeds.append(feed)
-        return self.logits(torch.stack(feeds, 1))  # one product for every step: the costly part, done once
+        return torch.stack(feeds, 1)
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing -> logits ``[B, T, V]`` (one product for every step: the costly part, done once)."""
+        return self.logits(self.features(src, lengths, tgt_in))
 
     def loss(
-        self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, smoothing: float
+        self,
+        src: torch.Tensor,
+        lengths: torch.Tensor,
+        tgt_in: torch.Tensor,
+        tgt_out: torch.Tensor,
+        smoothing: float,
+        candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean label-smoothed cross-entropy over real target tokens, their count)."""
-        logits = self(src, lengths, tgt_in)
+        """(mean label-smoothed cross-entropy over real target tokens, their count). With ``candidates``
+        (``ids`` sorted, containing every token of ``tgt_out`` and ``pad``; ``log_q``, the log-probability that
+        each was drawn) the softmax runs over those tokens only, their logits less ``log_q`` (sampled softmax,
+        Jean et al. 2015; Bengio & Senecal 2008): the vocabulary-sized product is the step's costliest part."""
         real = tgt_out != self.cfg.pad
-        ce = F.cross_entropy(
-            logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.cfg.pad, label_smoothing=smoothing
-        )
+        if candidates is None:
+            logits, target, ignore = self(src, lengths, tgt_in), tgt_out, self.cfg.pad
+        else:
+            ids, log_q = candidates
+            h = self.out(self.drop(self.features(src, lengths, tgt_in)))
+            logits = F.linear(h, self.embed.weight[ids], self.out_bias[ids]) - log_q
+            target = torch.searchsorted(ids, tgt_out.contiguous())
+            ignore = int(torch.searchsorted(ids, torch.tensor(self.cfg.pad)))
+        ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=ignore, label_smoothing=smoothing)
         return ce, real.sum()
 
 

@@ -11,6 +11,10 @@ A linear script:
 * batches of similar source lengths (a pool of batches is sorted by length, then shuffled), a share of each
   batch from the sentence pairs (``--sentence-share``, 0.75: the phrases far outnumber the sentences; held-out
   beam-5 chrF 27.0 against 26.4 with 0.5);
+* a sampled softmax (``--softmax sampled``, the default; ``Candidates``): each batch's loss runs over the tokens
+  of its targets and ``--negatives`` drawn ones (~1,300 of 8,000), their logits corrected by the log-probability
+  of being drawn, which nearly halves a step's time on two cores; validation and test decode over the whole
+  vocabulary, as the exported graph does (``--softmax full`` trains over it too);
 * teacher forcing, label smoothing, AdamW, gradient clipping, a linear warm-up and a cosine learning rate over
   ``--max-steps`` (the same seed gives the same model on an idle or a busy machine); ``--time-budget`` (900 s
   by default) caps the run and ``metrics.json`` says when it did (``stopped_by``);
@@ -57,6 +61,8 @@ def add_translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dec-layers", type=int, default=1)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    p.add_argument("--softmax", default="sampled", choices=["sampled", "full"], help="training's output softmax")
+    p.add_argument("--negatives", type=int, default=1024, help="tokens drawn per batch for the sampled softmax")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--sentence-share", type=float, default=0.75, help="share of each batch from sentence pairs")
     p.add_argument("--max-tokens", type=int, default=64, help="longest source/target kept for training")
@@ -116,6 +122,29 @@ def batches(
             yield chunks[j]
 
 
+class Candidates:
+    """The sampled softmax's candidates for a batch (``Seq2Seq.loss``): every token of the batch's targets, pad,
+    and ``negatives`` tokens drawn uniformly (with replacement); ``log_q`` is the log of the probability that a
+    token is among them, from its frequency in the training targets (a frequent token nearly always is, so its
+    logit is barely corrected; a rare one that happens to be there is corrected the most)."""
+
+    def __init__(self, targets: list[list[int]], vocab: int, negatives: int, seed: int) -> None:
+        counts = np.bincount(np.concatenate([np.asarray(t + [EOS], np.int64) for t in targets]), minlength=vocab)
+        freq = torch.tensor(counts / counts.sum(), dtype=torch.float64).clamp(max=1 - 1e-9)
+        self.log_absent = torch.log1p(-freq)  # log P(a target token is not this one)
+        self.vocab, self.negatives = vocab, negatives
+        self.log_undrawn = negatives * math.log1p(-1.0 / vocab)
+        self.rng = torch.Generator().manual_seed(seed)
+
+    def __call__(self, tgt_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn = torch.randint(0, self.vocab, (self.negatives,), generator=self.rng)
+        ids = torch.unique(torch.cat([tgt_out.flatten().cpu(), drawn, torch.tensor([PAD])]))
+        n = int((tgt_out != PAD).sum())
+        log_miss = n * self.log_absent[ids] + self.log_undrawn
+        log_q = torch.log(-torch.expm1(log_miss)).clamp(min=-30.0).float()
+        return ids.to(tgt_out.device), log_q.to(tgt_out.device)
+
+
 class TorchStep:
     """The model's step as ``decode`` calls it (numpy in, numpy out)."""
 
@@ -160,8 +189,10 @@ def scores(hyps: list[str], refs: list[str]) -> dict:
 
 
 def train_translate(args: argparse.Namespace) -> dict:
-    if args.max_steps < 1 or args.time_budget < 0 or not 0 <= args.sentence_share <= 1:
-        raise DataError("--max-steps must be >= 1, --time-budget >= 0 (0: no cap), --sentence-share in [0, 1]")
+    if args.max_steps < 1 or args.time_budget < 0 or not 0 <= args.sentence_share <= 1 or args.negatives < 0:
+        raise DataError(
+            "--max-steps must be >= 1, --time-budget >= 0 (0: no cap), --sentence-share in [0, 1], --negatives >= 0"
+        )
     started = time.time()
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -205,6 +236,7 @@ def train_translate(args: argparse.Namespace) -> dict:
         args.dropout,
     )
     model = Seq2Seq(cfg).to(device)
+    sampler = Candidates(tgt, tok.vocab_size, args.negatives, args.seed) if args.softmax == "sampled" else None
     log(f"model {args.rnn} {args.attention}: {sum(p.numel() for p in model.parameters())} parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = max(1, min(200, args.max_steps // 10))
@@ -223,7 +255,8 @@ def train_translate(args: argparse.Namespace) -> dict:
         x = padded([src[i] + [EOS] for i in rows]).to(device)
         xl = torch.tensor([len(src[i]) + 1 for i in rows])
         y = padded([tgt[i] for i in rows], prefix=[BOS], suffix=[EOS]).to(device)
-        loss, _ = model.loss(x, xl, y[:, :-1], y[:, 1:], args.smoothing)
+        cands = sampler(y[:, 1:]) if sampler is not None else None
+        loss, _ = model.loss(x, xl, y[:, :-1], y[:, 1:], args.smoothing, cands)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -278,6 +311,7 @@ def train_translate(args: argparse.Namespace) -> dict:
         "test_pairs": len(test),
         "tokenizer": args.tokenizer,
         "vocab_size": tok.vocab_size,
+        "softmax": args.softmax,
         **{k: results[f"beam{args.beam}"][k] for k in ("chrf", "bleu", "ter")},  # the headline: beam, as served
         "early_stopping": decode.STOPPING,
         "greedy": results["greedy"],
