@@ -183,7 +183,7 @@ def test_feedback_items_are_checked_and_the_file_is_bounded(tmp_path: Path) -> N
     for body, needle in (
         ([], "body: must be a JSON object"),
         ({"items": []}, "items: required"),
-        ({"items": [{"label": "positive"}]}, "items[0].text: required"),
+        ({"items": [{"label": "positive"}]}, "items[0].text: must be a string, got NoneType"),
         ({"items": [{"text": "x", "label": 1}]}, "items[0].label: 1 is not a class"),
         ({"items": [{"text": "x", "label": "positive"}], "why": 1}, "why: unknown field"),
     ):

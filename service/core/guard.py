@@ -68,6 +68,14 @@ class DeadlinePassed(Rejected):
         )
 
 
+async def json_body(request: Any) -> Any:
+    """A route's JSON body (a Starlette request); ``Rejected`` (400 ``invalid_json``) when it is not JSON."""
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        raise Rejected("body: not valid JSON", "invalid_json") from None
+
+
 def deadline() -> float:
     """The running request's deadline, a ``time.perf_counter()`` value (inf when it has none)."""
     return DEADLINE.get()

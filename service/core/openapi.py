@@ -205,6 +205,26 @@ class DocsPatch:
         await patched_document(self.app, scope, receive, send, self.patch)
 
 
+class RoutesPatch(DocsPatch):
+    """A task's document: its title, description and request limits in ``info``, and its own routes (``paths``)
+    added to BentoML's (each task's ``openapi.py`` builds them)."""
+
+    def __init__(self, app, limits: dict[str, int], title: str, description: str, paths: dict[str, Any]) -> None:  # noqa: ANN001
+        super().__init__(app, limits)
+        self.title, self.description, self.paths = title, description, paths
+
+    def patch(self, spec: dict[str, Any]) -> dict[str, Any]:
+        set_info(spec, self.title, self.version, self.description, self.limits)
+        spec.setdefault("paths", {}).update(self.paths)
+        return spec
+
+
+def text_list(max_items: int, max_chars: int, description: str) -> dict[str, Any]:
+    """A JSON array of 1..``max_items`` texts, each non-blank and at most ``max_chars`` characters."""
+    text = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": r"\S"}
+    return {"type": "array", "minItems": 1, "maxItems": max_items, "items": text, "description": description}
+
+
 async def patched_document(
     app: Any, scope: dict, receive: Any, send: Any, patch: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> None:

@@ -24,7 +24,6 @@ Settings: ``service.core.settings`` and ``SEQSERVE_FORECAST_MAX_SERIES`` (256 se
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -52,7 +51,7 @@ from service.core.artifact import Artifact
 from service.core.batching import hop
 from service.core.batching.hop import Pack, request_items
 from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
-from service.core.guard import DeadlinePassed, Rejected
+from service.core.guard import DeadlinePassed, Rejected, json_body
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
 from service.core.protocol.v2 import route_template, v2_routes
@@ -156,10 +155,7 @@ def _count(reason: str) -> None:
 
 async def _body(request: Request, fields: tuple[str, ...]) -> Any:
     """The JSON body; a field the route does not take is refused, naming it (one policy on every route)."""
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise Rejected("body: not valid JSON", "invalid_json") from None
+    body = await json_body(request)
     unknown = sorted(set(body) - set(fields)) if isinstance(body, dict) else []
     if unknown:
         raise Rejected(f"{unknown[0]}: unknown field (the fields: {', '.join(fields)})", "unknown_field")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.core.artifact import Forecasting
-from service.core.openapi import GUARD_RESPONSES, DocsPatch, errors, ok, set_info, v2_paths
+from service.core.openapi import GUARD_RESPONSES, RoutesPatch, errors, ok, v2_paths
 from service.tasks.forecast.schema import DEFAULT_QUANTILES, MAX_SAMPLES, OUTPUT_TYPES
 
 V2_SUMMARY = "Forecast series: x FP32 [N, T], lengths INT64 [N, 1], start BYTES [N] -> quantiles FP32 [N, H, Q]"
@@ -178,17 +178,12 @@ def forecast_paths(limits: dict[str, int], fc: Forecasting) -> dict[str, Any]:
     }
 
 
-class ForecastOpenAPIPatch(DocsPatch):
+class ForecastOpenAPIPatch(RoutesPatch):
     """``/docs.json`` of the forecaster: its routes, limits and the V2 routes."""
 
     def __init__(self, app, limits: dict[str, int], fc: Forecasting, model_name: str) -> None:  # noqa: ANN001
-        super().__init__(app, limits)
-        self.paths = {**forecast_paths(limits, fc), **v2_paths(model_name, V2_SUMMARY, V2_INPUTS)}
-
-    def patch(self, spec: dict[str, Any]) -> dict[str, Any]:
-        set_info(spec, "seqserve (forecasting)", self.version, DESCRIPTION, self.limits)
-        spec.setdefault("paths", {}).update(self.paths)
-        return spec
+        paths = {**forecast_paths(limits, fc), **v2_paths(model_name, V2_SUMMARY, V2_INPUTS)}
+        super().__init__(app, limits, "seqserve (forecasting)", DESCRIPTION, paths)
 
 
 DESCRIPTION = (

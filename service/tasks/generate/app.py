@@ -21,7 +21,6 @@ the model they started with, then stops.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -49,13 +48,13 @@ from service.core.artifact import Artifact
 from service.core.bentoml_patches import bound_metric_paths
 from service.core.decoding.channel import sse
 from service.core.decoding.serving import Outboxes, Retiring, cancel_on_disconnect, dispatch, worker_channel
-from service.core.guard import DeadlinePassed, Rejected, deadline
+from service.core.guard import DeadlinePassed, Rejected, deadline, json_body
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.vocab import Vocabulary
 from service.tasks.generate.engine import LMEngine
 from service.tasks.generate.metrics import GEN_REJECTED
 from service.tasks.generate.openapi import GenerateOpenAPIPatch
-from service.tasks.generate.params import GenerateError, Limits, parse
+from service.tasks.generate.params import Limits, parse
 from service.tasks.generate.settings import GenerateSettings
 from service.tasks.generate.spec import swap_problem
 
@@ -158,12 +157,9 @@ def _count(reason: str) -> None:
 
 async def generate(request: Request) -> Response:
     try:
-        body = json.loads(await request.body())
-    except ValueError:
-        return refuse(Rejected("body: not valid JSON", "invalid_json"), _count)
-    try:
+        body = await json_body(request)
         req, stream = parse(body, VOCAB, LIMITS)
-    except GenerateError as e:
+    except Rejected as e:  # not JSON, or a GenerateError
         return refuse(e, _count)
     body = {**body, "seed": req.seed}  # the model service samples with the seed chosen here
     model = bentoml.get_current_service().model

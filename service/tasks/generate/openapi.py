@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.core.openapi import GUARD_RESPONSES, DocsPatch, errors, ok, set_info
+from service.core.openapi import GUARD_RESPONSES, RoutesPatch, errors, ok
 
 SSE_EVENT = {  # one server-sent event: text chunks as plain data, then ``done`` (or ``error``) with JSON data
     "type": "object",
@@ -106,17 +106,12 @@ def generate_paths(
     }
 
 
-class GenerateOpenAPIPatch(DocsPatch):
+class GenerateOpenAPIPatch(RoutesPatch):
     """``/docs.json`` of the language-model service: its routes and limits."""
 
     def __init__(self, app, limits: dict[str, int], **described: Any) -> None:  # noqa: ANN001
-        super().__init__(app, limits)
-        self.paths = generate_paths(limits, **described)
-
-    def patch(self, spec: dict[str, Any]) -> dict[str, Any]:
-        set_info(spec, "seqserve (text generation)", self.version, GENERATE_DESCRIPTION, self.limits)
-        spec.setdefault("paths", {}).update(self.paths)
-        return spec
+        paths = generate_paths(limits, **described)
+        super().__init__(app, limits, "seqserve (text generation)", GENERATE_DESCRIPTION, paths)
 
 
 GENERATE_DESCRIPTION = (

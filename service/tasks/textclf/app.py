@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from typing import Any
 
@@ -51,7 +50,7 @@ from service.core.artifact import Artifact
 from service.core.batching import hop
 from service.core.batching.hop import Pack, request_items
 from service.core.bentoml_patches import bound_metric_paths, cap_learned_wait
-from service.core.guard import DeadlinePassed, Rejected
+from service.core.guard import DeadlinePassed, Rejected, json_body
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.metrics import DEADLINE_DROPPED
 from service.core.protocol.v2 import route_template, v2_routes
@@ -173,11 +172,7 @@ def _count(reason: str) -> None:
 
 async def classify_text(request: Request) -> Response:
     try:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise Rejected("body: not valid JSON", "invalid_json") from None
-        req = parse_request(body, MAX_TEXTS, MAX_CHARS)
+        req = parse_request(await json_body(request), MAX_TEXTS, MAX_CHARS)
         ids = encode_texts(req.texts)
         probs, att, version = await run_texts(ids)
     except Rejected as e:
@@ -202,11 +197,7 @@ async def classify_text(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     """Store labelled texts for retraining (``service.tasks.textclf.feedback``); 2xx once they are on disk."""
     try:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise Rejected("body: not valid JSON", "invalid_json") from None
-        items = parse_feedback(body, list(CLASSES), MAX_TEXTS, MAX_CHARS)
+        items = parse_feedback(await json_body(request), list(CLASSES), MAX_TEXTS, MAX_CHARS)
         try:
             stored = await asyncio.to_thread(FEEDBACK_FILE.add, items)
         except StoreFull as e:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.guard import Rejected
+from service.tasks.textclf.schema import check_text, listed
 
 FIELDS = ("items",)
 ITEM_FIELDS = ("text", "label")
@@ -35,16 +36,7 @@ class Item:
 
 def parse_feedback(body: Any, classes: list[str], max_items: int, max_chars: int) -> list[Item]:
     """The request's items; a ``Rejected`` naming the field and the limit otherwise."""
-    if not isinstance(body, dict):
-        raise Rejected('body: must be a JSON object {"items": [{"text": ..., "label": ...}]}', "bad_request")
-    unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
-        raise Rejected(f"{unknown[0]}: unknown field (the fields: {', '.join(FIELDS)})", "unknown_field")
-    items = body.get("items")
-    if not isinstance(items, list) or not items:
-        raise Rejected("items: required, a non-empty list of {text, label} objects", "bad_request")
-    if len(items) > max_items:
-        raise Rejected(f"items: {len(items)} items, the limit is {max_items} per request", "too_many_texts")
+    items = listed(body, "items", FIELDS, max_items, "{text, label} objects")
     out = []
     for k, item in enumerate(items):
         where = f"items[{k}]"
@@ -53,14 +45,8 @@ def parse_feedback(body: Any, classes: list[str], max_items: int, max_chars: int
         extra = sorted(set(item) - set(ITEM_FIELDS))
         if extra:
             raise Rejected(f"{where}.{extra[0]}: unknown field (the fields: text, label)", "unknown_field")
-        text, label = item.get("text"), item.get("label")
-        if not isinstance(text, str):
-            raise Rejected(f"{where}.text: required, a string", "bad_request")
-        if len(text) > max_chars:
-            raise Rejected(f"{where}.text: {len(text)} characters, the limit is {max_chars}", "too_long")
-        line = SPACES.sub(" ", text).strip()
-        if not line:
-            raise Rejected(f"{where}.text: empty; a text needs at least one non-space character", "empty_text")
+        line = SPACES.sub(" ", check_text(f"{where}.text", item.get("text"), max_chars)).strip()
+        label = item.get("label")
         if label not in classes:
             raise Rejected(f"{where}.label: {label!r} is not a class of this model (one of: {', '.join(classes)})",
                            "bad_label")  # fmt: skip

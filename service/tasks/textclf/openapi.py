@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.core.openapi import GUARD_RESPONSES, DocsPatch, errors, ok, set_info, v2_paths
+from service.core.openapi import GUARD_RESPONSES, RoutesPatch, errors, ok, text_list, v2_paths
 
 V2_SUMMARY = "Classify texts: text BYTES [N] -> probabilities FP32 [N, C], label BYTES [N], attention FP32 [N, T]"
 V2_INPUTS = "one tensor: text, BYTES [N] (UTF-8 strings; JSON data or Triton's binary tensor extension)"
@@ -13,20 +13,18 @@ V2_INPUTS = "one tensor: text, BYTES [N] (UTF-8 strings; JSON data or Triton's b
 
 def textclf_paths(limits: dict[str, int], classes: list[str]) -> dict[str, Any]:
     """``POST /classify-text`` and ``GET /metadata`` (``service.tasks.textclf.app``)."""
-    text = {"type": "string", "minLength": 1, "maxLength": limits["max_chars"], "pattern": r"\S"}
+    texts = text_list(
+        limits["max_texts"],
+        limits["max_chars"],
+        f"raw texts; each at most {limits['max_chars']} characters and {limits['max_tokens']} tokens with <s> (a "
+        "longer one is a 400 naming it, never cut)",
+    )
     body = {
         "type": "object",
         "required": ["texts"],
         "additionalProperties": False,
         "properties": {
-            "texts": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": limits["max_texts"],
-                "items": text,
-                "description": f"raw texts; each at most {limits['max_chars']} characters and {limits['max_tokens']} "
-                "tokens with <s> (a longer one is a 400 naming it, never cut)",
-            },
+            "texts": texts,
             "return_attention": {
                 "type": "boolean",
                 "default": True,
@@ -62,7 +60,7 @@ def textclf_paths(limits: dict[str, int], classes: list[str]) -> dict[str, Any]:
                     "type": "object",
                     "required": ["text", "label"],
                     "additionalProperties": False,
-                    "properties": {"text": text, "label": {"type": "string", "enum": classes}},
+                    "properties": {"text": texts["items"], "label": {"type": "string", "enum": classes}},
                 },
             }
         },
@@ -121,17 +119,12 @@ def textclf_paths(limits: dict[str, int], classes: list[str]) -> dict[str, Any]:
     }
 
 
-class TextClfOpenAPIPatch(DocsPatch):
+class TextClfOpenAPIPatch(RoutesPatch):
     """``/docs.json`` of the text classifier: its routes, limits and the V2 routes."""
 
     def __init__(self, app, limits: dict[str, int], classes: list[str], model_name: str) -> None:  # noqa: ANN001
-        super().__init__(app, limits)
-        self.paths = {**textclf_paths(limits, classes), **v2_paths(model_name, V2_SUMMARY, V2_INPUTS)}
-
-    def patch(self, spec: dict[str, Any]) -> dict[str, Any]:
-        set_info(spec, "seqserve (text classification)", self.version, DESCRIPTION, self.limits)
-        spec.setdefault("paths", {}).update(self.paths)
-        return spec
+        paths = {**textclf_paths(limits, classes), **v2_paths(model_name, V2_SUMMARY, V2_INPUTS)}
+        super().__init__(app, limits, "seqserve (text classification)", DESCRIPTION, paths)
 
 
 DESCRIPTION = (

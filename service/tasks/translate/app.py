@@ -18,7 +18,6 @@ A swap (a new champion) starts a new scheduler for new requests; the old one fin
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -46,13 +45,13 @@ from service.core.artifact import Artifact
 from service.core.bentoml_patches import bound_metric_paths
 from service.core.decoding.channel import sse
 from service.core.decoding.serving import Outboxes, Retiring, cancel_on_disconnect, dispatch, worker_channel
-from service.core.guard import DeadlinePassed, Rejected, deadline
+from service.core.guard import DeadlinePassed, Rejected, deadline, json_body
 from service.core.lifecycle import FollowsChampion, ModelSlot
 from service.core.tokens import EOS
 from service.tasks.translate.engine import TranslateEngine, tokenizer
 from service.tasks.translate.metrics import TR_REJECTED
 from service.tasks.translate.openapi import TranslateOpenAPIPatch
-from service.tasks.translate.params import Limits, Options, TranslateError, TranslateRequest, parse
+from service.tasks.translate.params import Limits, Options, TranslateRequest, parse
 from service.tasks.translate.settings import TranslateSettings
 from service.tasks.translate.spec import swap_problem
 
@@ -196,12 +195,9 @@ def answer(summaries: list[dict], reqs: list[TranslateRequest], opts: Options, s
 
 async def translate(request: Request) -> Response:
     try:
-        body = json.loads(await request.body())
-    except ValueError:
-        return refuse(Rejected("body: not valid JSON", "invalid_json"), _count)
-    try:
+        body = await json_body(request)
         reqs, opts = parse(body, TOKENIZER, LIMITS)
-    except TranslateError as e:
+    except Rejected as e:  # not JSON, or a TranslateError
         return refuse(e, _count)
     seed = None
     if isinstance(body.get("sampling"), dict):  # the model service samples with the seed chosen here

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.core.decoding.beam import STOPPING
-from service.core.openapi import GUARD_RESPONSES, DocsPatch, errors, ok, set_info
+from service.core.openapi import GUARD_RESPONSES, RoutesPatch, errors, ok, text_list
 from service.tasks.translate.params import DEFAULT_BEAM, DEFAULT_STOPPING, MAX_PENALTY, MAX_TEXT_CHARS
 
 SSE_EVENT = {
@@ -26,20 +26,17 @@ def translate_paths(limits: dict[str, int], vocab_size: int) -> dict[str, Any]:
     """``POST /translate`` and ``GET /metadata`` of the translator (``service.tasks.translate.app``)."""
     integer = lambda low, high, default: {"type": "integer", "minimum": low, "maximum": high, "default": default}  # noqa: E731
     number = lambda low, high, default: {"type": "number", "minimum": low, "maximum": high, "default": default}  # noqa: E731
-    text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
     body = {
         "type": "object",
         "required": ["texts"],
         "additionalProperties": False,
         "properties": {
-            "texts": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": limits["max_texts"],
-                "items": text,
-                "description": f"source sentences; each at most {limits['max_source_tokens']} tokens with </s> "
-                "(a longer one is a 400, never cut)",
-            },
+            "texts": text_list(
+                limits["max_texts"],
+                MAX_TEXT_CHARS,
+                f"source sentences; each at most {limits['max_source_tokens']} tokens with </s> (a longer one is a "
+                "400, never cut)",
+            ),
             "beam_size": integer(1, limits["max_beams"], DEFAULT_BEAM),
             "length_penalty": number(0, MAX_PENALTY, 1.0),
             "coverage_penalty": number(0, MAX_PENALTY, 0.0),
@@ -141,17 +138,12 @@ def translate_paths(limits: dict[str, int], vocab_size: int) -> dict[str, Any]:
     }
 
 
-class TranslateOpenAPIPatch(DocsPatch):
+class TranslateOpenAPIPatch(RoutesPatch):
     """``/docs.json`` of the translator: its routes and limits."""
 
     def __init__(self, app, limits: dict[str, int], vocab_size: int) -> None:  # noqa: ANN001
-        super().__init__(app, limits)
-        self.paths = translate_paths(limits, vocab_size)
-
-    def patch(self, spec: dict[str, Any]) -> dict[str, Any]:
-        set_info(spec, "seqserve (translation)", self.version, TRANSLATE_DESCRIPTION, self.limits)
-        spec.setdefault("paths", {}).update(self.paths)
-        return spec
+        paths = translate_paths(limits, vocab_size)
+        super().__init__(app, limits, "seqserve (translation)", TRANSLATE_DESCRIPTION, paths)
 
 
 TRANSLATE_DESCRIPTION = (

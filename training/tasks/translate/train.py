@@ -68,7 +68,7 @@ def add_translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="longest source/target kept for training")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=4000, help="optimizer steps; the schedule spans them")
+    p.add_argument("--max-steps", type=int, default=6000, help="optimizer steps; the schedule spans them")
     p.add_argument("--time-budget", type=float, default=900.0, help="wall-clock cap in seconds (0: none)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation chrF points")
     p.add_argument("--patience", type=int, default=3, help="evaluations without a better chrF before stopping")
