@@ -52,7 +52,13 @@ def sentences(art: Path, run: Path | None, n: int = 1000) -> list[str]:
 
 
 async def closed_loop(
-    url: str, texts: list[str], beam: int, concurrency: int, duration: float, warmup: float, stopping: str = "never"
+    url: str,
+    texts: list[str],
+    beam: int,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    stopping: str = DEFAULT_STOPPING,
 ) -> dict:
     start = time.perf_counter()
     t_begin, t_end = start + warmup, start + warmup + duration
@@ -91,7 +97,7 @@ async def closed_loop(
 
 
 def in_process(
-    art: Path, texts: list[str], beam: int, concurrency: int, duration: float = 15.0, stopping: str = "never"
+    art: Path, texts: list[str], beam: int, concurrency: int, duration: float = 15.0, stopping: str = DEFAULT_STOPPING
 ) -> dict:
     """The scheduler alone (closed loop of ``concurrency`` sentences), no HTTP: what the scheduler's Python and
     ONNX Runtime allow before any serving overhead."""

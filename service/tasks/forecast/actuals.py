@@ -10,12 +10,13 @@ earlier one, so clients send each series' whole history again as it grows).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from service.core.store.files import append_synced
 
 
 class ActualsStore:
@@ -34,9 +35,5 @@ class ActualsStore:
                 line["dynamic_feat"] = r["dynamic_feat"]
             lines.append(json.dumps(line))
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_synced(self.path, ("\n".join(lines) + "\n").encode("utf-8"))
         return len(lines)

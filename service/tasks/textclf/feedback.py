@@ -13,7 +13,6 @@ text) held out and scored apart (``training.tasks.textclf.data.read_feedback``).
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.guard import Rejected
+from service.core.store.files import append_synced
 from service.tasks.textclf.schema import check_text, listed
 
 FIELDS = ("items",)
@@ -76,16 +76,7 @@ class FeedbackFile:
                 self._count = self._lines()
             if self._count + len(items) > self.max_items:
                 raise StoreFull(f"the feedback file holds {self._count} items, at most {self.max_items}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("ab") as f:
-                before = f.tell()
-                try:
-                    f.write(text.encode("utf-8"))
-                    f.flush()
-                    os.fsync(f.fileno())
-                except OSError:  # a disk that filled midway: no half line left for the next write to continue
-                    f.truncate(before)
-                    raise
+            append_synced(self.path, text.encode("utf-8"))
             self._count += len(items)
         return len(items)
 

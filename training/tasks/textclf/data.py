@@ -43,6 +43,9 @@ class Split:
     def subset(self, idx: np.ndarray) -> Split:
         return Split([self.texts[i] for i in idx], self.labels[idx])
 
+    def plus(self, other: Split) -> Split:
+        return Split(self.texts + other.texts, np.concatenate([self.labels, other.labels]))
+
 
 @dataclass
 class Corpus:
@@ -145,6 +148,7 @@ class Feedback:
     train: Split  # added to the training texts
     holdout: Split  # scored apart, never trained on
     source: str
+    scored: int  # texts left out of ``train`` because the corpus scores them (validation or test)
 
 
 def in_holdout(text: str, share: float) -> bool:
@@ -152,9 +156,10 @@ def in_holdout(text: str, share: float) -> bool:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0**64 < share
 
 
-def read_feedback(path: Path, classes: list[str], share: float) -> Feedback:
+def read_feedback(path: Path, classes: list[str], share: float, scored: set[str] | frozenset = frozenset()) -> Feedback:
     """A feedback file (``label<TAB>text``, what ``POST /feedback`` writes): a text sent again keeps its last
-    label; ``share`` of the texts (by ``in_holdout``) held out. Labels must be among ``classes``."""
+    label; ``share`` of the texts (by ``in_holdout``) held out; a text of ``scored`` (the corpus's validation and
+    test texts) never trained on, even when sent back. Labels must be among ``classes``."""
     texts, names = read_tsv(path)
     unknown = sorted(set(names) - set(classes))
     if unknown:
@@ -162,12 +167,16 @@ def read_feedback(path: Path, classes: list[str], share: float) -> Feedback:
     last = dict(zip(texts, names))  # insertion order of the first sending, the label of the last
     index = {c: i for i, c in enumerate(classes)}
     parts: dict[bool, tuple[list[str], list[int]]] = {False: ([], []), True: ([], [])}
+    left_out = 0
     for text, name in last.items():
-        part = parts[in_holdout(text, share)]
-        part[0].append(text)
-        part[1].append(index[name])
+        held = in_holdout(text, share)
+        if not held and text in scored:
+            left_out += 1
+            continue
+        parts[held][0].append(text)
+        parts[held][1].append(index[name])
     train, held = (Split(t, np.array(y, np.int64)) for t, y in (parts[False], parts[True]))
-    return Feedback(train, held, f"{_digest(path)} ({len(texts)} lines, {len(last)} texts)")
+    return Feedback(train, held, f"{_digest(path)} ({len(texts)} lines, {len(last)} texts)", left_out)
 
 
 def pretraining_texts(extra: list[str] | None = None) -> tuple[list[str], list[str]]:

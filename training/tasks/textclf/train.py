@@ -238,15 +238,11 @@ def train_textclf(args: argparse.Namespace) -> dict:
         f"{len(corpus.test)}")  # fmt: skip
     feedback = None
     if args.feedback:
-        feedback = read_feedback(Path(args.feedback), corpus.classes, args.feedback_holdout)
-        scored = set(corpus.val.texts) | set(corpus.test.texts)  # never trained on, even when sent back
-        keep = np.array([i for i, t in enumerate(feedback.train.texts) if t not in scored], np.int64)
-        if len(keep) < len(feedback.train):
-            log(f"feedback: {len(feedback.train) - len(keep)} texts of the validation or test split not trained on")
-        feedback.train = feedback.train.subset(keep)
-        corpus.train = Split(corpus.train.texts + feedback.train.texts,
-                             np.concatenate([corpus.train.labels, feedback.train.labels]))  # fmt: skip
-        log(f"feedback {feedback.source}: {len(feedback.train)} added to training, {len(feedback.holdout)} held out")
+        scored = set(corpus.val.texts) | set(corpus.test.texts)
+        feedback = read_feedback(Path(args.feedback), corpus.classes, args.feedback_holdout, scored)
+        corpus.train = corpus.train.plus(feedback.train)
+        log(f"feedback {feedback.source}: {len(feedback.train)} added to training, {len(feedback.holdout)} held out, "
+            f"{feedback.scored} of the validation or test split not trained on")  # fmt: skip
     tok, cfg, lm_state = build(args, corpus, out, log)
 
     def encoded(split: Split) -> tuple[list[np.ndarray], np.ndarray]:

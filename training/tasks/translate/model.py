@@ -128,9 +128,13 @@ class Seq2Seq(nn.Module):
         feed = torch.tanh(self.combine(torch.cat([context, q], -1)))
         return feed, new, attn
 
-    def logits(self, feed: torch.Tensor) -> torch.Tensor:
-        """Attentional vectors ``[..., H]`` -> vocabulary scores ``[..., V]`` (the shared embedding)."""
-        return F.linear(self.out(self.drop(feed)), self.embed.weight, self.out_bias)
+    def logits(self, feed: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Attentional vectors ``[..., H]`` -> vocabulary scores ``[..., V]`` (the shared embedding), or the scores
+        of the tokens ``ids`` only."""
+        h = self.out(self.drop(feed))
+        if ids is None:
+            return F.linear(h, self.embed.weight, self.out_bias)
+        return F.linear(h, self.embed.weight[ids], self.out_bias[ids])
 
     def features(self, src: torch.Tensor, lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: ``tgt_in`` ``[B, T]`` (``bos`` then the target) -> attentional vectors ``[B, T, H]``."""
@@ -165,8 +169,7 @@ class Seq2Seq(nn.Module):
             logits, target, ignore = self(src, lengths, tgt_in), tgt_out, self.cfg.pad
         else:
             ids, log_q = candidates
-            h = self.out(self.drop(self.features(src, lengths, tgt_in)))
-            logits = F.linear(h, self.embed.weight[ids], self.out_bias[ids]) - log_q
+            logits = self.logits(self.features(src, lengths, tgt_in), ids) - log_q
             target = torch.searchsorted(ids, tgt_out.contiguous())
             ignore = int(torch.searchsorted(ids, torch.tensor(self.cfg.pad)))
         ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=ignore, label_smoothing=smoothing)
