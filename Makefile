@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help manifests images models worker venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate train-textlm train-textclf export-textclf serve-textclf eval-textclf bench-textclf eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
+.PHONY: help manifests images models worker venv train export serve train-lm export-lm serve-generate bench-generate train-forecast export-forecast serve-forecast trans-de-en train-translate export-translate serve-translate bench-translate train-textlm dict-gcide train-textlm-general train-textclf export-textclf serve-textclf eval-textclf bench-textclf eval-forecast bench-forecast loadtest-forecast test fuzz soak audit bench-mixed profile-tail lint bench bench-report bench-gpu bento eval loadtest prometheus postgresql monitor clean
 
 venv: $(VENV)/.installed ## create .venv and install (torch pinned first)
 
@@ -135,8 +135,21 @@ TC_RUN ?= runs/textclf
 TC_ARTIFACT ?= artifacts/textclf
 TC_DATA ?= movie
 TC_ARGS ?=
-train-textlm: venv ## pre-train the text classifier's language model (TC_LM_RUN)
-	$(PY) -m training textlm --out $(TC_LM_RUN)
+TC_LM_ARGS ?=
+TC_GENERAL_RUN ?= runs/textlm-general
+GCIDE := /usr/share/dictd/gcide.dict.dz
+train-textlm: venv ## pre-train the text classifier's language model (TC_LM_RUN; TC_LM_ARGS="--init runs/textlm-general")
+	$(PY) -m training textlm --out $(TC_LM_RUN) $(TC_LM_ARGS)
+
+dict-gcide: ## install the GNU Collaborative International Dictionary of English (Debian dict-gcide) if missing
+	@if [ ! -f $(GCIDE) ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dict-gcide; \
+	fi
+
+# ULMFiT's general stage (~20 min on 2 cores): the LM on gcide's definitions with the vader text; then
+# make train-textlm TC_LM_ARGS="--init runs/textlm-general" fine-tunes it on the vader text alone (~9 min).
+train-textlm-general: venv dict-gcide ## pre-train the text LM on general English first (TC_GENERAL_RUN)
+	$(PY) -m training textlm --out $(TC_GENERAL_RUN) --text $(GCIDE) --max-steps 3000
 
 train-textclf: venv ## fine-tune the text classifier from TC_LM_RUN (pre-trained first if missing) on TC_DATA
 	@if [ ! -f $(TC_LM_RUN)/checkpoint.pt ]; then $(MAKE) --no-print-directory train-textlm; fi

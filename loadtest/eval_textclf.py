@@ -108,6 +108,7 @@ def pct(v: float | None) -> str:
 
 
 def write_docs(result: dict, path_md: Path) -> None:
+    stages = result["lm"].get("stages") or [result["lm"]]  # (one stage before stages were recorded)
     lines = [
         "# Text classification with transfer learning: measured",
         "",
@@ -115,20 +116,19 @@ def write_docs(result: dict, path_md: Path) -> None:
         "Each corpus's fixed 80/10/10 split (`training/tasks/textclf/data.py`); test accuracy and macro-F1 in %;",
         '"10%": a stratified tenth of the training labels (the same validation and test sentences).',
         "",
-        f"Language model: `{result['lm']['run']}`, {result['lm'].get('train_tokens', 0):,} training tokens of "
-        f"unlabelled text ({'; '.join(result['lm'].get('pretraining_text', []))}), validation loss "
-        f"{result['lm'].get('val_loss_nats', float('nan')):.3f} nats/token (perplexity "
-        f"{result['lm'].get('val_perplexity', float('nan')):.0f}), {result['lm'].get('train_seconds', 0):.0f} s.",
+        *[
+            f"Language model{', stage ' + str(i + 1) if len(stages) > 1 else ''}: `{lm['run']}`, "
+            f"{lm.get('steps') or 0:,} steps of 32 x 64 tokens over {lm.get('train_tokens') or 0:,} training tokens "
+            f"({'; '.join(lm.get('pretraining_text') or [])}), validation loss {lm.get('val_loss_nats') or 0:.3f} "
+            f"nats/token, {lm.get('train_seconds') or 0:.0f} s."
+            for i, lm in enumerate(stages)
+        ],
         "",
         "The model: the generation task's `CharLM` (sentencepiece 4k pieces, embedding 256, a 2-layer LSTM of",
-        "512, tied output layer) pre-trained by `python -m training textlm` (1,500 steps of 32 x 64 tokens,",
-        "deterministic), then read as an encoder: concat pooling of its last layer's states (last, max, mean,",
-        "attention-weighted) and a two-layer head (`training/tasks/textclf/model.py`). From scratch: the same model,",
-        "schedule and epochs, its tokenizer trained on the training texts. Pre-training text: the three rated",
-        "corpora's training sides and the tweets, nothing else: a larger offline corpus (Debian `dict-gcide`,",
-        "dictionary definitions) was not used, because on 2 cores the step budget, not the amount of text, bounds",
-        "the LM (1,500 steps already read the 584k tokens 5 times), and definitions are further from review",
-        "sentences than the reviews' own unlabelled side.",
+        "512, tied output layer) pre-trained by `python -m training textlm` (deterministic; a second stage goes on",
+        "from the first with `--init`), then read as an encoder: concat pooling of its last layer's states (last,",
+        "max, mean, attention-weighted) and a two-layer head (`training/tasks/textclf/model.py`). From scratch: the",
+        "same model, schedule and epochs, its tokenizer trained on the training texts.",
         f"Fine-tuning options of this run: `{result.get('options', '')}`.",
         "",
         "| corpus | model | accuracy | macro-F1 | accuracy, 10% labels | macro-F1, 10% | peak lr (all / 10%) | "
@@ -189,6 +189,14 @@ def verdicts(corpora: dict) -> list[str]:
     return out
 
 
+def lm_stages(run: Path) -> list[dict]:
+    """The language model's pre-training stages, first to last (a run made ``--init`` from another has two)."""
+    m = json.loads((run / "metrics.json").read_text())
+    keys = ("train_tokens", "pretraining_text", "val_loss_nats", "val_perplexity", "train_seconds", "steps")
+    stage = {"run": os.path.relpath(run, ROOT), **{k: m.get(k) for k in keys}}
+    return [*(lm_stages(ROOT / m["init"]) if m.get("init") else []), stage]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lm", default="runs/textlm", help="the `textlm` run (pre-trained with its defaults if missing)")
@@ -210,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         steps = ["--max-steps", "20", "--batch", "8", "--bptt", "16"] if args.quick else []
         run([sys.executable, "-m", "training", "textlm", "--out", str(lm), *quick, *steps], work / "textlm.log")
-    lm_metrics = json.loads((lm / "metrics.json").read_text())
     extra = ["--epochs", "1", "--labels", "0.1"] if args.quick else []
     lrs = args.lrs.split(",")
     corpora = {}
@@ -229,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} CPUs",
-        "lm": {"run": args.lm, **{k: lm_metrics.get(k) for k in ("train_tokens", "pretraining_text", "val_loss_nats",
-                                                                  "val_perplexity", "train_seconds", "steps")}},
+        "lm": {"run": args.lm, "stages": lm_stages(lm)},
         "corpora": corpora,
         "options": "defaults: --unfreeze all --discriminative 1 --epochs 6 --dropout 0.3 --few-labels 0.1; --lr "
                    f"picked per model on the validation split from {', '.join(lrs)} (ULMFiT's schedule: {lrs[0]})",

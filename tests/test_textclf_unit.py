@@ -4,6 +4,7 @@ the artifact contract, the engine in process, and the V2 BYTES codec."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import struct
@@ -21,7 +22,14 @@ from service.tasks.textclf.engine import TextClfEngine
 from service.tasks.textclf.feedback import FeedbackFile, StoreFull, parse_feedback
 from service.tasks.textclf.schema import parse_request
 from training.data import DataError
-from training.tasks.textclf.data import in_holdout, label_fraction, load_corpus, pretraining_texts, read_feedback
+from training.tasks.textclf.data import (
+    in_holdout,
+    label_fraction,
+    load_corpus,
+    pretraining_texts,
+    read_dictd,
+    read_feedback,
+)
 from training.tasks.textclf.model import ClfConfig, ExportGraph, TextClassifier
 from training.tasks.textclf.train import stlr
 
@@ -210,3 +218,57 @@ def test_feedback_files_keep_a_texts_last_label_and_hold_out_by_hash(tmp_path: P
     path.write_text("neutral\tsentence\n", encoding="utf-8")
     with pytest.raises(DataError, match="neutral"):
         read_feedback(path, ["negative", "positive"], 0.2)
+
+
+GCIDE_SAMPLE = """00-database-info
+     This file was converted from the original database on:
+          2016-04-15T12:00:00
+
+Abdicator \\Ab"di*ca`tor\\, n.
+   One who abdicates.
+   [1913 Webster]
+
+Abdomen \\Ab*do"men\\, n. [L. abdomen (a word of uncertain
+   etymol.): cf. F. abdomen.]
+   1. (Anat.) The belly, or that part of the body between the
+      thorax and the pelvis.
+      [1913 Webster]
+
+   2. (Zool.) The posterior section of the body, behind the
+      thorax, in insects. --Huxley.
+      [1913 Webster]
+"""
+
+
+def test_a_dictd_database_is_read_as_one_definition_a_line_and_joins_the_pretraining_text(tmp_path: Path) -> None:
+    path = tmp_path / "sample.dict.dz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write(GCIDE_SAMPLE)
+    lines = read_dictd(path)
+    assert lines == [
+        "Abdomen: The belly, or that part of the body between the thorax and the pelvis.",
+        "Abdomen: The posterior section of the body, behind the thorax, in insects.",
+    ]  # the header and a definition under four words are left out; etymology, sense numbers, sources cut
+    texts, sources = pretraining_texts([str(path)])
+    assert texts[-2:] == lines and sources[-1].endswith("(2 lines)")
+
+
+def test_a_second_pretraining_stage_goes_on_from_the_first_runs_tokenizer_and_weights(tmp_path: Path) -> None:
+    from training.__main__ import main
+
+    general = tmp_path / "general.txt"
+    general.write_text("\n".join(f"a general sentence number {i} about nothing much" for i in range(200)))
+    tiny = ["--batch", "8", "--bptt", "16", "--eval-every", "5"]
+    stage1 = ["textlm", "--out", str(tmp_path / "one"), "--vocab", "500", "--hidden", "32", "--embedding", "16"]
+    assert main([*stage1, "--text", str(general), "--max-steps", "10", *tiny]) == 0
+    assert main(["textlm", "--out", str(tmp_path / "two"), "--init", str(tmp_path / "one"), "--max-steps", "10",
+                 "--hidden", "64", *tiny]) == 0  # fmt: skip
+    one, two = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert (tmp_path / "one/tokenizer.model").read_bytes() == (tmp_path / "two/tokenizer.model").read_bytes()
+    config = json.loads((tmp_path / "two/config.json").read_text())["config"]
+    assert config["hidden"] == 32  # the first stage's model, whatever the flags say
+    assert two["init"] == str(tmp_path / "one") and one["init"] is None
+    assert [c["step"] for c in two["val_curve"]] == [5, 10]
+    log = (tmp_path / "two/log.txt").read_text()
+    assert "before this stage" in log
+    assert main(["textlm", "--out", str(tmp_path / "bad"), "--init", str(tmp_path), "--max-steps", "1"]) != 0

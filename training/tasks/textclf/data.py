@@ -7,12 +7,16 @@
 * **A TSV file** of the user's own: ``label<TAB>text`` per line (any labels, at least two), split the same way
   unless ``--test`` names a file of the same form. A bad line is a ``DataError`` naming the file and the line.
 * **Pre-training text** (``pretraining_texts``): the training sides of the three rated corpora (never their
-  validation or test sentences) and the tweets, unlabelled, plus any text files the user adds.
+  validation or test sentences) and the tweets, unlabelled, plus any text files the user adds: one sentence a
+  line, or a dictd database (``.dict.dz``, e.g. Debian ``dict-gcide``'s ``/usr/share/dictd/gcide.dict.dz``), read
+  as one ``headword: definition`` line per entry (``read_dictd``).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +183,31 @@ def read_feedback(path: Path, classes: list[str], share: float, scored: set[str]
     return Feedback(train, held, f"{_digest(path)} ({len(texts)} lines, {len(last)} texts)", left_out)
 
 
+_BRACKETS = re.compile(r"\[[^\]]*\]")  # etymologies, sources ([1913 Webster]), usage marks ([R.])
+_PRONOUNCED = re.compile(r"^([^\\]+?)\s*\\[^\\]*\\[,.]?\s*")  # "Abdicator \Ab"di*ca`tor\, n." -> "Abdicator"
+_MARKUP = re.compile(r"[{}`*\"]|--\s?[A-Z][\w.]*\.?|\s\d+\.\s|\((?:[A-Z][a-z]*\.\s?)+\)")
+
+
+def read_dictd(path: Path) -> list[str]:
+    """A dictd database's entries (blank-line separated, ``Headword \\pronunciation\\, pos. [etymology] text``) as
+    ``headword: definition`` lines, markup and sources removed; entries under four words are skipped."""
+    lines, word = [], None
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+        blocks = fh.read().split("\n\n")
+    for block in blocks:
+        text = " ".join(block.split())
+        head = _PRONOUNCED.match(text)
+        if head is not None:
+            word, text = head.group(1), text[head.end() :]
+        if word is None:  # the database's own header entries
+            continue
+        body = _MARKUP.sub(" ", _BRACKETS.sub(" ", " " + text))  # a later sense's block: the last headword's
+        body = re.sub(r"^(?:[a-z]+\.\s*)+", "", " ".join(body.split()))  # the part of speech: "n.", "v. t."
+        if len(body.split()) >= 4:
+            lines.append(f"{word}: {body}")
+    return lines
+
+
 def pretraining_texts(extra: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Unlabelled sentences for the language model: the rated corpora's training sides and the tweets, plus the
     lines of ``extra`` files. Returns (texts, what was read)."""
@@ -195,7 +224,10 @@ def pretraining_texts(extra: list[str] | None = None) -> tuple[list[str], list[s
         path = Path(f)
         if not path.exists():
             raise DataError(f"{path}: file not found")
-        lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+        if path.name.endswith(".dict.dz"):
+            lines = read_dictd(path)
+        else:
+            lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
         texts.extend(lines)
         sources.append(f"{_digest(path)} ({len(lines)} lines)")
     return texts, sources

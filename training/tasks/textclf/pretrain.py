@@ -1,15 +1,21 @@
 """Pre-train the text classifier's language model: ``python -m training textlm --out runs/NAME [--text FILE ...]``.
 
 ULMFiT's first stage on what installs offline: the unlabelled sides of the rated corpora's training splits and the
-tweets (``data.pretraining_texts``), plus any text files given. A linear script:
+tweets (``data.pretraining_texts``), plus any text files given (``--text``; a dictd database such as Debian
+``dict-gcide``'s ``/usr/share/dictd/gcide.dict.dz`` is read as its definitions). ULMFiT's general-then-target
+order is two runs: the first with ``--text`` (general English, the target's text a small share of it), the
+second with ``--init FIRST_RUN`` on the target's text alone, from the first run's tokenizer and weights. A linear
+script:
 
 * a sentencepiece unigram vocabulary (``--vocab`` pieces, ids 0-3 ``<pad> <unk> <s> </s>``) trained on that text,
-  written as ``tokenizer.model`` in the run (the classifier and the service read the same file);
+  written as ``tokenizer.model`` in the run (the classifier and the service read the same file); with ``--init``
+  the first run's, with its model and weights (the size flags are then the first run's);
 * every sentence becomes ``<s> pieces </s>``, all of them one stream (shuffled by sentence, 2% held out), read
   as ``batch`` rows side by side in windows of ``bptt`` tokens with the state carried (truncated BPTT);
 * the generation task's ``CharLM`` (one class for both: the LM is the same model over a different vocabulary),
   tied output layer, AdamW, clipping, a cosine learning rate over ``--max-steps`` (deterministic: the same seed
-  gives the same model on a busy machine); ``--time-budget`` is an opt-in cap, reported as ``stopped_by``.
+  gives the same model on a busy machine); ``--time-budget`` is an opt-in cap, reported as ``stopped_by``; the
+  validation loss every ``--eval-every`` steps is ``metrics.json``'s ``val_curve``.
 
 The run holds ``checkpoint.pt`` (the LM's weights and its ``LMConfig``, ``"task": "textlm"``),
 ``tokenizer.model``, ``config.json``, ``metrics.json`` and ``log.txt``.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +46,12 @@ VAL_FRACTION = 0.02
 def add_textlm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--text", action="append", default=[], help="more unlabelled text, one sentence a line (repeat)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="a textlm run to go on from (its tokenizer, model and weights): ULMFiT's second stage, a language model "
+        "pre-trained on general text (--text gcide.dict.dz) fine-tuned on the target domain's",
+    )
     p.add_argument("--vocab", type=int, default=4000, help="sentencepiece pieces")
     p.add_argument("--rnn", default="lstm", choices=["lstm", "gru"])
     p.add_argument("--layers", type=int, default=2, help="1..3")
@@ -50,6 +63,7 @@ def add_textlm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--max-steps", type=int, default=1500, help="optimizer steps; the learning rate's cosine spans them")
     p.add_argument("--time-budget", type=float, default=0.0, help="opt-in wall-clock cap in seconds (0: none)")
+    p.add_argument("--eval-every", type=int, default=500, help="validation loss every this many steps (0: at the end)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--seed", type=int, default=0)
 
@@ -92,18 +106,34 @@ def train_textlm(args: argparse.Namespace) -> dict:
     n_val = max(1, int(len(texts) * VAL_FRACTION))
     val_texts = [texts[i] for i in order[:n_val]]
     train_texts = [texts[i] for i in order[n_val:]]
-    train_sentencepiece(train_texts, args.vocab, out / "tokenizer.model")
+    init = None
+    if args.init:
+        init_run = Path(args.init)
+        if not (init_run / "checkpoint.pt").exists() or not (init_run / "tokenizer.model").exists():
+            raise DataError(f"--init {init_run}: not a `textlm` run (checkpoint.pt and tokenizer.model)")
+        init = torch.load(init_run / "checkpoint.pt", map_location="cpu", weights_only=True)
+        if init.get("task") != "textlm":
+            raise DataError(f"--init {init_run}: its checkpoint is a {init.get('task')!r} run, not `textlm`")
+        shutil.copy2(init_run / "tokenizer.model", out / "tokenizer.model")
+    else:
+        train_sentencepiece(train_texts, args.vocab, out / "tokenizer.model")
     tok = Tokenizer("sentencepiece", out / "tokenizer.model")
     train_ids, val_ids = encode_stream(tok, train_texts), encode_stream(tok, val_texts)
-    cfg = LMConfig(tok.vocab_size, args.rnn, args.embedding, args.hidden, args.layers, args.dropout, tied=True)
+    if init is not None:
+        cfg = LMConfig(**init["config"])
+    else:
+        cfg = LMConfig(tok.vocab_size, args.rnn, args.embedding, args.hidden, args.layers, args.dropout, tied=True)
     model = CharLM(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init["state_dict"])
+        log(f"from {args.init}: validation {stream_loss(model, val_ids, device):.3f} nats/token before this stage")
     params = sum(p.numel() for p in model.parameters())
     log(f"pre-training text: {len(texts):,} sentences, {len(train_ids):,} training tokens; {'; '.join(sources)}")
     log(f"vocabulary {tok.vocab_size} sentencepiece pieces; model {cfg} ({params:,} parameters)")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng = np.random.default_rng(args.seed)
     step, seen, epoch, warmup = 0, 0, 0, 50
-    train_loss, stopped_by, done = float("nan"), "steps", False
+    train_loss, stopped_by, done, curve = float("nan"), "steps", False, []
     t_loop = time.perf_counter()
     while not done:
         offset = int(rng.integers(args.bptt))
@@ -135,11 +165,16 @@ def train_textlm(args: argparse.Namespace) -> dict:
             train_loss = loss.item() if math.isnan(train_loss) else 0.95 * train_loss + 0.05 * loss.item()
             if step % 100 == 0:
                 log(f"{elapsed:6.0f}s step {step}/{args.max_steps} epoch {epoch} lr {lr:.2e} train {train_loss:.3f}")
+            if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+                curve.append({"step": step, "val_loss_nats": stream_loss(model, val_ids, device)})
+                log(f"step {step}: validation {curve[-1]['val_loss_nats']:.3f} nats/token")
         epoch += 1
     train_seconds = time.perf_counter() - t_loop
     val = stream_loss(model, val_ids, device)
+    curve.append({"step": step, "val_loss_nats": val})
     metrics = {
         "task": "textlm",
+        "init": args.init,
         "pretraining_text": sources,
         "sentences": len(texts),
         "train_tokens": len(train_ids),
@@ -147,6 +182,7 @@ def train_textlm(args: argparse.Namespace) -> dict:
         "vocab_size": tok.vocab_size,
         "val_loss_nats": val,
         "val_perplexity": math.exp(val),
+        "val_curve": curve,
         "train_loss": train_loss,
         "steps": step,
         "planned_steps": args.max_steps,
