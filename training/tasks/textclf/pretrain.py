@@ -92,6 +92,19 @@ def stream_loss(model: CharLM, ids: np.ndarray, device: torch.device, rows: int 
     return total / (n * rows)
 
 
+def take_lm_run(run: str | Path, flag: str, out: Path) -> dict:
+    """A ``textlm`` run's checkpoint (``state_dict``, ``config``), its tokenizer copied into ``out``; a directory
+    that is not such a run is a ``DataError`` naming ``flag``."""
+    run = Path(run)
+    if not (run / "checkpoint.pt").exists() or not (run / "tokenizer.model").exists():
+        raise DataError(f"{flag} {run}: not a `textlm` run (checkpoint.pt and tokenizer.model)")
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    if ck.get("task") != "textlm":
+        raise DataError(f"{flag} {run}: its checkpoint is a {ck.get('task')!r} run, not `textlm`")
+    shutil.copy2(run / "tokenizer.model", out / "tokenizer.model")
+    return ck
+
+
 def train_textlm(args: argparse.Namespace) -> dict:
     if args.max_steps < 1 or args.time_budget < 0:
         raise DataError("--max-steps must be >= 1 and --time-budget >= 0 (0: no cap)")
@@ -106,16 +119,8 @@ def train_textlm(args: argparse.Namespace) -> dict:
     n_val = max(1, int(len(texts) * VAL_FRACTION))
     val_texts = [texts[i] for i in order[:n_val]]
     train_texts = [texts[i] for i in order[n_val:]]
-    init = None
-    if args.init:
-        init_run = Path(args.init)
-        if not (init_run / "checkpoint.pt").exists() or not (init_run / "tokenizer.model").exists():
-            raise DataError(f"--init {init_run}: not a `textlm` run (checkpoint.pt and tokenizer.model)")
-        init = torch.load(init_run / "checkpoint.pt", map_location="cpu", weights_only=True)
-        if init.get("task") != "textlm":
-            raise DataError(f"--init {init_run}: its checkpoint is a {init.get('task')!r} run, not `textlm`")
-        shutil.copy2(init_run / "tokenizer.model", out / "tokenizer.model")
-    else:
+    init = take_lm_run(args.init, "--init", out) if args.init else None
+    if init is None:
         train_sentencepiece(train_texts, args.vocab, out / "tokenizer.model")
     tok = Tokenizer("sentencepiece", out / "tokenizer.model")
     train_ids, val_ids = encode_stream(tok, train_texts), encode_stream(tok, val_texts)

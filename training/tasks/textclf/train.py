@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from training.loop import RunLog, length_batches, pick_device, seed_everything
 from training.tasks.generate.model import LMConfig
 from training.tasks.textclf.data import Corpus, Split, label_fraction, load_corpus, read_feedback
 from training.tasks.textclf.model import ClfConfig, TextClassifier
+from training.tasks.textclf.pretrain import take_lm_run
 
 MAX_TOKENS = 256  # training texts are cut here (the service's limit is in the artifact)
 LR_PRETRAINED, LR_SCRATCH = 4e-3, 1e-3  # peak rates picked on validation by make eval-textclf
@@ -196,13 +196,7 @@ def build(args: argparse.Namespace, corpus: Corpus, out: Path, log: RunLog) -> t
         lm_cfg = LMConfig(0, args.rnn, args.embedding, args.hidden, args.layers, 0.2, tied=True)
         lm_state = None
     else:
-        lm_run = Path(args.pretrained)
-        if not (lm_run / "checkpoint.pt").exists() or not (lm_run / "tokenizer.model").exists():
-            raise DataError(f"--pretrained {lm_run}: not a `textlm` run (checkpoint.pt and tokenizer.model)")
-        ck = torch.load(lm_run / "checkpoint.pt", map_location="cpu", weights_only=True)
-        if ck.get("task") != "textlm":
-            raise DataError(f"--pretrained {lm_run}: its checkpoint is a {ck.get('task')!r} run, not `textlm`")
-        shutil.copy2(lm_run / "tokenizer.model", out / "tokenizer.model")
+        ck = take_lm_run(args.pretrained, "--pretrained", out)
         lm_cfg, lm_state = LMConfig(**ck["config"]), ck["state_dict"]
     tok = Tokenizer("sentencepiece", out / "tokenizer.model")
     lm = {**lm_cfg.to_dict(), "vocab_size": tok.vocab_size}
