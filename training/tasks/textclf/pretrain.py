@@ -124,13 +124,14 @@ def train_textlm(args: argparse.Namespace) -> dict:
         train_sentencepiece(train_texts, args.vocab, out / "tokenizer.model")
     tok = Tokenizer("sentencepiece", out / "tokenizer.model")
     train_ids, val_ids = encode_stream(tok, train_texts), encode_stream(tok, val_texts)
-    if init is not None:
-        cfg = LMConfig(**init["config"])
-    else:
+    if init is None:
         cfg = LMConfig(tok.vocab_size, args.rnn, args.embedding, args.hidden, args.layers, args.dropout, tied=True)
-    model = CharLM(cfg).to(device)
-    if init is not None:
+        model = CharLM(cfg).to(device)
+    else:  # the first stage's model and weights, whatever the size flags say
+        cfg = LMConfig(**init["config"])
+        model = CharLM(cfg)
         model.load_state_dict(init["state_dict"])
+        model.to(device)
         log(f"from {args.init}: validation {stream_loss(model, val_ids, device):.3f} nats/token before this stage")
     params = sum(p.numel() for p in model.parameters())
     log(f"pre-training text: {len(texts):,} sentences, {len(train_ids):,} training tokens; {'; '.join(sources)}")
