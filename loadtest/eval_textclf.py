@@ -10,6 +10,8 @@ On each rated corpus (movie, amazon, nyt; the fixed 80/10/10 split of ``training
 Test accuracy and macro-F1 for each; the targets: movie accuracy >= 0.815 with pre-training, and pre-training
 >= 3 points over scratch (more with 10% of the labels). ``--reuse`` keeps runs already in ``--work``;
 ``--corpora`` picks the corpora; ``--quick`` shortens everything (a smoke run: the figures mean nothing).
+``--keep-baselines FILE`` measures another LM against baselines already measured: the models that do not read the
+LM (from scratch, TF-IDF) are copied from FILE (an earlier ``docs/textclf.json``), not trained again.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def write_docs(result: dict, path_md: Path) -> None:
     lines = [
         "# Text classification with transfer learning: measured",
         "",
-        f"Written by `make eval-textclf` ({result['when']}, {result['machine']}); the numbers in `docs/textclf.json`.",
+        f"Written by `make eval-textclf` ({result['when']}, {result['machine']}); the numbers in "
+        f"`{path_md.with_suffix('.json').name}` beside this file.",
         "Each corpus's fixed 80/10/10 split (`training/tasks/textclf/data.py`); test accuracy and macro-F1 in %;",
         '"10%": a stratified tenth of the training labels (the same validation and test sentences).',
         "",
@@ -130,6 +133,11 @@ def write_docs(result: dict, path_md: Path) -> None:
         "max, mean, attention-weighted) and a two-layer head (`training/tasks/textclf/model.py`). From scratch: the",
         "same model, schedule and epochs, its tokenizer trained on the training texts.",
         f"Fine-tuning options of this run: `{result.get('options', '')}`.",
+        *(
+            [f"The from-scratch and TF-IDF rows (they do not read the LM) are copied from {result['baselines_from']}."]
+            if result.get("baselines_from")
+            else []
+        ),
         "",
         "| corpus | model | accuracy | macro-F1 | accuracy, 10% labels | macro-F1, 10% | peak lr (all / 10%) | "
         "best epoch | seconds (every rate tried) |",
@@ -207,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-only", action="store_true", help="train nothing: report the runs already in --work")
     p.add_argument("--out", default="docs/textclf")
     p.add_argument("--lrs", default="4e-3,1e-3", help="peak learning rates tried per model, picked on validation")
+    p.add_argument("--keep-baselines", default=None, help="copy scratch and TF-IDF from this earlier textclf.json")
     args = p.parse_args(argv)
+    kept = json.loads((ROOT / args.keep_baselines).read_text()) if args.keep_baselines else None
     global REUSE_ONLY
     REUSE_ONLY = args.reuse_only
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -222,14 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     lrs = args.lrs.split(",")
     corpora = {}
     for corpus in args.corpora.split(","):
-        r = {
-            "pretrained": classifier(corpus, str(lm), work / f"{corpus}-pretrained", extra, args.reuse, lrs),
-            "scratch": classifier(corpus, "none", work / f"{corpus}-scratch", [*extra, *quick], args.reuse, lrs),
-        }
+        r = {"pretrained": classifier(corpus, str(lm), work / f"{corpus}-pretrained", extra, args.reuse, lrs)}
+        if kept is not None:  # the LM-free models as measured before, on the same split
+            r |= {k: v for k, v in kept["corpora"].get(corpus, {}).items() if k in ("scratch", "tfidf")}
+        else:
+            r["scratch"] = classifier(corpus, "none", work / f"{corpus}-scratch", [*extra, *quick], args.reuse, lrs)
         if corpus == "movie" and not args.quick:  # ULMFiT's own schedule, measured beside the default
             ulmfit = ["--unfreeze", "gradual", "--discriminative", "2.6"]
             r["ulmfit"] = classifier(corpus, str(lm), work / f"{corpus}-ulmfit", ulmfit, args.reuse, lrs[:1])
-        if not args.quick:
+        if not args.quick and kept is None:
             r["tfidf"] = baseline(corpus)
         corpora[corpus] = r = {k: v for k, v in r.items() if v is not None}
         print(corpus, json.dumps({k: v["test"] for k, v in r.items()}), flush=True)
@@ -242,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"picked per model on the validation split from {', '.join(lrs)} (ULMFiT's schedule: {lrs[0]})",
         "verdicts": verdicts(corpora),
     }  # fmt: skip
+    if kept is not None:
+        result["baselines_from"] = f"{args.keep_baselines} ({kept['when']}, {kept['machine']})"
     out = ROOT / args.out
     if out.with_suffix(".json").exists():  # the serving figures (make bench-textclf) stay
         result["serving"] = json.loads(out.with_suffix(".json").read_text()).get("serving")

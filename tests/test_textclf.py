@@ -194,6 +194,14 @@ def test_bench_and_eval_drivers_run_briefly(textclf_artifact: Path, tmp_path: Pa
         v["val"] for v in by_lr.values()
     )
     assert "| amazon | pre-trained LM, fine-tuned |" in (tmp_path / "textclf.md").read_text()
+    # another LM against the same baselines: scratch copied from the first report, not trained again
+    keep = ["--reuse", "--keep-baselines", str(tmp_path / "textclf.json"), "--out", str(tmp_path / "again")]
+    proc = subprocess.run([*cmd, "--work", str(tmp_path / "work"), *keep], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["corpora"]["amazon"]["scratch"] == amazon["scratch"] and "textclf.json" in again["baselines_from"]
+    assert "copied from" in (tmp_path / "again.md").read_text()
 
 
 def test_eval_verdicts_never_count_a_baseline_that_did_not_learn() -> None:
