@@ -233,15 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     corpora = {}
     for corpus in args.corpora.split(","):
         r = {"pretrained": classifier(corpus, str(lm), work / f"{corpus}-pretrained", extra, args.reuse, lrs)}
+        if corpus == "movie" and not args.quick:  # ULMFiT's own schedule, measured beside the default
+            ulmfit = ["--unfreeze", "gradual", "--discriminative", "2.6"]
+            r["ulmfit"] = classifier(corpus, str(lm), work / f"{corpus}-ulmfit", ulmfit, args.reuse, lrs[:1])
         if kept is not None:  # the LM-free models as measured before, on the same split
             r |= {k: v for k, v in kept["corpora"].get(corpus, {}).items() if k in ("scratch", "tfidf")}
         else:
             r["scratch"] = classifier(corpus, "none", work / f"{corpus}-scratch", [*extra, *quick], args.reuse, lrs)
-        if corpus == "movie" and not args.quick:  # ULMFiT's own schedule, measured beside the default
-            ulmfit = ["--unfreeze", "gradual", "--discriminative", "2.6"]
-            r["ulmfit"] = classifier(corpus, str(lm), work / f"{corpus}-ulmfit", ulmfit, args.reuse, lrs[:1])
-        if not args.quick and kept is None:
-            r["tfidf"] = baseline(corpus)
+            if not args.quick:
+                r["tfidf"] = baseline(corpus)
         corpora[corpus] = r = {k: v for k, v in r.items() if v is not None}
         print(corpus, json.dumps({k: v["test"] for k, v in r.items()}), flush=True)
     result = {
